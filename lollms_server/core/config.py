@@ -1,0 +1,313 @@
+"""Configuration: pydantic models of ``config.toml`` (DESIGN §2).
+
+Nothing is read at import time: ``load_config(path)`` reads one file, applies the
+``LOLLMS_SERVER__SECTION__KEY`` environment overrides, validates everything and resolves
+relative paths against the folder of the file. Errors name the file, the key and the reason;
+values are never echoed, so a secret cannot leak through an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import toml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lollms_server.core.errors import ConfigError
+
+ENV_PREFIX = "LOLLMS_SERVER__"
+GENERATION_TYPES = ("ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt")
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ZOOS_FOLDER = PACKAGE_ROOT.parent / "zoos"
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server.")
+    port: int = Field(9601, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="CORS origins allowed to call the API (none by default)."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Request bodies larger than this get 413 before being read."
+    )
+    auto_install_requirements: bool = Field(
+        True, description="Install a binding's requirements with pipmaster when it is first used."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On shutdown, time running generations get to finish before cancellation."
+    )
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Log level of the server."
+    )
+    file: Path | None = Field(None, description="Optional log file (relative to the config file).")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class PathsConfig(StrictModel):
+    zoos_folder: Path = Field(
+        DEFAULT_ZOOS_FOLDER, description="Folder of the shipped zoos (bindings/, personalities/, functions/)."
+    )
+    bindings_folder: Path = Field(
+        Path("personal/bindings"), description="User bindings; a folder here overrides a zoo binding."
+    )
+    personalities_folder: Path = Field(
+        Path("personal/personalities"), description="User personalities; override zoo ones of the same name."
+    )
+    functions_folder: Path = Field(
+        Path("personal/functions"), description="User function modules; override zoo ones of the same name."
+    )
+    models_folder: Path = Field(
+        Path("models"), description="Root of model files; each binding type has a sub-folder."
+    )
+
+
+class ApiKeyConfig(StrictModel):
+    key: str = Field(
+        ..., min_length=8, description="The key in clear, or 'sha256:<hex>' of it (recommended)."
+    )
+    name: str | None = Field(None, description="Name used in logs and metrics (never the key).")
+    scopes: list[Literal["generate", "admin"]] = Field(
+        default_factory=lambda: ["generate"], description="What the key may do."
+    )
+    allowed_bindings: list[str] | None = Field(
+        None, description="Binding instances this key may use (all when omitted)."
+    )
+
+
+class SecurityConfig(StrictModel):
+    api_keys: list[str | ApiKeyConfig] = Field(
+        default_factory=list,
+        description="API keys: plain strings or tables with key/name/scopes/allowed_bindings.",
+    )
+    allow_unauthenticated_localhost: bool = Field(
+        False, description="Allow running with no keys, only when the server binds to loopback."
+    )
+
+
+class DefaultsConfig(StrictModel):
+    ttt_binding: str | None = Field(None, description="Binding instance for text generation.")
+    ttt_model: str | None = Field(None, description="Model for text generation.")
+    tti_binding: str | None = Field(None, description="Binding instance for text-to-image.")
+    tti_model: str | None = Field(None, description="Model for text-to-image.")
+    i2i_binding: str | None = Field(None, description="Binding instance for image-to-image and edits.")
+    i2i_model: str | None = Field(None, description="Model for image-to-image.")
+    ttv_binding: str | None = Field(None, description="Binding instance for text-to-video.")
+    ttv_model: str | None = Field(None, description="Model for text-to-video.")
+    ttm_binding: str | None = Field(None, description="Binding instance for text-to-music.")
+    ttm_model: str | None = Field(None, description="Model for text-to-music.")
+    tts_binding: str | None = Field(None, description="Binding instance for text-to-speech.")
+    tts_model: str | None = Field(None, description="Model for text-to-speech.")
+    stt_binding: str | None = Field(None, description="Binding instance for speech-to-text.")
+    stt_model: str | None = Field(None, description="Model for speech-to-text.")
+    personality: str | None = Field(None, description="Personality used when a request names none.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Server-wide default generation parameters (lowest precedence).",
+    )
+
+    def binding_for(self, generation_type: str) -> str | None:
+        return getattr(self, f"{generation_type}_binding", None)
+
+    def model_for(self, generation_type: str) -> str | None:
+        return getattr(self, f"{generation_type}_model", None)
+
+
+class PoolConfig(StrictModel):
+    limit: int = Field(1, ge=1, description="Generations and loads running at once in this pool.")
+    queue_size: int = Field(64, ge=0, description="Requests allowed to wait; more get 503.")
+    queue_timeout: float = Field(120.0, gt=0, description="Seconds a request may wait before 503.")
+    memory_budget_mb: float | None = Field(
+        None, gt=0, description="Memory budget; idle models are evicted (LRU) to fit a new one."
+    )
+    idle_unload_seconds: float | None = Field(
+        None, gt=0, description="Unload a model unused for this long (never when omitted)."
+    )
+
+
+class ResourceManagerConfig(StrictModel):
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=lambda: {"default": PoolConfig()},
+        description="Named pools (one per GPU, for example) with their limits.",
+    )
+    default_pool: str = Field("default", description="Pool of binding instances that name none.")
+    generation_timeout: float = Field(
+        600.0, gt=0, description="Seconds one generation may run before it is stopped."
+    )
+    housekeeping_interval: float = Field(
+        1.0, gt=0, description="Seconds between checks for idle models to unload."
+    )
+
+
+class BindingInstanceConfig(BaseModel):
+    """One ``[bindings.<instance>]`` table: common keys plus the type's own settings.
+
+    The type's settings are validated against its binding card by the BindingManager.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(..., description="Binding type (folder name in zoos/bindings or the user folder).")
+    pool: str | None = Field(None, description="Resource pool this instance runs in.")
+    model_name: str | None = Field(None, description="Default model of this instance.")
+    models_folder: Path | None = Field(None, description="Where this instance looks for models.")
+
+    def settings(self) -> dict[str, Any]:
+        """The type-specific settings (everything but the common keys)."""
+        return dict(self.model_extra or {})
+
+
+class PersonalityOverride(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = Field(True, description="Set false to hide this personality.")
+
+
+class AppConfig(StrictModel):
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging settings.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Folders.")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="API keys.")
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig, description="Default bindings.")
+    resource_manager: ResourceManagerConfig = Field(
+        default_factory=ResourceManagerConfig, description="Pools, queues and timeouts."
+    )
+    bindings: dict[str, BindingInstanceConfig] = Field(
+        default_factory=dict, description="Binding instances by name."
+    )
+    personalities_config: dict[str, PersonalityOverride] = Field(
+        default_factory=dict, description="Per-personality switches and overrides."
+    )
+    config_path: Path | None = Field(None, exclude=True, description="File this config came from.")
+
+    def resolve_paths(self, base: Path) -> None:
+        """Make every relative path absolute against ``base`` (the config file's folder)."""
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).resolve()
+
+        for name in PathsConfig.model_fields:
+            setattr(self.paths, name, absolute(getattr(self.paths, name)))
+        if self.logging.file is not None:
+            self.logging.file = absolute(self.logging.file)
+        for instance in self.bindings.values():
+            if instance.models_folder is not None:
+                instance.models_folder = absolute(Path(instance.models_folder))
+
+    def check_references(self, source: str) -> None:
+        pools = self.resource_manager.pools
+        if self.resource_manager.default_pool not in pools:
+            raise ConfigError(
+                f"{source}: resource_manager.default_pool: pool "
+                f"'{self.resource_manager.default_pool}' is not defined in resource_manager.pools"
+            )
+        for name, instance in self.bindings.items():
+            if instance.pool is not None and instance.pool not in pools:
+                raise ConfigError(f"{source}: bindings.{name}.pool: unknown pool '{instance.pool}'")
+        for generation_type in GENERATION_TYPES:
+            binding = self.defaults.binding_for(generation_type)
+            if binding is not None and binding not in self.bindings:
+                raise ConfigError(
+                    f"{source}: defaults.{generation_type}_binding: no binding instance named '{binding}'"
+                )
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Parse an override as a TOML value (numbers, booleans, arrays), else keep the string."""
+    try:
+        return toml.loads(f"value = {raw}")["value"]
+    except (toml.TomlDecodeError, IndexError, KeyError, ValueError):
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Apply ``LOLLMS_SERVER__SECTION__KEY=value`` overrides in place; return the keys touched."""
+    touched: list[str] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if len(parts) < 2:
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_env_value(raw)
+        touched.append(".".join(parts))
+    return touched
+
+
+def _format_validation_error(source: str, error: ValidationError, from_env: list[str]) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        # Union members add their class name to the location; drop those for readability.
+        key = key.replace(".str", "").replace(".ApiKeyConfig", "")
+        reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        origin = " (set by environment)" if key in from_env else ""
+        lines.append(f"{source}: {key}{origin}: {reason}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    source: str = "<config>",
+    base: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AppConfig:
+    """Validate a config mapping (with env overrides) and resolve its paths."""
+    data = _deep_copy(data)
+    from_env = apply_env_overrides(data, os.environ if environ is None else environ)
+    try:
+        config = AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc, from_env)) from None
+    config.resolve_paths(base or Path.cwd())
+    config.check_references(source)
+    return config
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Read, override, validate and resolve one ``config.toml``."""
+    path = Path(path).expanduser().resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        data = toml.loads(text)
+    except toml.TomlDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid TOML at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    config = config_from_dict(data, source=str(path), base=path.parent, environ=environ)
+    config.config_path = path
+    return config
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value

@@ -1,0 +1,388 @@
+"""The orchestrator: a GenerateRequest becomes a binding call (DESIGN §1 request path).
+
+It picks the binding (request > personality > ``[defaults]``) and the model, merges the
+parameters (server defaults < personality < request), builds chat messages from
+``input_data``, holds a pool slot for the model load and the whole generation, and
+standardizes the result into ``OutputData`` with timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lollms_server.core.bindings import (
+    Binding,
+    BindingInstance,
+    BindingManager,
+    CancelToken,
+    TextChunk,
+    TextRequest,
+    TextResult,
+)
+from lollms_server.core.config import AppConfig
+from lollms_server.core.errors import (
+    BadRequestError,
+    BindingError,
+    GenerationTimeoutError,
+    LollmsError,
+    NotFoundError,
+)
+from lollms_server.core.resource_manager import Lease, ResourceManager
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, OutputData, StreamChunk
+from lollms_server.utils.paths import validate_model_name
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HISTORY_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "user_prompt": "user"}
+SYSTEM_ROLES = {"system_context", "system_prompt"}
+IMAGE_ROLES = {"input_image", "image"}
+
+
+class TextParameters(BaseModel):
+    """The text parameters the server understands; other keys pass through to the binding."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=10)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    top_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    system_message: str | None = None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_text_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Check the known parameters' types and ranges (400 naming the parameter)."""
+    if "n_predict" in parameters and "max_tokens" not in parameters:
+        parameters = {**parameters, "max_tokens": parameters["n_predict"]}
+    try:
+        checked = TextParameters.model_validate(parameters)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise BadRequestError(f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}") from None
+    return {key: value for key, value in checked.model_dump().items() if value is not None}
+
+
+def build_messages(inputs: list[InputData], system_message: str | None) -> list[dict[str, Any]]:
+    """Chat messages (OpenAI shape) from input items; images join the last user turn."""
+    system_parts: list[str] = [system_message] if system_message else []
+    messages: list[dict[str, Any]] = []
+    images: list[InputData] = []
+    for item in inputs:
+        if item.type == "image" or item.role in IMAGE_ROLES:
+            if item.role in IMAGE_ROLES:
+                images.append(item)
+            continue
+        if item.type != "text":
+            continue
+        if item.role in SYSTEM_ROLES:
+            system_parts.append(item.data)
+        elif item.role in HISTORY_ROLES:
+            messages.append({"role": HISTORY_ROLES[item.role], "content": item.data})
+    if not any(message["role"] == "user" for message in messages):
+        raise BadRequestError("A text generation needs a text input with role 'user_prompt'.", param="input_data")
+    if images:
+        last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
+        parts: list[dict[str, Any]] = [{"type": "text", "text": messages[last_user]["content"]}]
+        for image in images:
+            mime = image.mime_type or "image/png"
+            parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{image.data}"}})
+        messages[last_user] = {"role": "user", "content": parts}
+    if system_parts:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(system_parts)})
+    return messages
+
+
+@dataclass
+class Target:
+    """Where a request goes: the instance, its pool and the model."""
+
+    instance: BindingInstance
+    model: str
+    generation_type: str
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
+    @property
+    def pool(self) -> str:
+        return self.instance.pool
+
+
+@dataclass
+class Timings:
+    started: float = field(default_factory=time.monotonic)
+    queue_wait: float = 0.0
+    load: float = 0.0
+    compute: float = 0.0
+
+    def public(self) -> dict[str, float]:
+        return {
+            "queue_wait": round(self.queue_wait, 6),
+            "load": round(self.load, 6),
+            "compute": round(self.compute, 6),
+            "total": round(time.monotonic() - self.started, 6),
+        }
+
+
+class GenerationService:
+    """Runs generations for the API; built once per app and kept on ``app.state``."""
+
+    def __init__(self, config: AppConfig, bindings: BindingManager, resources: ResourceManager) -> None:
+        self.config = config
+        self.bindings = bindings
+        self.resources = resources
+
+    # ---- routing ------------------------------------------------------------
+    def resolve(
+        self,
+        principal: Principal,
+        generation_type: str,
+        binding_name: str | None,
+        model_name: str | None,
+    ) -> Target:
+        defaults = self.config.defaults
+        name = binding_name or defaults.binding_for(generation_type)
+        if not name:
+            raise BadRequestError(
+                f"No binding for generation_type '{generation_type}': name one in binding_name "
+                f"or set [defaults] {generation_type}_binding.",
+                param="binding_name",
+            )
+        instance = self.bindings.instance(name)
+        principal.require_binding(instance.name)
+        card_types = instance.card.generation_types
+        if generation_type not in card_types and not (generation_type == "i2i" and "tti" in card_types):
+            raise BadRequestError(
+                f"Binding '{instance.name}' does not support generation_type '{generation_type}'.",
+                param="generation_type",
+            )
+        model = model_name
+        if model is None and name == defaults.binding_for(generation_type):
+            model = defaults.model_for(generation_type)
+        model = model or instance.config.model_name
+        if not model:
+            raise BadRequestError(
+                f"No model for binding '{instance.name}': give model_name or set its model_name.",
+                param="model_name",
+            )
+        validate_model_name(model)
+        return Target(instance=instance, model=model, generation_type=generation_type)
+
+    def merged_parameters(self, request_parameters: dict[str, Any]) -> dict[str, Any]:
+        return validate_text_parameters({**self.config.defaults.parameters, **request_parameters})
+
+    def _text_request(self, request: GenerateRequest, parameters: dict[str, Any]) -> TextRequest:
+        messages = build_messages(request.input_data, parameters.pop("system_message", None))
+        return TextRequest(messages=messages, parameters=parameters)
+
+    def _check_type(self, request: GenerateRequest) -> None:
+        if request.generation_type != "ttt":
+            raise BadRequestError(
+                f"generation_type '{request.generation_type}' is not served yet by this server.",
+                param="generation_type",
+            )
+        if request.personality is not None:
+            raise NotFoundError(f"Personality '{request.personality[:80]}' not found.", param="personality")
+
+    # ---- whole answers ------------------------------------------------------
+    async def generate(
+        self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
+    ) -> GenerateResponse:
+        """Run one request to completion (the client leaving cancels it)."""
+        self._check_type(request)
+        target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
+        parameters = self.merged_parameters(request.parameters)
+        text_request = self._text_request(request, dict(parameters))
+        timings = Timings()
+        binding = await self.bindings.get(target.name)
+        lease = await self.resources.acquire(target.pool)
+        timings.queue_wait = lease.wait_seconds
+        try:
+            async with self.resources.use_model(binding, target.pool, target.model) as load_seconds:
+                timings.load = load_seconds
+                started = time.monotonic()
+                result = await self._with_timeout(binding.generate_text(target.model, text_request, cancel), cancel)
+                timings.compute = time.monotonic() - started
+        finally:
+            lease.release()
+        output = self._text_output(target, parameters, result, timings)
+        return GenerateResponse(
+            personality=None, request_id=request_id, output=[output],
+            execution_time=round(time.monotonic() - timings.started, 6),
+        )
+
+    async def _with_timeout(self, awaitable: Any, cancel: CancelToken) -> Any:
+        timeout = self.config.resource_manager.generation_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except asyncio.TimeoutError:
+            cancel.set()
+            raise GenerationTimeoutError(f"The generation did not finish within {timeout:g} s.") from None
+        except LollmsError:
+            raise
+        except Exception as exc:
+            logger.exception("Binding failed during generation")
+            raise BindingError(f"The binding failed during generation ({type(exc).__name__}).") from exc
+
+    @staticmethod
+    def _text_output(target: Target, parameters: dict[str, Any], result: TextResult, timings: Timings) -> OutputData:
+        return OutputData(
+            type="text",
+            data=result.text,
+            mime_type="text/plain",
+            metadata={
+                "binding": target.name,
+                "model": target.model,
+                "generation_type": target.generation_type,
+                "parameters": parameters,
+                "seed": parameters.get("seed"),
+                "finish_reason": result.finish_reason,
+                "usage": result.usage,
+                "timings": timings.public(),
+                **result.metadata,
+            },
+        )
+
+    # ---- streams ------------------------------------------------------------
+    async def open_stream(
+        self, request: GenerateRequest, principal: Principal, request_id: str
+    ) -> GenerationStream:
+        """Validate, route and wait for a slot *before* the response starts (so 4xx/503 stay HTTP)."""
+        self._check_type(request)
+        target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
+        parameters = self.merged_parameters(request.parameters)
+        text_request = self._text_request(request, dict(parameters))
+        timings = Timings()
+        binding = await self.bindings.get(target.name)
+        lease = await self.resources.acquire(target.pool)
+        timings.queue_wait = lease.wait_seconds
+        return GenerationStream(self, target, binding, text_request, parameters, lease, timings, request_id)
+
+
+class GenerationStream:
+    """A streamed generation holding its slot until ``events()`` ends or ``close()`` is called."""
+
+    def __init__(
+        self,
+        service: GenerationService,
+        target: Target,
+        binding: Binding,
+        text_request: TextRequest,
+        parameters: dict[str, Any],
+        lease: Lease,
+        timings: Timings,
+        request_id: str,
+    ) -> None:
+        self.service = service
+        self.target = target
+        self.binding = binding
+        self.text_request = text_request
+        self.parameters = parameters
+        self.lease = lease
+        self.timings = timings
+        self.request_id = request_id
+        self.cancel = CancelToken()
+
+    def close(self) -> None:
+        self.cancel.set()
+        self.lease.release()
+
+    async def events(self) -> AsyncIterator[StreamChunk]:
+        """info, chunk..., then final; or error. Always releases the slot."""
+        resources = self.service.resources
+        timeout = self.service.config.resource_manager.generation_timeout
+        try:
+            async with resources.use_model(self.binding, self.target.pool, self.target.model) as load_seconds:
+                self.timings.load = load_seconds
+                yield StreamChunk(
+                    type="info",
+                    content="generation started",
+                    metadata={
+                        "request_id": self.request_id,
+                        "binding": self.target.name,
+                        "model": self.target.model,
+                        "queue_wait": round(self.timings.queue_wait, 6),
+                        "load": round(load_seconds, 6),
+                    },
+                )
+                started = time.monotonic()
+                parts: list[str] = []
+                last: TextChunk | None = None
+                deadline = asyncio.get_running_loop().time() + timeout
+                chunks = self.binding.stream_text(self.target.model, self.text_request, self.cancel)
+                try:
+                    while True:
+                        try:
+                            chunk = await next_before(chunks, deadline)
+                        except StopAsyncIteration:
+                            break
+                        if chunk.text:
+                            parts.append(chunk.text)
+                            yield StreamChunk(type="chunk", content=chunk.text)
+                        if chunk.finish_reason or chunk.usage:
+                            last = chunk
+                finally:
+                    await chunks.aclose()
+                self.timings.compute = time.monotonic() - started
+            result = TextResult(
+                text="".join(parts),
+                finish_reason=last.finish_reason if last else None,
+                usage=(last.usage or {}) if last else {},
+            )
+            output = GenerationService._text_output(self.target, self.parameters, result, self.timings)
+            yield StreamChunk(
+                type="final",
+                content=[output.model_dump(mode="json")],
+                metadata={"request_id": self.request_id},
+            )
+        except TimeoutError:
+            self.cancel.set()
+            yield error_chunk(GenerationTimeoutError(f"The generation did not finish within {timeout:g} s."))
+        except LollmsError as exc:
+            yield error_chunk(exc)
+        except Exception as exc:  # noqa: BLE001 - becomes an SSE error event
+            logger.exception("Binding %s failed mid-stream", self.target.name)
+            yield error_chunk(BindingError(f"The binding failed during generation ({type(exc).__name__})."))
+        finally:
+            self.close()
+
+
+async def next_before(iterator: AsyncGenerator[T, None], deadline: float) -> T:
+    """The next item of ``iterator``, or ``TimeoutError`` once the loop time passes ``deadline``.
+
+    The timeout wraps only the wait for one item (never a ``yield``), and costs one timer
+    handle per item rather than a task.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await iterator.__anext__()
+    remaining = deadline - asyncio.get_running_loop().time()  # pragma: no cover - Python 3.10
+    return await asyncio.wait_for(iterator.__anext__(), max(remaining, 0))  # pragma: no cover
+
+
+def error_chunk(exc: LollmsError) -> StreamChunk:
+    return StreamChunk(
+        type="error",
+        content=exc.message,
+        metadata={"type": exc.error_type, "status": exc.status_code},
+    )

@@ -1,0 +1,145 @@
+"""API keys -> Principal (DESIGN §3).
+
+Keys are kept only as SHA-256 digests; a presented key is hashed and compared in constant time
+against every configured digest, so neither timing nor a memory dump reveals a key in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass, field
+
+from lollms_server.core.config import ApiKeyConfig, AppConfig
+from lollms_server.core.errors import (
+    AuthenticationError,
+    ConfigError,
+    PermissionDeniedError,
+)
+
+ALL_SCOPES = frozenset({"generate", "admin"})
+HASH_PREFIX = "sha256:"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's name, its scopes and the binding instances it may use."""
+
+    name: str
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset({"generate"}))
+    allowed_bindings: frozenset[str] | None = None
+
+    def require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise PermissionDeniedError(f"This API key lacks the '{scope}' scope.")
+
+    def can_use_binding(self, instance: str) -> bool:
+        return self.allowed_bindings is None or instance in self.allowed_bindings
+
+    def require_binding(self, instance: str) -> None:
+        if not self.can_use_binding(instance):
+            raise PermissionDeniedError(f"This API key may not use binding '{instance}'.")
+
+
+ANONYMOUS = Principal(name="anonymous-localhost", scopes=ALL_SCOPES)
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: ``sha256:<hex>``."""
+    return HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_key() -> str:
+    """A new random API key (256 bits, URL-safe)."""
+    return "lollms_" + secrets.token_urlsafe(32)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _digest_of(entry: ApiKeyConfig) -> bytes:
+    key = entry.key
+    if key.startswith(HASH_PREFIX):
+        hex_digest = key[len(HASH_PREFIX) :].strip().lower()
+        try:
+            digest = bytes.fromhex(hex_digest)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(f"security.api_keys: key '{entry.name}' is not a valid sha256:<64 hex> digest")
+        return digest
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class KeyStore:
+    """Authenticates presented keys against the configured ones."""
+
+    def __init__(self, entries: list[tuple[bytes, Principal]], allow_anonymous: bool) -> None:
+        self._entries = entries
+        self.allow_anonymous = allow_anonymous
+
+    @classmethod
+    def from_config(cls, config: AppConfig) -> KeyStore:
+        entries: list[tuple[bytes, Principal]] = []
+        for index, raw in enumerate(config.security.api_keys, start=1):
+            entry = ApiKeyConfig(key=raw) if isinstance(raw, str) else raw
+            if entry.name is None:
+                entry = entry.model_copy(update={"name": f"key-{index}"})
+            principal = Principal(
+                name=str(entry.name),
+                scopes=frozenset(entry.scopes),
+                allowed_bindings=None if entry.allowed_bindings is None else frozenset(entry.allowed_bindings),
+            )
+            entries.append((_digest_of(entry), principal))
+        allow_anonymous = False
+        if not entries:
+            if not config.security.allow_unauthenticated_localhost:
+                raise ConfigError(
+                    "no API key is configured: add one to [security] api_keys "
+                    "(`lollms-server init` writes a config with a fresh key)"
+                )
+            if not is_loopback(config.server.host):
+                raise ConfigError(
+                    "security.allow_unauthenticated_localhost only works when server.host is a "
+                    f"loopback address, not '{config.server.host}'"
+                )
+            allow_anonymous = True
+        return cls(entries, allow_anonymous)
+
+    @property
+    def api_key_required(self) -> bool:
+        return not self.allow_anonymous
+
+    def authenticate(self, presented: str | None) -> Principal:
+        """Return the Principal of a presented key, or raise 401."""
+        if self.allow_anonymous:
+            return ANONYMOUS
+        if not presented:
+            raise AuthenticationError("Missing API key: send 'X-API-Key' or 'Authorization: Bearer'.")
+        digest = hashlib.sha256(presented.encode("utf-8")).digest()
+        found: Principal | None = None
+        for stored, principal in self._entries:  # no early exit: constant time over the list
+            if hmac.compare_digest(stored, digest) and found is None:
+                found = principal
+        if found is None:
+            raise AuthenticationError("Invalid API key.")
+        return found
+
+
+def extract_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key from ``X-API-Key`` or ``Authorization: Bearer <key>``."""
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None

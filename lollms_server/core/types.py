@@ -1,0 +1,85 @@
+"""Request and output shapes shared by the API and the core (DESIGN §3).
+
+They live in ``core`` because the orchestrator consumes them and ``core`` never imports
+``api``; ``api/models.py`` re-exports them next to the API-only schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GenerationTypeName = Literal["ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt"]
+InputType = Literal["text", "image", "audio", "video", "document"]
+OutputType = Literal["text", "image", "audio", "video", "json", "error", "info"]
+ChunkType = Literal["chunk", "info", "error", "final", "function_call"]
+
+MAX_NAME_LENGTH = 256
+
+
+class InputData(BaseModel):
+    """One input item: text, or base64 media with its role (user_prompt, input_image, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: InputType = Field("text", description="Kind of data.")
+    role: str = Field(
+        "user_prompt",
+        max_length=64,
+        description="user_prompt, system_context, user, assistant, input_image, mask_image, input_audio, ...",
+    )
+    data: str = Field(..., description="Text, or raw base64 for media (no data: prefix).")
+    mime_type: str | None = Field(None, max_length=128, description="Mime type of media data.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata.")
+
+
+class GenerateRequest(BaseModel):
+    """Body of ``POST /api/v1/generate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_data: list[InputData] = Field(
+        default_factory=list, max_length=1024, description="Inputs; at least one, or use `prompt`."
+    )
+    prompt: str | None = Field(None, description="Shortcut for a single text user_prompt (legacy clients).")
+    personality: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="Personality folder name.")
+    binding_name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="Binding instance.")
+    model_name: str | None = Field(None, max_length=512, description="Model of that binding.")
+    generation_type: GenerationTypeName = Field("ttt", description="What to generate.")
+    stream: bool = Field(False, description="Stream Server-Sent Events (StreamChunk JSON).")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Generation parameters.")
+    functions: list[str] | None = Field(None, description="Functions the model may call.")
+
+    @model_validator(mode="after")
+    def _has_input(self) -> GenerateRequest:
+        if self.prompt is not None:
+            self.input_data = [InputData(type="text", role="user_prompt", data=self.prompt), *self.input_data]
+            self.prompt = None
+        if not self.input_data:
+            raise ValueError("input_data must contain at least one item (or give `prompt`)")
+        return self
+
+
+class OutputData(BaseModel):
+    """One output item; media is raw base64 with its mime type."""
+
+    type: OutputType = Field(..., description="Kind of output.")
+    data: Any = Field(..., description="Text, JSON, or raw base64 media.")
+    mime_type: str | None = Field(None, description="Mime type of data.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Model, seed, parameters, timings.")
+
+
+class GenerateResponse(BaseModel):
+    personality: str | None = Field(None, description="Personality used, if any.")
+    request_id: str = Field(..., description="Id of this request (also in X-Request-ID).")
+    output: list[OutputData] = Field(..., description="Outputs.")
+    execution_time: float = Field(..., description="Seconds from arrival to answer.")
+
+
+class StreamChunk(BaseModel):
+    """One Server-Sent Event of a streamed generation."""
+
+    type: ChunkType = Field(..., description="chunk | info | error | final | function_call.")
+    content: Any = Field(None, description="Text piece, message, or the final [OutputData].")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Extra data.")
