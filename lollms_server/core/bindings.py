@@ -34,6 +34,21 @@ from lollms_server.utils.paths import is_safe_name, safe_join
 
 logger = logging.getLogger(__name__)
 
+__all__ = [  # the public API bindings build on
+    "BadRequestError",
+    "Binding",
+    "BindingCard",
+    "BindingContext",
+    "BindingError",
+    "CancelToken",
+    "NotFoundError",
+    "SettingSpec",
+    "TextChunk",
+    "TextRequest",
+    "TextResult",
+    "safe_join",
+]
+
 GenerationType = Literal["ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt", "embed"]
 T = TypeVar("T")
 CARD_FILE = "binding_card.yaml"

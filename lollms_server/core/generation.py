@@ -263,6 +263,37 @@ class GenerationService:
             },
         )
 
+    # ---- tokens -------------------------------------------------------------
+    async def tokenize(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, text: str
+    ) -> list[int]:
+        target = self.resolve(principal, "ttt", binding_name, model_name)
+        binding = await self.bindings.get(target.name)
+        async with self.resources.slot(target.pool), self.resources.use_model(binding, target.pool, target.model):
+            tokens: list[int] = await binding.tokenize(target.model, text)
+        return tokens
+
+    async def detokenize(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, tokens: list[int]
+    ) -> str:
+        target = self.resolve(principal, "ttt", binding_name, model_name)
+        binding = await self.bindings.get(target.name)
+        async with self.resources.slot(target.pool), self.resources.use_model(binding, target.pool, target.model):
+            text: str = await binding.detokenize(target.model, tokens)
+        return text
+
+    async def model_info(self, principal: Principal, binding_name: str, model_name: str | None) -> dict[str, Any]:
+        """What the binding tells about a model (loading nothing)."""
+        instance = self.bindings.instance(binding_name)
+        principal.require_binding(instance.name)
+        model = model_name or instance.config.model_name
+        if model is not None:
+            validate_model_name(model)
+        binding = await self.bindings.get(instance.name)
+        info = await binding.get_model_info(model)
+        loaded = self.resources.models.get((instance.name, model or ""))
+        return {**info, "loaded": loaded is not None, "residency": loaded.public() if loaded else None}
+
     # ---- streams ------------------------------------------------------------
     async def open_stream(
         self, request: GenerateRequest, principal: Principal, request_id: str
@@ -355,7 +386,7 @@ class GenerationStream:
                 content=[output.model_dump(mode="json")],
                 metadata={"request_id": self.request_id},
             )
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             self.cancel.set()
             yield error_chunk(GenerationTimeoutError(f"The generation did not finish within {timeout:g} s."))
         except LollmsError as exc:

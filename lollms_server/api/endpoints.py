@@ -1,0 +1,169 @@
+"""Native API under ``/api/v1`` (DESIGN §3): routes parse, authorize and delegate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from lollms_server import __version__
+from lollms_server.api.deps import (
+    AdminUser,
+    BindingsDep,
+    ConfigDep,
+    GenerateUser,
+    GenerationDep,
+    RequestIdDep,
+    ResourcesDep,
+)
+from lollms_server.api.models import (
+    BindingsPublic,
+    CountTokensResponse,
+    DefaultBindingsPublic,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    HealthPublic,
+    ModelsPublic,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from lollms_server.api.sse import ClientDisconnected, EventStreamResponse, until_disconnected
+from lollms_server.core.bindings import CancelToken
+from lollms_server.core.config import GENERATION_TYPES
+from lollms_server.core.generation import GenerationStream
+from lollms_server.utils.paths import validate_model_name
+
+health_router = APIRouter(tags=["health"])
+router = APIRouter(prefix="/api/v1", tags=["native"])
+
+MODEL_SUFFIXES = {".gguf", ".bin", ".safetensors", ".pt", ".pth", ".onnx", ".ckpt"}
+
+
+@health_router.get("/health", response_model=HealthPublic)
+async def health(request: Request) -> HealthPublic:
+    return HealthPublic(status="ok", version=__version__, api_key_required=request.app.state.keys.api_key_required)
+
+
+@router.get("/list_bindings", response_model=BindingsPublic)
+async def list_bindings(_: GenerateUser, bindings: BindingsDep) -> BindingsPublic:
+    return BindingsPublic(
+        binding_types={name: card.public() for name, card in bindings.cards.items()},
+        binding_instances={name: instance.public() for name, instance in bindings.instances.items()},
+    )
+
+
+@router.get("/list_active_bindings")
+async def list_active_bindings(_: GenerateUser, bindings: BindingsDep) -> dict[str, Any]:
+    return {"active_bindings": {instance.name: instance.public() for instance in bindings.active()}}
+
+
+@router.get("/list_available_models/{binding_name}")
+async def list_available_models(binding_name: str, principal: GenerateUser, bindings: BindingsDep) -> dict[str, Any]:
+    instance = bindings.instance(binding_name)
+    principal.require_binding(instance.name)
+    binding = await bindings.get(instance.name)
+    return {"binding_name": instance.name, "models": await binding.list_available_models()}
+
+
+@router.get("/list_models", response_model=ModelsPublic)
+async def list_models(_: GenerateUser, config: ConfigDep) -> ModelsPublic:
+    return ModelsPublic(models=await _scan_models(config.paths.models_folder))
+
+
+async def _scan_models(root: Path) -> dict[str, list[str]]:
+    import anyio
+
+    def scan() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        if not root.is_dir():
+            return found
+        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+            names = sorted(
+                str(path.relative_to(folder))
+                for path in folder.rglob("*")
+                if (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES)
+                or (path.is_dir() and (path / "config.json").is_file())
+            )
+            found[folder.name] = names
+        return found
+
+    return await anyio.to_thread.run_sync(scan)
+
+
+@router.get("/get_default_bindings", response_model=DefaultBindingsPublic)
+async def get_default_bindings(_: GenerateUser, config: ConfigDep) -> DefaultBindingsPublic:
+    defaults = config.defaults
+    return DefaultBindingsPublic(
+        defaults={
+            **{f"{kind}_binding": defaults.binding_for(kind) for kind in GENERATION_TYPES},
+            **{f"{kind}_model": defaults.model_for(kind) for kind in GENERATION_TYPES},
+            "personality": defaults.personality,
+        }
+    )
+
+
+@router.get("/get_model_info/{binding_name}")
+async def get_model_info(
+    binding_name: str, principal: GenerateUser, generation: GenerationDep, model_name: str | None = None
+) -> dict[str, Any]:
+    if model_name is not None:
+        validate_model_name(model_name)
+    return await generation.model_info(principal, binding_name, model_name)
+
+
+@router.get("/status")
+async def status(_: AdminUser, resources: ResourcesDep) -> dict[str, Any]:
+    """Pools (queue depth, waits, active slots) and loaded models."""
+    return resources.snapshot()
+
+
+@router.post("/generate", response_model=GenerateResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def generate(
+    request: Request,
+    body: GenerateRequest, principal: GenerateUser, generation: GenerationDep, request_id: RequestIdDep
+) -> Response | GenerateResponse:
+    """Generate; with ``stream: true`` the answer is Server-Sent Events of StreamChunk JSON."""
+    if body.stream:
+        stream = await generation.open_stream(body, principal, request_id)
+        return EventStreamResponse(_sse_events(stream), on_close=stream.close)
+    cancel = CancelToken()
+    try:
+        return await until_disconnected(request, generation.generate(body, principal, request_id, cancel))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    finally:
+        cancel.set()
+
+
+async def _sse_events(stream: GenerationStream) -> AsyncGenerator[bytes, None]:
+    events = stream.events()
+    try:
+        async for event in events:
+            yield b"data: " + event.model_dump_json().encode("utf-8") + b"\n\n"
+    finally:
+        await events.aclose()
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep) -> TokenizeResponse:
+    tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    return TokenizeResponse(tokens=tokens, count=len(tokens))
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(
+    body: DetokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> DetokenizeResponse:
+    text = await generation.detokenize(principal, body.binding_name, body.model_name, body.tokens)
+    return DetokenizeResponse(text=text)
+
+
+@router.post("/count_tokens", response_model=CountTokensResponse)
+async def count_tokens(body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep) -> CountTokensResponse:
+    tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    return CountTokensResponse(count=len(tokens))

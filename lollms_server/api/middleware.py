@@ -1,0 +1,105 @@
+"""Pure ASGI middleware: request ids, request size limit, and the last-resort 500."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lollms_server.core.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+
+async def send_json_error(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
+    payload = json.dumps(body).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestGuardMiddleware:
+    """Gives every request an id (``X-Request-ID``), refuses bodies over ``max_bytes`` with 413
+    before reading them whole, and turns any unexpected exception into a generic 500 (the
+    exception is logged, never sent)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+        too_large = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                return  # the 413 has been sent; the app's answer is dropped
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await send_json_error(send, 413, self._too_large_body(), request_id)
+            return
+
+        received = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal received, too_large, started
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    if not started:
+                        started = True
+                        await send_json_error(send, 413, self._too_large_body(), request_id)
+                    return {"type": "http.disconnect"}
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            logger.exception("Unhandled error in request %s", request_id)
+            if not started and not too_large:
+                started = True
+                body = error_body("internal_error", "Internal server error.")
+                await send_json_error(send, 500, body, request_id)
+
+    def _too_large_body(self) -> dict[str, Any]:
+        return error_body(
+            "payload_too_large", f"The request body is larger than the limit of {self.max_bytes} bytes."
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

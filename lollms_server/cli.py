@@ -1,0 +1,136 @@
+"""``lollms-server`` command line: run the server, or ``init`` a fresh config with a new key."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from lollms_server import __version__
+from lollms_server.core.config import PACKAGE_ROOT, AppConfig, load_config
+from lollms_server.core.errors import ConfigError
+from lollms_server.core.security import generate_key, hash_key
+
+EXAMPLE_CONFIG = PACKAGE_ROOT.parent / "config.toml.example"
+KEYS_LINE = re.compile(r"^api_keys\s*=\s*\[\s*\]\s*$", re.MULTILINE)
+
+
+def user_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("lollms_server")) / "config.toml"
+
+
+def find_config(explicit: str | None) -> Path:
+    """``--config``, else ``$LOLLMS_SERVER_CONFIG``, else ``./config.toml``, else the user folder."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("LOLLMS_SERVER_CONFIG"):
+        return Path(os.environ["LOLLMS_SERVER_CONFIG"])
+    for candidate in (Path.cwd() / "config.toml", user_config_path()):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no configuration found (looked for ./config.toml and "
+        f"{user_config_path()}). Create one with:  lollms-server init config.toml"
+    )
+
+
+def write_initial_config(path: Path, force: bool = False) -> str:
+    """Write a config from the example with a new admin key; return the key (shown once)."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite it)")
+    try:
+        template = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    except OSError:
+        raise ConfigError(f"the example configuration {EXAMPLE_CONFIG} is missing") from None
+    key = generate_key()
+    entry = f'api_keys = [{{ key = "{hash_key(key)}", name = "admin", scopes = ["generate", "admin"] }}]'
+    text, count = KEYS_LINE.subn(entry, template, count=1)
+    if count != 1:
+        raise ConfigError(f"{EXAMPLE_CONFIG}: no 'api_keys = []' line to fill in")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    if os.name == "posix":
+        path.chmod(0o600)
+    load_config(path)  # the written file must be valid
+    return key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lollms-server", description="Multi-modal generation server.")
+    parser.add_argument("--version", action="version", version=f"lollms_server {__version__}")
+    parser.add_argument("--config", help="config.toml to use (default: ./config.toml, then the user folder)")
+    parser.add_argument("--host", help="interface to bind (overrides server.host)")
+    parser.add_argument("--port", type=int, help="port (overrides server.port)")
+    parser.add_argument("--workers", type=int, help="uvicorn worker processes (overrides server.workers)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (overrides logging.level)")
+    commands = parser.add_subparsers(dest="command")
+    init = commands.add_parser("init", help="write a fresh config.toml with a newly generated API key")
+    init.add_argument("path", nargs="?", default="config.toml", help="where to write it (default ./config.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def apply_overrides(config: AppConfig, args: argparse.Namespace) -> None:
+    if args.host:
+        config.server.host = args.host
+    if args.port:
+        config.server.port = args.port
+    if args.workers:
+        config.server.workers = args.workers
+    if args.log_level:
+        config.logging.level = args.log_level.upper()
+
+
+def serve(config: AppConfig) -> None:
+    import uvicorn
+
+    from lollms_server.main import CONFIG_ENV, create_app
+    from lollms_server.utils.logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.file)
+    common = {
+        "host": config.server.host,
+        "port": config.server.port,
+        "log_level": config.logging.level.lower(),
+        "timeout_graceful_shutdown": int(config.server.shutdown_grace_seconds),
+    }
+    if config.server.workers > 1:
+        assert config.config_path is not None
+        os.environ[CONFIG_ENV] = str(config.config_path)
+        uvicorn.run(
+            "lollms_server.main:app_from_environment", factory=True, workers=config.server.workers, **common
+        )
+    else:
+        uvicorn.run(create_app(config), **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            path = Path(args.path).expanduser().resolve()
+            key = write_initial_config(path, force=args.force)
+            sys.stdout.write(
+                f"Wrote {path}\n"
+                f"Your API key (shown only now; the file keeps only its hash):\n\n    {key}\n\n"
+                "Send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.\n"
+            )
+            return 0
+        config = load_config(find_config(args.config))
+        apply_overrides(config, args)
+        from lollms_server.core.security import KeyStore
+
+        KeyStore.from_config(config)  # refuse to start unsecured, before uvicorn starts
+        serve(config)
+        return 0
+    except ConfigError as exc:
+        sys.stderr.write(f"lollms-server: {exc.message}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

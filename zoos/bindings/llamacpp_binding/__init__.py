@@ -1,0 +1,252 @@
+"""llama.cpp binding: GGUF text models through llama-cpp-python, in the server process.
+
+The worked example of ``zoos/bindings/README.md``. Every llama.cpp call runs in a worker
+thread; a per-model lock serializes calls on one ``Llama`` object (it is not thread-safe),
+and a stream stops between tokens when its client leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from lollms_server.core.bindings import (
+    BadRequestError,
+    Binding,
+    BindingContext,
+    BindingError,
+    CancelToken,
+    NotFoundError,
+    TextChunk,
+    TextRequest,
+    safe_join,
+)
+
+logger = logging.getLogger("lollms_bindings.llamacpp_binding")
+
+BindingName = "LlamaCppBinding"
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed",
+                 "min_p", "presence_penalty", "frequency_penalty")
+
+
+class LoadedLlama:
+    def __init__(self, llama: Any, path: Path) -> None:
+        self.llama = llama
+        self.path = path
+        self.lock = threading.Lock()
+        self.size_mb = path.stat().st_size / 2**20
+
+
+class LlamaCppBinding(Binding):
+    """GGUF models with llama-cpp-python."""
+
+    def __init__(self, context: BindingContext) -> None:
+        super().__init__(context)
+        import llama_cpp  # noqa: F401 - fail at start-up, not at the first request
+
+        self._models: dict[str, LoadedLlama] = {}
+
+    # ---- models ------------------------------------------------------------
+    async def list_available_models(self) -> list[dict[str, Any]]:
+        def scan() -> list[dict[str, Any]]:
+            if not self.models_folder.is_dir():
+                return []
+            return [
+                {"name": str(path.relative_to(self.models_folder)), "size_mb": round(path.stat().st_size / 2**20, 3)}
+                for path in sorted(self.models_folder.rglob("*.gguf"))
+            ]
+
+        return await self.run_blocking(scan)
+
+    def _locate(self, model_name: str) -> Path:
+        path = safe_join(self.models_folder, model_name)
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise BadRequestError(f"Model '{model_name}' is not a .gguf file.", param="model_name")
+            return path
+        parts = model_name.split("/")
+        if self.settings.get("allow_download") and len(parts) >= 3 and model_name.endswith(".gguf"):
+            return self._download("/".join(parts[:2]), "/".join(parts[2:]))
+        raise NotFoundError(f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name")
+
+    def _download(self, repo_id: str, filename: str) -> Path:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise BindingError("Downloading models needs huggingface_hub: pip install huggingface_hub") from None
+        logger.info("Downloading %s from %s", filename, repo_id)
+        target = self.models_folder / repo_id
+        try:
+            downloaded = hf_hub_download(
+                repo_id=repo_id, filename=filename, local_dir=target, token=self.settings.get("hub_token")
+            )
+        except Exception as exc:  # noqa: BLE001 - network and hub errors vary
+            logger.error("Download of %s/%s failed: %s", repo_id, filename, type(exc).__name__)
+            raise NotFoundError(f"Model '{repo_id}/{filename}' could not be downloaded.") from None
+        return Path(downloaded)
+
+    def _create(self, path: Path) -> Any:
+        import llama_cpp
+
+        settings = self.settings
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=settings["n_ctx"],
+            n_gpu_layers=settings["n_gpu_layers"],
+            n_threads=settings["n_threads"] or None,
+            n_batch=settings["n_batch"],
+            chat_format=settings["chat_format"] or None,
+            seed=settings["seed"] if settings["seed"] >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+            verbose=False,
+        )
+
+    async def load_model(self, model_name: str) -> None:
+        if model_name in self._models:
+            return
+        path = await self.run_blocking(self._locate, model_name)
+        try:
+            llama = await self.run_blocking(self._create, path)
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            logger.error("llama.cpp could not load %s: %s", model_name, exc)
+            raise BindingError(f"llama.cpp could not load model '{model_name}'.") from None
+        self._models[model_name] = LoadedLlama(llama, path)
+
+    async def unload_model(self, model_name: str) -> None:
+        loaded = self._models.pop(model_name, None)
+        if loaded is None:
+            return
+
+        def close() -> None:
+            with loaded.lock:  # wait for a call still running on this model
+                loaded.llama.close()
+
+        await self.run_blocking(close)
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    def footprint_mb(self, model_name: str) -> float:
+        loaded = self._models.get(model_name)
+        if loaded is None:
+            return 0.0
+        # weights (the file) plus the KV cache: 2 (K and V) x layers x context x kv width x f16
+        llama = loaded.llama
+        metadata = llama.metadata
+        arch = metadata.get("general.architecture", "llama")
+        try:
+            layers = int(metadata.get(f"{arch}.block_count", 0))
+            width = int(metadata.get(f"{arch}.embedding_length", 0))
+            heads = int(metadata.get(f"{arch}.attention.head_count", 1)) or 1
+            kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
+            kv_mb = 2 * layers * llama.n_ctx() * (width * kv_heads // heads) * 2 / 2**20
+        except (TypeError, ValueError):
+            kv_mb = 0.0
+        return loaded.size_mb + kv_mb
+
+    async def estimate_footprint_mb(self, model_name: str) -> float | None:
+        try:
+            path = safe_join(self.models_folder, model_name)
+            return path.stat().st_size / 2**20 if path.is_file() else None
+        except (BadRequestError, OSError):
+            return None
+
+    async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
+        info: dict[str, Any] = {"binding": self.instance_name, "model_name": model_name}
+        if model_name is None:
+            return info
+        loaded = self._models.get(model_name)
+        if loaded is not None:
+            metadata = loaded.llama.metadata
+            info.update(
+                context_size=loaded.llama.n_ctx(),
+                vocab_size=loaded.llama.n_vocab(),
+                architecture=metadata.get("general.architecture"),
+                has_chat_template="tokenizer.chat_template" in metadata,
+                size_mb=round(loaded.size_mb, 3),
+            )
+            return info
+        path = await self.run_blocking(self._locate_local, model_name)
+        info.update(size_mb=round(path.stat().st_size / 2**20, 3))
+        return info
+
+    def _locate_local(self, model_name: str) -> Path:
+        path = safe_join(self.models_folder, model_name)
+        if not path.is_file():
+            raise NotFoundError(f"Model '{model_name}' not found for binding '{self.instance_name}'.")
+        return path
+
+    def _loaded(self, model_name: str) -> LoadedLlama:
+        loaded = self._models.get(model_name)
+        if loaded is None:
+            raise BindingError(f"Model '{model_name}' is not loaded.")
+        return loaded
+
+    # ---- generation ----------------------------------------------------------
+    async def stream_text(
+        self, model_name: str, request: TextRequest, cancel: CancelToken
+    ) -> AsyncIterator[TextChunk]:
+        loaded = self._loaded(model_name)
+        kwargs = self._sampling(loaded, request)
+
+        def produce() -> Iterator[TextChunk]:
+            with loaded.lock:
+                if request.prompt is not None:
+                    stream = loaded.llama.create_completion(request.prompt, stream=True, **kwargs)
+                else:
+                    stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
+                produced = 0
+                try:
+                    for part in stream:
+                        choice = part["choices"][0]
+                        text = choice.get("text") if request.prompt is not None else choice["delta"].get("content")
+                        finish = choice.get("finish_reason")
+                        if text:
+                            produced += 1
+                        if finish:
+                            yield TextChunk(text or "", finish, {"completion_tokens": produced})
+                        elif text:
+                            yield TextChunk(text)
+                        if cancel.is_set():
+                            break
+                finally:
+                    stream.close()
+
+        async for chunk in self.stream_from_thread(produce, cancel):
+            yield chunk
+
+    def _sampling(self, loaded: LoadedLlama, request: TextRequest) -> dict[str, Any]:
+        parameters = request.parameters
+        kwargs: dict[str, Any] = {key: parameters[key] for key in SAMPLING_KEYS if key in parameters}
+        if request.stop:
+            kwargs["stop"] = request.stop
+        if parameters.get("ignore_eos"):
+            kwargs["logit_bias"] = {loaded.llama.token_eos(): -1e9}
+        if "max_tokens" in kwargs:
+            kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.llama.n_ctx())
+        return kwargs
+
+    async def tokenize(self, model_name: str, text: str) -> list[int]:
+        loaded = self._loaded(model_name)
+
+        def run() -> list[int]:
+            with loaded.lock:
+                return list(loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+        return await self.run_blocking(run)
+
+    async def detokenize(self, model_name: str, tokens: list[int]) -> str:
+        loaded = self._loaded(model_name)
+        n_vocab = loaded.llama.n_vocab()
+        bad = next((token for token in tokens if not 0 <= token < n_vocab), None)
+        if bad is not None:
+            raise BadRequestError(f"Token id {bad} is outside the vocabulary (0..{n_vocab - 1}).", param="tokens")
+
+        def run() -> str:
+            with loaded.lock:
+                data: bytes = loaded.llama.detokenize(tokens)
+            return data.decode("utf-8", errors="replace")
+
+        return await self.run_blocking(run)
