@@ -130,7 +130,7 @@ async def generate(
     """Generate; with ``stream: true`` the answer is Server-Sent Events of StreamChunk JSON."""
     if body.stream:
         stream = await generation.open_stream(body, principal, request_id)
-        return EventStreamResponse(_sse_events(stream), on_close=stream.close)
+        return EventStreamResponse(_sse_events(stream), on_close=stream.aclose)
     cancel = CancelToken()
     try:
         return await until_disconnected(request, generation.generate(body, principal, request_id, cancel))

@@ -8,7 +8,7 @@ watcher always runs beside the stream, so a client that leaves cancels the gener
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import TypeVar
 
 import anyio
@@ -53,12 +53,13 @@ class EventStreamResponse(Response):
     def __init__(
         self,
         events: AsyncGenerator[bytes, None],
-        on_close: Callable[[], None],
+        on_close: Callable[[], Coroutine[None, None, None]],
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(content=None, headers=headers, media_type=self.media_type)
         self.events = events
         self.on_close = on_close
+        del self.headers["content-length"]  # streamed: the length is not known
         self.headers["cache-control"] = "no-cache"
         self.headers["x-accel-buffering"] = "no"
 
@@ -81,8 +82,10 @@ class EventStreamResponse(Response):
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.events.aclose()
-            self.on_close()
+                try:
+                    await self.events.aclose()
+                finally:
+                    await self.on_close()
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

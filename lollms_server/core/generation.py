@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -134,13 +135,26 @@ class Timings:
     queue_wait: float = 0.0
     load: float = 0.0
     compute: float = 0.0
+    slot_granted_at: float = 0.0
+    compute_finished_at: float = 0.0
+
+    def granted(self, queue_wait: float) -> None:
+        self.queue_wait = queue_wait
+        self.slot_granted_at = time.time()
+
+    def finished(self, compute_started: float) -> None:
+        self.compute = time.monotonic() - compute_started
+        self.compute_finished_at = time.time()
 
     def public(self) -> dict[str, float]:
+        """Seconds spent waiting, loading and computing; wall-clock times of slot grant and end."""
         return {
             "queue_wait": round(self.queue_wait, 6),
             "load": round(self.load, 6),
             "compute": round(self.compute, 6),
             "total": round(time.monotonic() - self.started, 6),
+            "slot_granted_at": round(self.slot_granted_at, 6),
+            "compute_finished_at": round(self.compute_finished_at, 6),
         }
 
 
@@ -216,13 +230,13 @@ class GenerationService:
         timings = Timings()
         binding = await self.bindings.get(target.name)
         lease = await self.resources.acquire(target.pool)
-        timings.queue_wait = lease.wait_seconds
+        timings.granted(lease.wait_seconds)
         try:
             async with self.resources.use_model(binding, target.pool, target.model) as load_seconds:
                 timings.load = load_seconds
                 started = time.monotonic()
                 result = await self._with_timeout(binding.generate_text(target.model, text_request, cancel), cancel)
-                timings.compute = time.monotonic() - started
+                timings.finished(started)
         finally:
             lease.release()
         output = self._text_output(target, parameters, result, timings)
@@ -306,12 +320,22 @@ class GenerationService:
         timings = Timings()
         binding = await self.bindings.get(target.name)
         lease = await self.resources.acquire(target.pool)
-        timings.queue_wait = lease.wait_seconds
-        return GenerationStream(self, target, binding, text_request, parameters, lease, timings, request_id)
+        timings.granted(lease.wait_seconds)
+        residency = AsyncExitStack()
+        try:  # load errors (unknown model, ...) are still plain HTTP errors
+            timings.load = await residency.enter_async_context(
+                self.resources.use_model(binding, target.pool, target.model)
+            )
+        except BaseException:
+            lease.release()
+            raise
+        return GenerationStream(
+            self, target, binding, text_request, parameters, lease, residency, timings, request_id
+        )
 
 
 class GenerationStream:
-    """A streamed generation holding its slot until ``events()`` ends or ``close()`` is called."""
+    """A streamed generation holding its slot and model until ``events()`` ends or ``aclose()``."""
 
     def __init__(
         self,
@@ -321,6 +345,7 @@ class GenerationStream:
         text_request: TextRequest,
         parameters: dict[str, Any],
         lease: Lease,
+        residency: AsyncExitStack,
         timings: Timings,
         request_id: str,
     ) -> None:
@@ -330,51 +355,53 @@ class GenerationStream:
         self.text_request = text_request
         self.parameters = parameters
         self.lease = lease
+        self.residency = residency
         self.timings = timings
         self.request_id = request_id
         self.cancel = CancelToken()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the generation and give back the model and the slot (idempotent)."""
         self.cancel.set()
-        self.lease.release()
+        try:
+            await self.residency.aclose()
+        finally:
+            self.lease.release()
 
     async def events(self) -> AsyncIterator[StreamChunk]:
         """info, chunk..., then final; or error. Always releases the slot."""
-        resources = self.service.resources
         timeout = self.service.config.resource_manager.generation_timeout
         try:
-            async with resources.use_model(self.binding, self.target.pool, self.target.model) as load_seconds:
-                self.timings.load = load_seconds
-                yield StreamChunk(
-                    type="info",
-                    content="generation started",
-                    metadata={
-                        "request_id": self.request_id,
-                        "binding": self.target.name,
-                        "model": self.target.model,
-                        "queue_wait": round(self.timings.queue_wait, 6),
-                        "load": round(load_seconds, 6),
-                    },
-                )
-                started = time.monotonic()
-                parts: list[str] = []
-                last: TextChunk | None = None
-                deadline = asyncio.get_running_loop().time() + timeout
-                chunks = self.binding.stream_text(self.target.model, self.text_request, self.cancel)
-                try:
-                    while True:
-                        try:
-                            chunk = await next_before(chunks, deadline)
-                        except StopAsyncIteration:
-                            break
-                        if chunk.text:
-                            parts.append(chunk.text)
-                            yield StreamChunk(type="chunk", content=chunk.text)
-                        if chunk.finish_reason or chunk.usage:
-                            last = chunk
-                finally:
-                    await chunks.aclose()
-                self.timings.compute = time.monotonic() - started
+            yield StreamChunk(
+                type="info",
+                content="generation started",
+                metadata={
+                    "request_id": self.request_id,
+                    "binding": self.target.name,
+                    "model": self.target.model,
+                    "queue_wait": round(self.timings.queue_wait, 6),
+                    "load": round(self.timings.load, 6),
+                },
+            )
+            started = time.monotonic()
+            parts: list[str] = []
+            last: TextChunk | None = None
+            deadline = asyncio.get_running_loop().time() + timeout
+            chunks = self.binding.stream_text(self.target.model, self.text_request, self.cancel)
+            try:
+                while True:
+                    try:
+                        chunk = await next_before(chunks, deadline)
+                    except StopAsyncIteration:
+                        break
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        yield StreamChunk(type="chunk", content=chunk.text)
+                    if chunk.finish_reason or chunk.usage:
+                        last = chunk
+            finally:
+                await chunks.aclose()
+            self.timings.finished(started)
             result = TextResult(
                 text="".join(parts),
                 finish_reason=last.finish_reason if last else None,
@@ -395,7 +422,7 @@ class GenerationStream:
             logger.exception("Binding %s failed mid-stream", self.target.name)
             yield error_chunk(BindingError(f"The binding failed during generation ({type(exc).__name__})."))
         finally:
-            self.close()
+            await self.aclose()
 
 
 async def next_before(iterator: AsyncGenerator[T, None], deadline: float) -> T:

@@ -7,11 +7,14 @@ and a stream stops between tokens when its client leaves.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from llama_cpp import LogitsProcessorList
 
 from lollms_server.core.bindings import (
     BadRequestError,
@@ -38,6 +41,71 @@ class LoadedLlama:
         self.path = path
         self.lock = threading.Lock()
         self.size_mb = path.stat().st_size / 2**20
+
+
+def is_end_of_generation(llama: Any, token: int) -> bool:
+    import llama_cpp
+
+    try:
+        return bool(llama_cpp.llama_token_is_eog(llama._model.vocab, token))
+    except AttributeError:  # older llama-cpp-python
+        return bool(token == llama.token_eos())
+
+
+class StopTextBuffer:
+    """Holds back text that may be the start of a stop sequence; cuts at the first stop."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """Add decoded text; return (text safe to emit, whether a stop sequence was reached)."""
+        self.pending += piece
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        positions = [self.pending.find(stop) for stop in self.stops]
+        found = [position for position in positions if position >= 0]
+        if found:
+            out, self.pending = self.pending[: min(found)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:size]):
+                    hold = size
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class TokenCounter:
+    """A logits processor llama.cpp calls once per sampled token: it counts them, and can
+    forbid the end-of-sequence token (the ``ignore_eos`` parameter)."""
+
+    def __init__(self, banned_token: int | None = None) -> None:
+        self.prompt_tokens = 0
+        self.sampled = 0
+        self.banned_token = banned_token
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.sampled == 0:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        if self.banned_token is not None:
+            scores[self.banned_token] = -float("inf")
+        return scores
+
+    def usage(self, finish_reason: str) -> dict[str, int]:
+        # on "stop" the last sampled token (end of sequence or stop string) is not output
+        completion = self.sampled - (1 if finish_reason == "stop" else 0)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": max(0, completion)}
 
 
 class LlamaCppBinding(Binding):
@@ -189,24 +257,117 @@ class LlamaCppBinding(Binding):
         self, model_name: str, request: TextRequest, cancel: CancelToken
     ) -> AsyncIterator[TextChunk]:
         loaded = self._loaded(model_name)
+        prompt_and_stops = self._prompt(loaded, request)
+        if prompt_and_stops is None:  # a forced chat_format or images: llama-cpp-python's handlers
+            produce = self._handler_stream(loaded, request, cancel)
+        else:
+            prompt, template_stops = prompt_and_stops
+            produce = self._token_stream(loaded, request, prompt, template_stops, cancel)
+        async for chunk in self.stream_from_thread(produce, cancel):
+            yield chunk
+
+    def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[str, list[str]] | None:
+        """The prompt text through the model's own chat template (None: let a handler do it)."""
+        if request.prompt is not None:
+            return request.prompt, []
+        template = loaded.llama.metadata.get("tokenizer.chat_template")
+        has_images = any(isinstance(message.get("content"), list) for message in request.messages)
+        if self.settings["chat_format"] or not template or has_images:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama = loaded.llama
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama._model.token_get_text(llama.token_eos()),
+            bos_token=llama._model.token_get_text(llama.token_bos()),
+        )
+        formatted = formatter(messages=request.messages)  # type: ignore[arg-type]
+        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        return formatted.prompt, [stop for stop in stops if stop]
+
+    def _token_stream(
+        self, loaded: LoadedLlama, request: TextRequest, prompt: str, template_stops: list[str],
+        cancel: CancelToken,
+    ) -> Callable[[], Iterator[TextChunk]]:
+        """Our own token loop over ``Llama.generate``: constant work per token (llama-cpp-python's
+        streaming re-decodes the whole completion at every token), exact token counts."""
+        parameters = request.parameters
+        stops = [*request.stop, *template_stops]
+
+        def produce() -> Iterator[TextChunk]:
+            llama = loaded.llama
+            with loaded.lock:
+                tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                room = llama.n_ctx() - len(tokens)
+                if room <= 0:
+                    raise BadRequestError(
+                        f"The prompt has {len(tokens)} tokens; the context holds {llama.n_ctx()}.",
+                        param="input_data",
+                    )
+                max_tokens = min(int(parameters.get("max_tokens") or room), room)
+                if parameters.get("seed") is not None:
+                    llama.set_seed(int(parameters["seed"]))
+                counter = TokenCounter(llama.token_eos() if parameters.get("ignore_eos") else None)
+                generator = llama.generate(
+                    tokens,
+                    temp=float(parameters.get("temperature", 0.8)),
+                    top_k=int(parameters.get("top_k", 40)),
+                    top_p=float(parameters.get("top_p", 0.95)),
+                    min_p=float(parameters.get("min_p", 0.05)),
+                    repeat_penalty=float(parameters.get("repeat_penalty", 1.0)),
+                    presence_penalty=float(parameters.get("presence_penalty", 0.0)),
+                    frequency_penalty=float(parameters.get("frequency_penalty", 0.0)),
+                    logits_processor=LogitsProcessorList([counter]),
+                )
+                text = StopTextBuffer(stops)
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                produced = 0
+                finish = "length"
+                try:
+                    for token in generator:
+                        if is_end_of_generation(llama, token):
+                            finish = "stop"
+                            break
+                        produced += 1
+                        piece, stopped = text.push(decoder.decode(llama.detokenize([token])))
+                        if piece:
+                            yield TextChunk(piece)
+                        if stopped:
+                            finish = "stop"
+                            break
+                        if produced >= max_tokens or cancel.is_set():
+                            break
+                finally:
+                    generator.close()
+                if finish == "length":
+                    tail, _ = text.push(decoder.decode(b"", final=True))
+                    tail += text.flush()
+                    if tail:
+                        yield TextChunk(tail)
+                usage = {"prompt_tokens": len(tokens), "completion_tokens": produced}
+                yield TextChunk("", finish, usage)
+
+        return produce
+
+    def _handler_stream(
+        self, loaded: LoadedLlama, request: TextRequest, cancel: CancelToken
+    ) -> Callable[[], Iterator[TextChunk]]:
+        """Streaming through llama-cpp-python's chat handlers (forced chat_format, vision)."""
         kwargs = self._sampling(loaded, request)
+        counter = TokenCounter(loaded.llama.token_eos() if request.parameters.get("ignore_eos") else None)
+        kwargs["logits_processor"] = LogitsProcessorList([counter])
 
         def produce() -> Iterator[TextChunk]:
             with loaded.lock:
-                if request.prompt is not None:
-                    stream = loaded.llama.create_completion(request.prompt, stream=True, **kwargs)
-                else:
-                    stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
-                produced = 0
+                stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
                 try:
                     for part in stream:
                         choice = part["choices"][0]
-                        text = choice.get("text") if request.prompt is not None else choice["delta"].get("content")
+                        text = choice["delta"].get("content")
                         finish = choice.get("finish_reason")
-                        if text:
-                            produced += 1
                         if finish:
-                            yield TextChunk(text or "", finish, {"completion_tokens": produced})
+                            yield TextChunk(text or "", finish, counter.usage(finish))
                         elif text:
                             yield TextChunk(text)
                         if cancel.is_set():
@@ -214,19 +375,7 @@ class LlamaCppBinding(Binding):
                 finally:
                     stream.close()
 
-        async for chunk in self.stream_from_thread(produce, cancel):
-            yield chunk
-
-    def _sampling(self, loaded: LoadedLlama, request: TextRequest) -> dict[str, Any]:
-        parameters = request.parameters
-        kwargs: dict[str, Any] = {key: parameters[key] for key in SAMPLING_KEYS if key in parameters}
-        if request.stop:
-            kwargs["stop"] = request.stop
-        if parameters.get("ignore_eos"):
-            kwargs["logit_bias"] = {loaded.llama.token_eos(): -1e9}
-        if "max_tokens" in kwargs:
-            kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.llama.n_ctx())
-        return kwargs
+        return produce
 
     async def tokenize(self, model_name: str, text: str) -> list[int]:
         loaded = self._loaded(model_name)

@@ -1,0 +1,173 @@
+"""Shared fixtures: tiny models built once per session, configs, in-process apps, real servers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import toml
+
+from lollms_server.core.config import AppConfig, config_from_dict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+USER_BINDINGS = TESTS / "fixtures" / "user_bindings"
+GOOD_KEY = "test-key-generate-0123456789"
+ADMIN_KEY = "test-key-admin-0123456789"
+ONLY_ADMIN_KEY = "test-key-only-admin-0123456789"
+LIMITED_KEY = "test-key-limited-0123456789"
+AUTH = {"X-API-Key": ADMIN_KEY}
+
+
+def base_config(tmp_path: Path, models_folder: Path | None = None, **sections: Any) -> dict[str, Any]:
+    """A config mapping with test keys, the scripted user binding and a llama.cpp instance."""
+    data: dict[str, Any] = {
+        "server": {"auto_install_requirements": False},
+        "logging": {"level": "WARNING"},
+        "paths": {
+            "bindings_folder": str(USER_BINDINGS),
+            "personalities_folder": str(tmp_path / "personalities"),
+            "functions_folder": str(tmp_path / "functions"),
+            "models_folder": str(models_folder or tmp_path / "models"),
+        },
+        "security": {
+            "api_keys": [
+                {"key": GOOD_KEY, "name": "user", "scopes": ["generate"]},
+                {"key": ADMIN_KEY, "name": "admin", "scopes": ["generate", "admin"]},
+                {"key": ONLY_ADMIN_KEY, "name": "operator", "scopes": ["admin"]},
+                {"key": LIMITED_KEY, "name": "limited", "scopes": ["generate"], "allowed_bindings": ["echo"]},
+            ]
+        },
+        "defaults": {"ttt_binding": "echo", "ttt_model": "echo"},
+        "resource_manager": {"pools": {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 30}}},
+        "bindings": {
+            "echo": {"type": "scripted_binding", "api_token": "super-secret-token-value"},
+            "llm": {"type": "llamacpp_binding", "model_name": "tiny.gguf", "n_ctx": 4096, "n_threads": 1},
+        },
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    return data
+
+
+@pytest.fixture(scope="session")
+def models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models folder with a tiny GGUF built from random weights (once per session)."""
+    from tests.tiny_models import build_tiny_gguf
+
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_gguf(root / "llamacpp_binding" / "tiny.gguf", seed=0)
+    build_tiny_gguf(root / "llamacpp_binding" / "tiny2.gguf", seed=1)
+    # wider, so a long generation lasts seconds (for disconnect tests)
+    build_tiny_gguf(root / "llamacpp_binding" / "slow.gguf", hidden=384, intermediate=1536, layers=4,
+                    heads=4, kv_heads=4, seed=2)
+    return root
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, models_folder: Path) -> Callable[..., AppConfig]:
+    def make(**sections: Any) -> AppConfig:
+        return config_from_dict(base_config(tmp_path, models_folder, **sections), base=tmp_path, environ={})
+
+    return make
+
+
+@pytest.fixture
+async def app_client(make_config: Callable[..., AppConfig]) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of in-process clients: ``async with app_client(**sections) as client``."""
+    from contextlib import asynccontextmanager
+
+    from lollms_server.main import create_app
+
+    @asynccontextmanager
+    async def open_client(**sections: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(make_config(**sections))
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                client.app = app  # type: ignore[attr-defined]
+                yield client
+
+    yield open_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A real ``lollms-server`` in a subprocess on a free 127.0.0.1 port."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lollms_server.cli", "--config", str(config_path), "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, models_folder: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real servers from config sections; every server started is stopped."""
+    started: list[ServerProcess] = []
+
+    def start(**sections: Any) -> ServerProcess:
+        config_path = tmp_path / f"config-{len(started)}.toml"
+        config_path.write_text(toml.dumps(base_config(tmp_path, models_folder, **sections)), encoding="utf-8")
+        server = ServerProcess(config_path, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
