@@ -72,6 +72,7 @@ def models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_tiny_gguf(root / "llamacpp_binding" / "tiny.gguf", seed=0)
     build_tiny_gguf(root / "llamacpp_binding" / "tiny2.gguf", seed=1)
+    build_tiny_gguf(root / "llamacpp_binding" / "tiny3.gguf", seed=3)
     # wider, so a long generation lasts seconds (for disconnect tests)
     build_tiny_gguf(root / "llamacpp_binding" / "slow.gguf", hidden=384, intermediate=1536, layers=4,
                     heads=4, kv_heads=4, seed=2)

@@ -120,7 +120,7 @@ def test_model_listing_and_info(llm_server: ServerProcess) -> None:
     models = httpx.get(llm_server.url + "/api/v1/list_available_models/llm", headers=AUTH, timeout=30).json()
     assert {"tiny.gguf", "tiny2.gguf"} <= {model["name"] for model in models["models"]}
     scanned = httpx.get(llm_server.url + "/api/v1/list_models", headers=AUTH, timeout=30).json()
-    assert scanned["models"]["llamacpp_binding"] == ["slow.gguf", "tiny.gguf", "tiny2.gguf"]
+    assert scanned["models"]["llamacpp_binding"] == ["slow.gguf", "tiny.gguf", "tiny2.gguf", "tiny3.gguf"]
     httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(), headers=AUTH, timeout=60)
     info = httpx.get(llm_server.url + "/api/v1/get_model_info/llm", params={"model_name": "tiny.gguf"},
                      headers=AUTH, timeout=30).json()
