@@ -1,0 +1,83 @@
+"""Every registered route: no key, bad key, wrong scope, good key, both header styles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY, GOOD_KEY, LIMITED_KEY, ONLY_ADMIN_KEY
+
+PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+ADMIN_ONLY = {"/api/v1/status"}
+BODIES: dict[str, dict[str, Any]] = {
+    "/api/v1/generate": {"prompt": "hello world", "binding_name": "echo", "model_name": "echo"},
+    "/api/v1/tokenize": {"text": "hi", "binding_name": "echo", "model_name": "echo"},
+    "/api/v1/count_tokens": {"text": "hi", "binding_name": "echo", "model_name": "echo"},
+    "/api/v1/detokenize": {"tokens": [104, 105], "binding_name": "echo", "model_name": "echo"},
+}
+
+
+def routes(app: Any) -> list[tuple[str, str]]:
+    """Every API route, from the OpenAPI schema (which lists each registered path and method)."""
+    found = []
+    for path, operations in app.openapi()["paths"].items():
+        for method in operations:
+            found.append((method.upper(), path.replace("{binding_name}", "echo")))
+    return found
+
+
+async def call(client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    return await client.request(method, path, json=BODIES.get(path), headers=headers)
+
+
+async def test_every_route_requires_a_valid_key_with_the_right_scope(app_client: Any) -> None:
+    async with app_client() as client:
+        checked = routes(client.app)
+        assert len(checked) >= 12
+        for method, path in checked:
+            if path in PUBLIC:
+                continue
+            for headers in ({}, {"X-API-Key": "wrong-key-123456"}, {"Authorization": "Bearer wrong-key-123456"},
+                            {"Authorization": "Basic " + GOOD_KEY}):
+                response = await call(client, method, path, headers)
+                assert response.status_code == 401, (method, path, headers)
+                assert response.json()["error"]["type"] == "authentication_error"
+                assert response.headers["www-authenticate"] == "Bearer"
+            wrong_scope = GOOD_KEY if path in ADMIN_ONLY else ONLY_ADMIN_KEY
+            response = await call(client, method, path, {"X-API-Key": wrong_scope})
+            assert response.status_code == 403, (method, path)
+            assert response.json()["error"]["type"] == "permission_error"
+            good = ADMIN_KEY if path in ADMIN_ONLY else GOOD_KEY
+            for headers in ({"X-API-Key": good}, {"Authorization": f"Bearer {good}"}):
+                response = await call(client, method, path, headers)
+                assert response.status_code == 200, (method, path, response.text)
+
+
+async def test_health_and_docs_are_public(app_client: Any) -> None:
+    async with app_client() as client:
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "version": "0.1.0", "api_key_required": True}
+        assert (await client.get("/docs")).status_code == 200
+        assert (await client.get("/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/generate", "/api/v1/tokenize"])
+async def test_key_limited_to_bindings(app_client: Any, path: str) -> None:
+    async with app_client() as client:
+        body = {**BODIES[path], "binding_name": "llm", "model_name": "tiny.gguf"}
+        denied = await client.post(path, json=body, headers={"X-API-Key": LIMITED_KEY})
+        assert denied.status_code == 403 and "llm" in denied.json()["error"]["message"]
+        allowed = await client.post(path, json=BODIES[path], headers={"X-API-Key": LIMITED_KEY})
+        assert allowed.status_code == 200
+    async with app_client() as client:
+        info = await client.get("/api/v1/list_available_models/llm", headers={"X-API-Key": LIMITED_KEY})
+        assert info.status_code == 403
+
+
+async def test_unauthenticated_localhost_mode(app_client: Any) -> None:
+    async with app_client(security={"api_keys": [], "allow_unauthenticated_localhost": True}) as client:
+        assert (await client.get("/health")).json()["api_key_required"] is False
+        assert (await client.get("/api/v1/list_bindings")).status_code == 200
