@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from lollms_server import __version__
 from lollms_server.core.config import PACKAGE_ROOT, AppConfig, load_config
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (overrides logging.level)")
     commands = parser.add_subparsers(dest="command")
     init = commands.add_parser("init", help="write a fresh config.toml with a newly generated API key")
-    init.add_argument("path", nargs="?", default="config.toml", help="where to write it (default ./config.toml)")
+    init.add_argument(
+        "path", nargs="?", default="config.toml", help="where to write it (default ./config.toml)"
+    )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
 
@@ -92,7 +95,7 @@ def serve(config: AppConfig) -> None:
     from lollms_server.utils.logs import configure_logging
 
     configure_logging(config.logging.level, config.logging.file)
-    common = {
+    common: dict[str, Any] = {
         "host": config.server.host,
         "port": config.server.port,
         "log_level": config.logging.level.lower(),

@@ -56,7 +56,9 @@ def create_app(config: AppConfig) -> FastAPI:
         resources.start()
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances",
-            __version__, len(bindings.cards), len(bindings.instances),
+            __version__,
+            len(bindings.cards),
+            len(bindings.instances),
         )
         try:
             yield

@@ -74,8 +74,15 @@ def models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_tiny_gguf(root / "llamacpp_binding" / "tiny2.gguf", seed=1)
     build_tiny_gguf(root / "llamacpp_binding" / "tiny3.gguf", seed=3)
     # wider, so a long generation lasts seconds (for disconnect tests)
-    build_tiny_gguf(root / "llamacpp_binding" / "slow.gguf", hidden=384, intermediate=1536, layers=4,
-                    heads=4, kv_heads=4, seed=2)
+    build_tiny_gguf(
+        root / "llamacpp_binding" / "slow.gguf",
+        hidden=384,
+        intermediate=1536,
+        layers=4,
+        heads=4,
+        kv_heads=4,
+        seed=2,
+    )
     return root
 
 
@@ -122,7 +129,15 @@ class ServerProcess:
         env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lollms_server.cli", "--config", str(config_path), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "lollms_server.cli",
+                "--config",
+                str(config_path),
+                "--port",
+                str(self.port),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -20,7 +20,9 @@ from lollms_server.core.security import KeyStore
 from tests.conftest import free_port
 
 
-def test_init_writes_a_hashed_key_and_prints_it_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_writes_a_hashed_key_and_prints_it_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "conf" / "config.toml"
     assert main(["init", str(target)]) == 0
     printed = capsys.readouterr().out
@@ -62,8 +64,12 @@ def test_console_script_serves_and_stops(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     key = write_initial_config(config)
     port = free_port()
-    process = subprocess.Popen([executable, "--config", str(config), "--port", str(port), "--log-level", "info"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    process = subprocess.Popen(
+        [executable, "--config", str(config), "--port", str(port), "--log-level", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -75,7 +81,9 @@ def test_console_script_serves_and_stops(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.1)
         assert health.json()["api_key_required"] is True
-        listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/list_bindings", headers={"X-API-Key": key}, timeout=5)
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/list_bindings", headers={"X-API-Key": key}, timeout=5
+        )
         assert listed.status_code == 200 and "llamacpp_binding" in listed.json()["binding_types"]
     finally:
         process.terminate()

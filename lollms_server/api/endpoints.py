@@ -46,7 +46,9 @@ MODEL_SUFFIXES = {".gguf", ".bin", ".safetensors", ".pt", ".pth", ".onnx", ".ckp
 
 @health_router.get("/health", response_model=HealthPublic)
 async def health(request: Request) -> HealthPublic:
-    return HealthPublic(status="ok", version=__version__, api_key_required=request.app.state.keys.api_key_required)
+    return HealthPublic(
+        status="ok", version=__version__, api_key_required=request.app.state.keys.api_key_required
+    )
 
 
 @router.get("/list_bindings", response_model=BindingsPublic)
@@ -63,7 +65,9 @@ async def list_active_bindings(_: GenerateUser, bindings: BindingsDep) -> dict[s
 
 
 @router.get("/list_available_models/{binding_name}")
-async def list_available_models(binding_name: str, principal: GenerateUser, bindings: BindingsDep) -> dict[str, Any]:
+async def list_available_models(
+    binding_name: str, principal: GenerateUser, bindings: BindingsDep
+) -> dict[str, Any]:
     instance = bindings.instance(binding_name)
     principal.require_binding(instance.name)
     binding = await bindings.get(instance.name)
@@ -122,10 +126,15 @@ async def status(_: AdminUser, resources: ResourcesDep) -> dict[str, Any]:
     return resources.snapshot()
 
 
-@router.post("/generate", response_model=GenerateResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.post(
+    "/generate", response_model=GenerateResponse, responses={200: {"content": {"text/event-stream": {}}}}
+)
 async def generate(
     request: Request,
-    body: GenerateRequest, principal: GenerateUser, generation: GenerationDep, request_id: RequestIdDep
+    body: GenerateRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
 ) -> Response | GenerateResponse:
     """Generate; with ``stream: true`` the answer is Server-Sent Events of StreamChunk JSON."""
     if body.stream:
@@ -150,7 +159,9 @@ async def _sse_events(stream: GenerationStream) -> AsyncGenerator[bytes, None]:
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep) -> TokenizeResponse:
+async def tokenize(
+    body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> TokenizeResponse:
     tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
@@ -164,6 +175,8 @@ async def detokenize(
 
 
 @router.post("/count_tokens", response_model=CountTokensResponse)
-async def count_tokens(body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep) -> CountTokensResponse:
+async def count_tokens(
+    body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> CountTokensResponse:
     tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
     return CountTokensResponse(count=len(tokens))

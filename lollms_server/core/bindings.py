@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -241,7 +241,7 @@ class Binding:
     # ---- generation ------------------------------------------------------
     async def stream_text(
         self, model_name: str, request: TextRequest, cancel: CancelToken
-    ) -> AsyncIterator[TextChunk]:
+    ) -> AsyncGenerator[TextChunk, None]:
         raise BindingError(f"Binding '{self.instance_name}' does not generate text.")
         yield TextChunk()  # pragma: no cover - makes this an async generator
 
@@ -282,7 +282,7 @@ class Binding:
     @staticmethod
     async def stream_from_thread(
         produce: Callable[[], Iterator[T]], cancel: CancelToken
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Pull a blocking iterator in a dedicated thread and yield its items on the loop.
 
         The producer runs at full speed and hands items over with ``call_soon_threadsafe``

@@ -78,13 +78,17 @@ class PathsConfig(StrictModel):
     )
 
 
+Scope = Literal["generate", "admin"]
+DEFAULT_SCOPES: tuple[Scope, ...] = ("generate",)
+
+
 class ApiKeyConfig(StrictModel):
     key: str = Field(
         ..., min_length=8, description="The key in clear, or 'sha256:<hex>' of it (recommended)."
     )
     name: str | None = Field(None, description="Name used in logs and metrics (never the key).")
-    scopes: list[Literal["generate", "admin"]] = Field(
-        default_factory=lambda: ["generate"], description="What the key may do."
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(DEFAULT_SCOPES), description="What the key may do."
     )
     allowed_bindings: list[str] | None = Field(
         None, description="Binding instances this key may use (all when omitted)."

@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -78,7 +78,9 @@ def validate_text_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"])
-        raise BadRequestError(f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}") from None
+        raise BadRequestError(
+            f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}"
+        ) from None
     return {key: value for key, value in checked.model_dump().items() if value is not None}
 
 
@@ -99,7 +101,9 @@ def build_messages(inputs: list[InputData], system_message: str | None) -> list[
         elif item.role in HISTORY_ROLES:
             messages.append({"role": HISTORY_ROLES[item.role], "content": item.data})
     if not any(message["role"] == "user" for message in messages):
-        raise BadRequestError("A text generation needs a text input with role 'user_prompt'.", param="input_data")
+        raise BadRequestError(
+            "A text generation needs a text input with role 'user_prompt'.", param="input_data"
+        )
     if images:
         last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
         parts: list[dict[str, Any]] = [{"type": "text", "text": messages[last_user]["content"]}]
@@ -235,13 +239,17 @@ class GenerationService:
             async with self.resources.use_model(binding, target.pool, target.model) as load_seconds:
                 timings.load = load_seconds
                 started = time.monotonic()
-                result = await self._with_timeout(binding.generate_text(target.model, text_request, cancel), cancel)
+                result = await self._with_timeout(
+                    binding.generate_text(target.model, text_request, cancel), cancel
+                )
                 timings.finished(started)
         finally:
             lease.release()
         output = self._text_output(target, parameters, result, timings)
         return GenerateResponse(
-            personality=None, request_id=request_id, output=[output],
+            personality=None,
+            request_id=request_id,
+            output=[output],
             execution_time=round(time.monotonic() - timings.started, 6),
         )
 
@@ -259,7 +267,9 @@ class GenerationService:
             raise BindingError(f"The binding failed during generation ({type(exc).__name__}).") from exc
 
     @staticmethod
-    def _text_output(target: Target, parameters: dict[str, Any], result: TextResult, timings: Timings) -> OutputData:
+    def _text_output(
+        target: Target, parameters: dict[str, Any], result: TextResult, timings: Timings
+    ) -> OutputData:
         return OutputData(
             type="text",
             data=result.text,
@@ -283,7 +293,10 @@ class GenerationService:
     ) -> list[int]:
         target = self.resolve(principal, "ttt", binding_name, model_name)
         binding = await self.bindings.get(target.name)
-        async with self.resources.slot(target.pool), self.resources.use_model(binding, target.pool, target.model):
+        async with (
+            self.resources.slot(target.pool),
+            self.resources.use_model(binding, target.pool, target.model),
+        ):
             tokens: list[int] = await binding.tokenize(target.model, text)
         return tokens
 
@@ -292,11 +305,16 @@ class GenerationService:
     ) -> str:
         target = self.resolve(principal, "ttt", binding_name, model_name)
         binding = await self.bindings.get(target.name)
-        async with self.resources.slot(target.pool), self.resources.use_model(binding, target.pool, target.model):
+        async with (
+            self.resources.slot(target.pool),
+            self.resources.use_model(binding, target.pool, target.model),
+        ):
             text: str = await binding.detokenize(target.model, tokens)
         return text
 
-    async def model_info(self, principal: Principal, binding_name: str, model_name: str | None) -> dict[str, Any]:
+    async def model_info(
+        self, principal: Principal, binding_name: str, model_name: str | None
+    ) -> dict[str, Any]:
         """What the binding tells about a model (loading nothing)."""
         instance = self.bindings.instance(binding_name)
         principal.require_binding(instance.name)
@@ -368,7 +386,7 @@ class GenerationStream:
         finally:
             self.lease.release()
 
-    async def events(self) -> AsyncIterator[StreamChunk]:
+    async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """info, chunk..., then final; or error. Always releases the slot."""
         timeout = self.service.config.resource_manager.generation_timeout
         try:

@@ -218,7 +218,10 @@ class ResourceManager:
         self._bindings[binding.instance_name] = binding
         footprint = float(binding.footprint_mb(model))
         self.models[(binding.instance_name, model)] = LoadedModel(
-            instance=binding.instance_name, model=model, pool=pool_name, footprint_mb=footprint,
+            instance=binding.instance_name,
+            model=model,
+            pool=pool_name,
+            footprint_mb=footprint,
             load_seconds=elapsed,
         )
         logger.info("Loaded %s/%s in %.3f s (%.1f MB)", binding.instance_name, model, elapsed, footprint)
@@ -247,7 +250,9 @@ class ResourceManager:
                     )
                 return
             victim = min(idle, key=lambda entry: entry.last_used)
-            logger.info("Evicting %s/%s to fit the memory budget of %s", victim.instance, victim.model, pool_name)
+            logger.info(
+                "Evicting %s/%s to fit the memory budget of %s", victim.instance, victim.model, pool_name
+            )
             await self.unload(victim.instance, victim.model)
 
     async def unload(self, instance: str, model: str) -> bool:

@@ -96,7 +96,9 @@ class KeyStore:
             principal = Principal(
                 name=str(entry.name),
                 scopes=frozenset(entry.scopes),
-                allowed_bindings=None if entry.allowed_bindings is None else frozenset(entry.allowed_bindings),
+                allowed_bindings=None
+                if entry.allowed_bindings is None
+                else frozenset(entry.allowed_bindings),
             )
             entries.append((_digest_of(entry), principal))
         allow_anonymous = False

@@ -23,8 +23,10 @@ class AsciiColorsHandler(logging.Handler):
 
 def configure_logging(level: str, file: Path | None = None) -> None:
     """Send the server's logs (``lollms_server.*`` and bindings) to the console and a file."""
-    ascii_colors.basicConfig(level=getattr(ascii_colors, level, ascii_colors.INFO),
-                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ascii_colors.basicConfig(
+        level=getattr(ascii_colors, level, ascii_colors.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for name in (PACKAGE_LOGGER, "lollms_bindings"):
         logger = logging.getLogger(name)
         logger.setLevel(level)

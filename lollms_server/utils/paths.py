@@ -34,8 +34,11 @@ def _printable(name: str) -> str:
 
 def is_safe_name(name: str) -> bool:
     """A single folder/instance name: letters, digits, '-', '_' and '.' (not leading)."""
-    return bool(name) and len(name) <= 128 and not name.startswith(".") and all(
-        ch.isalnum() or ch in "-_." for ch in name
+    return (
+        bool(name)
+        and len(name) <= 128
+        and not name.startswith(".")
+        and all(ch.isalnum() or ch in "-_." for ch in name)
     )
 
 

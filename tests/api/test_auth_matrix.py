@@ -39,8 +39,12 @@ async def test_every_route_requires_a_valid_key_with_the_right_scope(app_client:
         for method, path in checked:
             if path in PUBLIC:
                 continue
-            for headers in ({}, {"X-API-Key": "wrong-key-123456"}, {"Authorization": "Bearer wrong-key-123456"},
-                            {"Authorization": "Basic " + GOOD_KEY}):
+            for headers in (
+                {},
+                {"X-API-Key": "wrong-key-123456"},
+                {"Authorization": "Bearer wrong-key-123456"},
+                {"Authorization": "Basic " + GOOD_KEY},
+            ):
                 response = await call(client, method, path, headers)
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]["type"] == "authentication_error"

@@ -19,11 +19,30 @@ def assert_error_shape(body: dict[str, Any], error_type: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "payload", "headers", "status", "error_type"),
     [
-        ("POST", "/api/v1/generate", {"prompt": "x", "model_name": "../../etc/passwd"}, AUTH, 400,
-         "invalid_request_error"),
-        ("POST", "/api/v1/generate", {"prompt": "x", "parameters": {"temperature": -1}}, AUTH, 400,
-         "invalid_request_error"),
-        ("POST", "/api/v1/generate", {"prompt": "x", "generation_type": "tti"}, AUTH, 400, "invalid_request_error"),
+        (
+            "POST",
+            "/api/v1/generate",
+            {"prompt": "x", "model_name": "../../etc/passwd"},
+            AUTH,
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "POST",
+            "/api/v1/generate",
+            {"prompt": "x", "parameters": {"temperature": -1}},
+            AUTH,
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "POST",
+            "/api/v1/generate",
+            {"prompt": "x", "generation_type": "tti"},
+            AUTH,
+            400,
+            "invalid_request_error",
+        ),
         ("GET", "/api/v1/list_bindings", None, {}, 401, "authentication_error"),
         ("GET", "/api/v1/status", None, {"X-API-Key": GOOD_KEY}, 403, "permission_error"),
         ("POST", "/api/v1/generate", {"prompt": "x", "binding_name": "ghost"}, AUTH, 404, "not_found_error"),
@@ -36,8 +55,15 @@ def assert_error_shape(body: dict[str, Any], error_type: str) -> None:
         ("POST", "/api/v1/generate", {"prompt": "x", "model_name": "broken"}, AUTH, 500, "binding_error"),
     ],
 )
-async def test_error_shape(app_client: Any, method: str, path: str, payload: Any, headers: dict[str, str],
-                           status: int, error_type: str) -> None:
+async def test_error_shape(
+    app_client: Any,
+    method: str,
+    path: str,
+    payload: Any,
+    headers: dict[str, str],
+    status: int,
+    error_type: str,
+) -> None:
     async with app_client() as client:
         response = await client.request(method, path, json=payload, headers=headers)
         assert response.status_code == status, response.text
@@ -47,8 +73,9 @@ async def test_error_shape(app_client: Any, method: str, path: str, payload: Any
 
 async def test_invalid_json_is_422(app_client: Any) -> None:
     async with app_client() as client:
-        response = await client.post("/api/v1/generate", content=b"{not json", headers={**AUTH,
-                                     "content-type": "application/json"})
+        response = await client.post(
+            "/api/v1/generate", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+        )
         assert response.status_code == 422
         assert_error_shape(response.json(), "validation_error")
 
@@ -67,7 +94,9 @@ async def test_body_over_the_limit_is_413_before_it_is_read(app_client: Any) -> 
         streamed = await client.post("/api/v1/generate", content=chunks(), headers=AUTH)
         assert streamed.status_code == 413
         assert_error_shape(streamed.json(), "payload_too_large")
-        small = await client.post("/api/v1/generate", json={"prompt": "ok", "binding_name": "echo"}, headers=AUTH)
+        small = await client.post(
+            "/api/v1/generate", json={"prompt": "ok", "binding_name": "echo"}, headers=AUTH
+        )
         assert small.status_code == 200
 
 

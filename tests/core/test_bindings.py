@@ -32,8 +32,11 @@ instance_schema:
 
 def manager(tmp_path: Path, bindings: dict[str, Any], user_folder: Path = USER_BINDINGS) -> BindingManager:
     config = config_from_dict(
-        {"paths": {"bindings_folder": str(user_folder), "models_folder": str(tmp_path / "models")},
-         "server": {"auto_install_requirements": False}, "bindings": bindings},
+        {
+            "paths": {"bindings_folder": str(user_folder), "models_folder": str(tmp_path / "models")},
+            "server": {"auto_install_requirements": False},
+            "bindings": bindings,
+        },
         environ={},
     )
     return BindingManager(config)
@@ -63,8 +66,9 @@ def test_cards_are_read_without_importing_code(tmp_path: Path) -> None:
         ({"colour": "red"}, "bindings.x.colour: unknown setting"),
     ],
 )
-def test_instance_settings_are_validated_against_the_card(tmp_path: Path, settings: dict[str, Any],
-                                                          message: str) -> None:
+def test_instance_settings_are_validated_against_the_card(
+    tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
     make_binding(tmp_path / "user", "checked_binding")
     with pytest.raises(ConfigError, match=message):
         manager(tmp_path, {"x": {"type": "checked_binding", **settings}}, tmp_path / "user")
@@ -96,8 +100,12 @@ async def test_custom_user_binding_is_imported_on_first_use_and_streams(tmp_path
     binding = await bindings.get("echo")
     assert await bindings.get("echo") is binding
     await binding.load_model("echo")
-    chunks = [chunk.text async for chunk in binding.stream_text(
-        "echo", TextRequest(messages=[{"role": "user", "content": "a b c"}]), CancelToken())]
+    chunks = [
+        chunk.text
+        async for chunk in binding.stream_text(
+            "echo", TextRequest(messages=[{"role": "user", "content": "a b c"}]), CancelToken()
+        )
+    ]
     assert "".join(chunks) == "a b c "
     with pytest.raises(NotFoundError):
         bindings.instance("ghost")

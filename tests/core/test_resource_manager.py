@@ -72,7 +72,9 @@ async def test_cancelled_waiter_leaves_the_queue_at_once() -> None:
 class SizedBinding(Binding):
     def __init__(self) -> None:
         card = BindingCard(type_name="sized")
-        super().__init__(BindingContext("sized", card, {}, models_folder=__import__("pathlib").Path("."), pool="p"))
+        super().__init__(
+            BindingContext("sized", card, {}, models_folder=__import__("pathlib").Path("."), pool="p")
+        )
         self.loaded: set[str] = set()
 
     async def load_model(self, model_name: str) -> None:

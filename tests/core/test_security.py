@@ -41,7 +41,8 @@ def test_no_keys_refuses_unless_loopback_and_explicit() -> None:
     with pytest.raises(ConfigError, match="loopback"):
         KeyStore.from_config(
             config_from_dict(
-                {"server": {"host": "0.0.0.0"}, "security": {"allow_unauthenticated_localhost": True}}, environ={}
+                {"server": {"host": "0.0.0.0"}, "security": {"allow_unauthenticated_localhost": True}},
+                environ={},
             )
         )
 

@@ -16,7 +16,7 @@ def parse_events(body: str) -> list[dict[str, Any]]:
         if not block:
             continue
         assert block.startswith("data: ") and "\n" not in block, f"bad SSE framing: {block!r}"
-        events.append(json.loads(block[len("data: "):]))
+        events.append(json.loads(block[len("data: ") :]))
     assert body.endswith("\n\n"), "stream must end at an event boundary"
     return events
 
@@ -27,7 +27,7 @@ def iter_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
         buffer += text
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
-            yield json.loads(block[len("data: "):])
+            yield json.loads(block[len("data: ") :])
 
 
 async def aiter_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -36,4 +36,4 @@ async def aiter_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]
         buffer += text
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
-            yield json.loads(block[len("data: "):])
+            yield json.loads(block[len("data: ") :])

@@ -18,8 +18,12 @@ LLM = {"binding_name": "llm", "model_name": "tiny.gguf"}
 
 
 def generate_body(prompt: str = "Hello there", stream: bool = False, **parameters: Any) -> dict[str, Any]:
-    return {"input_data": [{"type": "text", "role": "user_prompt", "data": prompt}], "stream": stream,
-            "parameters": {"max_tokens": 16, **parameters}, **LLM}
+    return {
+        "input_data": [{"type": "text", "role": "user_prompt", "data": prompt}],
+        "stream": stream,
+        "parameters": {"max_tokens": 16, **parameters},
+        **LLM,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,11 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory, models_folder: Any) -> 
     from tests.conftest import base_config
 
     tmp = tmp_path_factory.mktemp("llm-server")
-    config = base_config(tmp, models_folder, resource_manager={
-        "pools": {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 60}}})
+    config = base_config(
+        tmp,
+        models_folder,
+        resource_manager={"pools": {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 60}}},
+    )
     path = tmp / "config.toml"
     path.write_text(toml.dumps(config))
     server = ServerProcess(path, tmp / "server.log")
@@ -49,7 +56,9 @@ def status(server: ServerProcess) -> dict[str, Any]:
 
 
 def test_non_streamed_generation(llm_server: ServerProcess) -> None:
-    response = httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(seed=3), headers=AUTH, timeout=60)
+    response = httpx.post(
+        llm_server.url + "/api/v1/generate", json=generate_body(seed=3), headers=AUTH, timeout=60
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert response.headers["x-request-id"] == body["request_id"]
@@ -58,24 +67,38 @@ def test_non_streamed_generation(llm_server: ServerProcess) -> None:
     metadata = output["metadata"]
     assert metadata["binding"] == "llm" and metadata["model"] == "tiny.gguf"
     assert metadata["parameters"]["max_tokens"] == 16 and metadata["seed"] == 3
-    assert set(metadata["timings"]) == {"queue_wait", "load", "compute", "total", "slot_granted_at",
-                                        "compute_finished_at"}
+    assert set(metadata["timings"]) == {
+        "queue_wait",
+        "load",
+        "compute",
+        "total",
+        "slot_granted_at",
+        "compute_finished_at",
+    }
     assert metadata["usage"]["completion_tokens"] >= 1  # may pass max_tokens to finish a UTF-8 char
     assert metadata["finish_reason"] in ("stop", "length")
 
 
 def test_same_seed_same_text(llm_server: ServerProcess) -> None:
     texts = {
-        httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(seed=7, temperature=0.9),
-                   headers=AUTH, timeout=60).json()["output"][0]["data"]
+        httpx.post(
+            llm_server.url + "/api/v1/generate",
+            json=generate_body(seed=7, temperature=0.9),
+            headers=AUTH,
+            timeout=60,
+        ).json()["output"][0]["data"]
         for _ in range(2)
     }
     assert len(texts) == 1
 
 
 def test_sse_framing_and_event_order(llm_server: ServerProcess) -> None:
-    response = httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(stream=True, ignore_eos=True),
-                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    response = httpx.post(
+        llm_server.url + "/api/v1/generate",
+        json=generate_body(stream=True, ignore_eos=True),
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=60,
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_events(response.text)
@@ -90,14 +113,18 @@ def test_sse_framing_and_event_order(llm_server: ServerProcess) -> None:
 
 def test_stop_sequence_and_max_tokens(llm_server: ServerProcess) -> None:
     body = generate_body(seed=1, max_tokens=40, ignore_eos=True, stream=True)
-    events = parse_events(httpx.post(llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=60).text)
+    events = parse_events(
+        httpx.post(llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=60).text
+    )
     pieces = [event["content"] for event in events if event["type"] == "chunk"]
     text = "".join(pieces)
     # a stop string that is one whole token, after a few tokens
     stop = next(piece for piece in pieces[3:] if piece.strip() and piece.isascii() and len(piece) >= 2)
     body["parameters"]["stop"] = [stop]
     body["stream"] = False
-    stopped = httpx.post(llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=60).json()["output"][0]
+    stopped = httpx.post(llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=60).json()[
+        "output"
+    ][0]
     assert stop not in stopped["data"] and text.startswith(stopped["data"])
     assert len(stopped["data"]) < len(text)
     assert stopped["metadata"]["finish_reason"] == "stop"
@@ -105,14 +132,24 @@ def test_stop_sequence_and_max_tokens(llm_server: ServerProcess) -> None:
 
 def test_tokenize_round_trip(llm_server: ServerProcess) -> None:
     text = "Hello world! Grüße, ça va? こんにちは"
-    tokens = httpx.post(llm_server.url + "/api/v1/tokenize", json={"text": text, **LLM}, headers=AUTH, timeout=30).json()
+    tokens = httpx.post(
+        llm_server.url + "/api/v1/tokenize", json={"text": text, **LLM}, headers=AUTH, timeout=30
+    ).json()
     assert tokens["count"] == len(tokens["tokens"]) > 0
-    back = httpx.post(llm_server.url + "/api/v1/detokenize", json={"tokens": tokens["tokens"], **LLM},
-                      headers=AUTH, timeout=30).json()
+    back = httpx.post(
+        llm_server.url + "/api/v1/detokenize",
+        json={"tokens": tokens["tokens"], **LLM},
+        headers=AUTH,
+        timeout=30,
+    ).json()
     assert back["text"] == text
-    count = httpx.post(llm_server.url + "/api/v1/count_tokens", json={"text": text, **LLM}, headers=AUTH, timeout=30)
+    count = httpx.post(
+        llm_server.url + "/api/v1/count_tokens", json={"text": text, **LLM}, headers=AUTH, timeout=30
+    )
     assert count.json() == {"count": tokens["count"]}
-    bad = httpx.post(llm_server.url + "/api/v1/detokenize", json={"tokens": [10**9], **LLM}, headers=AUTH, timeout=30)
+    bad = httpx.post(
+        llm_server.url + "/api/v1/detokenize", json={"tokens": [10**9], **LLM}, headers=AUTH, timeout=30
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
 
 
@@ -122,8 +159,12 @@ def test_model_listing_and_info(llm_server: ServerProcess) -> None:
     scanned = httpx.get(llm_server.url + "/api/v1/list_models", headers=AUTH, timeout=30).json()
     assert scanned["models"]["llamacpp_binding"] == ["slow.gguf", "tiny.gguf", "tiny2.gguf", "tiny3.gguf"]
     httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(), headers=AUTH, timeout=60)
-    info = httpx.get(llm_server.url + "/api/v1/get_model_info/llm", params={"model_name": "tiny.gguf"},
-                     headers=AUTH, timeout=30).json()
+    info = httpx.get(
+        llm_server.url + "/api/v1/get_model_info/llm",
+        params={"model_name": "tiny.gguf"},
+        headers=AUTH,
+        timeout=30,
+    ).json()
     assert info["context_size"] == 4096 and info["loaded"] is True and info["has_chat_template"] is True
 
 
@@ -137,8 +178,9 @@ def test_model_listing_and_info(llm_server: ServerProcess) -> None:
         ({"model_name": "sub/../../tiny.gguf"}, 400, "model_name"),
     ],
 )
-def test_unknown_and_escaping_names(llm_server: ServerProcess, change: dict[str, str], status_code: int,
-                                    param: str) -> None:
+def test_unknown_and_escaping_names(
+    llm_server: ServerProcess, change: dict[str, str], status_code: int, param: str
+) -> None:
     for stream in (False, True):
         body = {**generate_body(stream=stream), **change}
         response = httpx.post(llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=30)

@@ -15,9 +15,16 @@ from tests.e2e.sse import parse_events
 pytestmark = pytest.mark.e2e
 
 
-def body(binding: str, model: str, stream: bool = False, prompt: str = "Hello", **parameters: Any) -> dict[str, Any]:
-    return {"input_data": [{"type": "text", "role": "user_prompt", "data": prompt}], "stream": stream,
-            "binding_name": binding, "model_name": model, "parameters": {"max_tokens": 8, **parameters}}
+def body(
+    binding: str, model: str, stream: bool = False, prompt: str = "Hello", **parameters: Any
+) -> dict[str, Any]:
+    return {
+        "input_data": [{"type": "text", "role": "user_prompt", "data": prompt}],
+        "stream": stream,
+        "binding_name": binding,
+        "model_name": model,
+        "parameters": {"max_tokens": 8, **parameters},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Any) -> Any:
     tmp = tmp_path_factory.mktemp("policies")
     llama = {"type": "llamacpp_binding", "n_ctx": 4096, "n_threads": 1}
     config = base_config(
-        tmp, models_folder,
+        tmp,
+        models_folder,
         resource_manager={
             "housekeeping_interval": 0.1,
             "pools": {
@@ -85,7 +93,9 @@ def test_queue_overflow_and_queue_timeout_answer_503_with_retry_after(server: Se
     try:
         assert started.wait(30)
         waiting: dict[str, httpx.Response] = {}
-        waiter = threading.Thread(target=lambda: waiting.setdefault("r", generate(server, body("llm_busy", "tiny.gguf"))))
+        waiter = threading.Thread(
+            target=lambda: waiting.setdefault("r", generate(server, body("llm_busy", "tiny.gguf")))
+        )
         waiter.start()
         deadline = time.monotonic() + 5
         while pool_status(server, "busy")["queued"] != 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,17 @@ from lollms_server.core.bindings import (
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
 
 BindingName = "LlamaCppBinding"
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed",
-                 "min_p", "presence_penalty", "frequency_penalty")
+SAMPLING_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repeat_penalty",
+    "seed",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 class LoadedLlama:
@@ -123,7 +132,10 @@ class LlamaCppBinding(Binding):
             if not self.models_folder.is_dir():
                 return []
             return [
-                {"name": str(path.relative_to(self.models_folder)), "size_mb": round(path.stat().st_size / 2**20, 3)}
+                {
+                    "name": str(path.relative_to(self.models_folder)),
+                    "size_mb": round(path.stat().st_size / 2**20, 3),
+                }
                 for path in sorted(self.models_folder.rglob("*.gguf"))
             ]
 
@@ -138,13 +150,17 @@ class LlamaCppBinding(Binding):
         parts = model_name.split("/")
         if self.settings.get("allow_download") and len(parts) >= 3 and model_name.endswith(".gguf"):
             return self._download("/".join(parts[:2]), "/".join(parts[2:]))
-        raise NotFoundError(f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name")
+        raise NotFoundError(
+            f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name"
+        )
 
     def _download(self, repo_id: str, filename: str) -> Path:
         try:
             from huggingface_hub import hf_hub_download
         except ImportError:
-            raise BindingError("Downloading models needs huggingface_hub: pip install huggingface_hub") from None
+            raise BindingError(
+                "Downloading models needs huggingface_hub: pip install huggingface_hub"
+            ) from None
         logger.info("Downloading %s from %s", filename, repo_id)
         target = self.models_folder / repo_id
         try:
@@ -255,7 +271,7 @@ class LlamaCppBinding(Binding):
     # ---- generation ----------------------------------------------------------
     async def stream_text(
         self, model_name: str, request: TextRequest, cancel: CancelToken
-    ) -> AsyncIterator[TextChunk]:
+    ) -> AsyncGenerator[TextChunk, None]:
         loaded = self._loaded(model_name)
         prompt_and_stops = self._prompt(loaded, request)
         if prompt_and_stops is None:  # a forced chat_format or images: llama-cpp-python's handlers
@@ -283,11 +299,17 @@ class LlamaCppBinding(Binding):
             bos_token=llama._model.token_get_text(llama.token_bos()),
         )
         formatted = formatter(messages=request.messages)  # type: ignore[arg-type]
-        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        stops = (
+            formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        )
         return formatted.prompt, [stop for stop in stops if stop]
 
     def _token_stream(
-        self, loaded: LoadedLlama, request: TextRequest, prompt: str, template_stops: list[str],
+        self,
+        loaded: LoadedLlama,
+        request: TextRequest,
+        prompt: str,
+        template_stops: list[str],
         cancel: CancelToken,
     ) -> Callable[[], Iterator[TextChunk]]:
         """Our own token loop over ``Llama.generate``: constant work per token (llama-cpp-python's
@@ -391,7 +413,9 @@ class LlamaCppBinding(Binding):
         n_vocab = loaded.llama.n_vocab()
         bad = next((token for token in tokens if not 0 <= token < n_vocab), None)
         if bad is not None:
-            raise BadRequestError(f"Token id {bad} is outside the vocabulary (0..{n_vocab - 1}).", param="tokens")
+            raise BadRequestError(
+                f"Token id {bad} is outside the vocabulary (0..{n_vocab - 1}).", param="tokens"
+            )
 
         def run() -> str:
             with loaded.lock:
