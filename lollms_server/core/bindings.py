@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,20 +286,30 @@ class Binding:
     ) -> AsyncGenerator[T, None]:
         """Pull a blocking iterator in a dedicated thread and yield its items on the loop.
 
-        The producer runs at full speed and hands items over with ``call_soon_threadsafe``
-        (no thread hop per item). When the consumer stops early or is cancelled, the token is
-        set, the producer stops between items and this generator waits until it has: a slot
-        is never released while the model is still busy.
+        The producer runs at full speed and appends items to a deque; it wakes the loop only
+        when the consumer is actually waiting, so a fast producer costs one wake-up per batch
+        rather than per item. When the consumer stops early or is cancelled, the token is set,
+        the producer stops between items and this generator waits until it has: a slot is
+        never released while the model is still busy.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        items: deque[tuple[str, Any]] = deque()
+        ready = asyncio.Event()
         finished = asyncio.Event()
+        consumer_waiting = False
 
-        def put(kind: str, value: Any) -> None:
+        def wake(event: asyncio.Event) -> None:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+                loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # loop closed: nobody is listening any more
                 pass
+
+        def put(kind: str, value: Any) -> None:
+            nonlocal consumer_waiting
+            items.append((kind, value))
+            if consumer_waiting:
+                consumer_waiting = False
+                wake(ready)
 
         def run() -> None:
             iterator: Iterator[T] | None = None
@@ -318,16 +329,20 @@ class Binding:
                         close()
                     except Exception:  # noqa: BLE001
                         logger.debug("closing a producer failed", exc_info=True)
-                try:
-                    loop.call_soon_threadsafe(finished.set)
-                except RuntimeError:
-                    pass
+                wake(finished)
 
         thread = threading.Thread(target=run, name="lollms-producer", daemon=True)
         thread.start()
         try:
             while True:
-                kind, value = await queue.get()
+                if not items:
+                    ready.clear()
+                    consumer_waiting = True
+                    if not items:  # re-check: the producer may have appended meanwhile
+                        await ready.wait()
+                    consumer_waiting = False
+                    continue
+                kind, value = items.popleft()
                 if kind == "item":
                     yield value
                 elif kind == "done":

@@ -50,6 +50,7 @@ class LoadedLlama:
         self.path = path
         self.lock = threading.Lock()
         self.size_mb = path.stat().st_size / 2**20
+        self.chat_formatter: Any = None  # built once from the model's chat template
 
 
 def is_end_of_generation(llama: Any, token: int) -> bool:
@@ -290,14 +291,16 @@ class LlamaCppBinding(Binding):
         has_images = any(isinstance(message.get("content"), list) for message in request.messages)
         if self.settings["chat_format"] or not template or has_images:
             return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        if loaded.chat_formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llama = loaded.llama
-        formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=llama._model.token_get_text(llama.token_eos()),
-            bos_token=llama._model.token_get_text(llama.token_bos()),
-        )
+            llama = loaded.llama
+            loaded.chat_formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(llama.token_eos()),
+                bos_token=llama._model.token_get_text(llama.token_bos()),
+            )
+        formatter = loaded.chat_formatter
         formatted = formatter(messages=request.messages)  # type: ignore[arg-type]
         stops = (
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
@@ -330,7 +333,7 @@ class LlamaCppBinding(Binding):
                 max_tokens = min(int(parameters.get("max_tokens") or room), room)
                 if parameters.get("seed") is not None:
                     llama.set_seed(int(parameters["seed"]))
-                counter = TokenCounter(llama.token_eos() if parameters.get("ignore_eos") else None)
+                ignore_eos = bool(parameters.get("ignore_eos"))
                 generator = llama.generate(
                     tokens,
                     temp=float(parameters.get("temperature", 0.8)),
@@ -340,7 +343,6 @@ class LlamaCppBinding(Binding):
                     repeat_penalty=float(parameters.get("repeat_penalty", 1.0)),
                     presence_penalty=float(parameters.get("presence_penalty", 0.0)),
                     frequency_penalty=float(parameters.get("frequency_penalty", 0.0)),
-                    logits_processor=LogitsProcessorList([counter]),
                 )
                 text = StopTextBuffer(stops)
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -349,6 +351,8 @@ class LlamaCppBinding(Binding):
                 try:
                     for token in generator:
                         if is_end_of_generation(llama, token):
+                            if ignore_eos:  # keep generating past the end of sequence
+                                continue
                             finish = "stop"
                             break
                         produced += 1
