@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -103,6 +104,10 @@ def serve(config: AppConfig) -> None:
     }
     if config.server.workers > 1:
         assert config.config_path is not None
+        logging.getLogger(__name__).warning(
+            "%d workers: each worker process has its own resource pools (limits apply per worker)",
+            config.server.workers,
+        )
         os.environ[CONFIG_ENV] = str(config.config_path)
         uvicorn.run(
             "lollms_server.main:app_from_environment", factory=True, workers=config.server.workers, **common

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -171,19 +172,14 @@ class ServerProcess:
         self.log.close()
 
 
-@pytest.fixture
-def start_server(tmp_path: Path, models_folder: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start real servers from config sections; every server started is stopped."""
-    started: list[ServerProcess] = []
-
-    def start(**sections: Any) -> ServerProcess:
-        config_path = tmp_path / f"config-{len(started)}.toml"
-        config_path.write_text(toml.dumps(base_config(tmp_path, models_folder, **sections)), encoding="utf-8")
-        server = ServerProcess(config_path, tmp_path / f"server-{len(started)}.log")
-        started.append(server)
+@contextmanager
+def running_server(folder: Path, models_folder: Path, **sections: Any) -> Iterator[ServerProcess]:
+    """A real server for ``base_config(**sections)``, stopped when the block ends."""
+    config_path = folder / "config.toml"
+    config_path.write_text(toml.dumps(base_config(folder, models_folder, **sections)), encoding="utf-8")
+    server = ServerProcess(config_path, folder / "server.log")
+    try:
         server.wait_ready()
-        return server
-
-    yield start
-    for server in started:
+        yield server
+    finally:
         server.stop()

@@ -227,25 +227,17 @@ class GenerationService:
         self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
     ) -> GenerateResponse:
         """Run one request to completion (the client leaving cancels it)."""
-        self._check_type(request)
-        target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
-        parameters = self.merged_parameters(request.parameters)
-        text_request = self._text_request(request, dict(parameters))
-        timings = Timings()
-        binding = await self.bindings.get(target.name)
-        lease = await self.resources.acquire(target.pool)
-        timings.granted(lease.wait_seconds)
+        admission = await self._admit(request, principal)
+        target, timings = admission.target, admission.timings
         try:
-            async with self.resources.use_model(binding, target.pool, target.model) as load_seconds:
-                timings.load = load_seconds
-                started = time.monotonic()
-                result = await self._with_timeout(
-                    binding.generate_text(target.model, text_request, cancel), cancel
-                )
-                timings.finished(started)
+            started = time.monotonic()
+            result = await self._with_timeout(
+                admission.binding.generate_text(target.model, admission.text_request, cancel), cancel
+            )
+            timings.finished(started)
         finally:
-            lease.release()
-        output = self._text_output(target, parameters, result, timings)
+            await admission.release()
+        output = self._text_output(target, admission.parameters, result, timings)
         return GenerateResponse(
             personality=None,
             request_id=request_id,
@@ -330,7 +322,12 @@ class GenerationService:
     async def open_stream(
         self, request: GenerateRequest, principal: Principal, request_id: str
     ) -> GenerationStream:
-        """Validate, route and wait for a slot *before* the response starts (so 4xx/503 stay HTTP)."""
+        """Validate, route, wait for a slot and load the model *before* the response starts, so
+        that 4xx/5xx/503 answers stay plain HTTP errors."""
+        return GenerationStream(self, await self._admit(request, principal), request_id)
+
+    async def _admit(self, request: GenerateRequest, principal: Principal) -> Admission:
+        """Route and validate the request, wait (FIFO) for a pool slot and make the model resident."""
         self._check_type(request)
         target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
         parameters = self.merged_parameters(request.parameters)
@@ -340,51 +337,54 @@ class GenerationService:
         lease = await self.resources.acquire(target.pool)
         timings.granted(lease.wait_seconds)
         residency = AsyncExitStack()
-        try:  # load errors (unknown model, ...) are still plain HTTP errors
+        try:
             timings.load = await residency.enter_async_context(
                 self.resources.use_model(binding, target.pool, target.model)
             )
         except BaseException:
             lease.release()
             raise
-        return GenerationStream(
-            self, target, binding, text_request, parameters, lease, residency, timings, request_id
-        )
+        return Admission(target, binding, text_request, parameters, timings, lease, residency)
+
+
+@dataclass
+class Admission:
+    """An admitted text request: it holds a pool slot and keeps its model resident until released."""
+
+    target: Target
+    binding: Binding
+    text_request: TextRequest
+    parameters: dict[str, Any]
+    timings: Timings
+    lease: Lease
+    residency: AsyncExitStack
+
+    async def release(self) -> None:
+        """Give back the model and the slot (idempotent)."""
+        try:
+            await self.residency.aclose()
+        finally:
+            self.lease.release()
 
 
 class GenerationStream:
     """A streamed generation holding its slot and model until ``events()`` ends or ``aclose()``."""
 
-    def __init__(
-        self,
-        service: GenerationService,
-        target: Target,
-        binding: Binding,
-        text_request: TextRequest,
-        parameters: dict[str, Any],
-        lease: Lease,
-        residency: AsyncExitStack,
-        timings: Timings,
-        request_id: str,
-    ) -> None:
+    def __init__(self, service: GenerationService, admission: Admission, request_id: str) -> None:
         self.service = service
-        self.target = target
-        self.binding = binding
-        self.text_request = text_request
-        self.parameters = parameters
-        self.lease = lease
-        self.residency = residency
-        self.timings = timings
+        self.admission = admission
+        self.target = admission.target
+        self.binding = admission.binding
+        self.text_request = admission.text_request
+        self.parameters = admission.parameters
+        self.timings = admission.timings
         self.request_id = request_id
         self.cancel = CancelToken()
 
     async def aclose(self) -> None:
         """Stop the generation and give back the model and the slot (idempotent)."""
         self.cancel.set()
-        try:
-            await self.residency.aclose()
-        finally:
-            self.lease.release()
+        await self.admission.release()
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """info, chunk..., then final; or error. Always releases the slot."""

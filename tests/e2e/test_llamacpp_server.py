@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, ServerProcess
+from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, running_server
 from tests.e2e.sse import aiter_events, parse_events
 
 pytestmark = pytest.mark.e2e
@@ -27,25 +29,12 @@ def generate_body(prompt: str = "Hello there", stream: bool = False, **parameter
 
 
 @pytest.fixture(scope="module")
-def llm_server(tmp_path_factory: pytest.TempPathFactory, models_folder: Any) -> Any:
-    import toml
-
-    from tests.conftest import base_config
-
-    tmp = tmp_path_factory.mktemp("llm-server")
-    config = base_config(
-        tmp,
-        models_folder,
-        resource_manager={"pools": {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 60}}},
-    )
-    path = tmp / "config.toml"
-    path.write_text(toml.dumps(config))
-    server = ServerProcess(path, tmp / "server.log")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+def llm_server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Iterator[ServerProcess]:
+    pools = {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 60}}
+    with running_server(
+        tmp_path_factory.mktemp("llm-server"), models_folder, resource_manager={"pools": pools}
+    ) as s:
+        yield s
 
 
 def status(server: ServerProcess) -> dict[str, Any]:
@@ -239,3 +228,15 @@ def test_disconnect_mid_stream_frees_slot(llm_server: ServerProcess) -> None:
         time.sleep(0.02)
     after = httpx.post(llm_server.url + "/api/v1/generate", json=generate_body(), headers=AUTH, timeout=60)
     assert after.status_code == 200
+
+
+def test_disconnect_during_a_non_streamed_generation_frees_slot(llm_server: ServerProcess) -> None:
+    body = {**generate_body(max_tokens=4000, ignore_eos=True), "model_name": "slow.gguf"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            llm_server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=httpx.Timeout(60, read=1.0)
+        )
+    left = time.monotonic()
+    while status(llm_server)["active"] != 0:
+        assert time.monotonic() - left < 1.0, "slot not freed within a second"
+        time.sleep(0.02)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import AUTH, ServerProcess
+from tests.conftest import AUTH, ServerProcess, running_server
 from tests.e2e.sse import parse_events
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +30,10 @@ def body(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Any) -> Any:
-    import toml
-
-    from tests.conftest import base_config
-
-    tmp = tmp_path_factory.mktemp("policies")
+def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Iterator[ServerProcess]:
     llama = {"type": "llamacpp_binding", "n_ctx": 4096, "n_threads": 1}
-    config = base_config(
-        tmp,
+    with running_server(
+        tmp_path_factory.mktemp("policies"),
         models_folder,
         resource_manager={
             "housekeeping_interval": 0.1,
@@ -54,15 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Any) -> Any:
             "llm_idle": {**llama, "pool": "idle"},
         },
         defaults={"ttt_binding": "echo", "ttt_model": "echo"},
-    )
-    path = tmp / "config.toml"
-    path.write_text(toml.dumps(config))
-    process = ServerProcess(path, tmp / "server.log")
-    try:
-        process.wait_ready()
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def pool_status(server: ServerProcess, name: str) -> dict[str, Any]:
