@@ -121,3 +121,17 @@ async def test_every_response_has_a_request_id(app_client: Any) -> None:
         assert ok.json()["request_id"] == ok.headers["x-request-id"]
         error = await client.get("/api/v1/list_bindings")
         assert len(error.headers["x-request-id"]) == 32
+
+
+async def test_cors_only_for_configured_origins(app_client: Any) -> None:
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    async with app_client() as client:
+        response = await client.options("/api/v1/generate", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    async with app_client(
+        server={"allowed_origins": ["http://app.example"], "auto_install_requirements": False}
+    ) as c:
+        response = await c.options("/api/v1/generate", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "http://app.example"
+        other = await c.options("/api/v1/generate", headers={**preflight, "Origin": "http://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "http://evil.example"

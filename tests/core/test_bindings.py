@@ -135,3 +135,27 @@ async def test_stream_from_thread_stops_the_producer_when_the_consumer_leaves(tm
             break
     await stream.aclose()
     assert cancel.cancelled and finished.is_set() and len(produced) < 100
+
+
+async def test_requirements_are_checked_with_pipmaster_when_allowed(tmp_path: Path) -> None:
+    folder = make_binding(
+        tmp_path / "user",
+        "needs_binding",
+        "from lollms_server.core.bindings import Binding\nBindingName = 'Needs'\nclass Needs(Binding):\n    pass\n",
+    )
+    card = (
+        (folder / "binding_card.yaml")
+        .read_text()
+        .replace("generation_types", "requirements: [httpx>=0.20]\ngeneration_types")
+    )
+    (folder / "binding_card.yaml").write_text(card)
+    config = config_from_dict(
+        {
+            "paths": {"bindings_folder": str(tmp_path / "user")},
+            "server": {"auto_install_requirements": True},
+            "bindings": {"n": {"type": "needs_binding"}},
+        },
+        environ={},
+    )
+    binding = await BindingManager(config).get("n")  # httpx is installed: nothing to do, no network
+    assert binding.instance_name == "n"
