@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 import time
 import uuid
@@ -207,7 +208,11 @@ class GenerationService:
         return Target(instance=instance, model=model, generation_type=generation_type)
 
     def merged_parameters(self, request_parameters: dict[str, Any]) -> dict[str, Any]:
-        return validate_text_parameters({**self.config.defaults.parameters, **request_parameters})
+        """Server defaults < request; a request without a seed gets a random one, recorded in the
+        output metadata so the answer can be reproduced."""
+        parameters = validate_text_parameters({**self.config.defaults.parameters, **request_parameters})
+        parameters.setdefault("seed", secrets.randbelow(2**31))
+        return parameters
 
     def _text_request(self, request: GenerateRequest, parameters: dict[str, Any]) -> TextRequest:
         messages = build_messages(request.input_data, parameters.pop("system_message", None))

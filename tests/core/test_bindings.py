@@ -141,7 +141,9 @@ async def test_requirements_are_checked_with_pipmaster_when_allowed(tmp_path: Pa
     folder = make_binding(
         tmp_path / "user",
         "needs_binding",
-        "from lollms_server.core.bindings import Binding\nBindingName = 'Needs'\nclass Needs(Binding):\n    pass\n",
+        "from lollms_server.core.bindings import Binding\n"
+        "BindingName = 'Needs'\n"
+        "class Needs(Binding):\n    pass\n",
     )
     card = (
         (folder / "binding_card.yaml")
