@@ -31,6 +31,7 @@ from lollms_server.core.errors import (
     ConfigError,
     NotFoundError,
 )
+from lollms_server.utils.media import png_bytes, wav_bytes
 from lollms_server.utils.paths import is_safe_name, safe_join
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,19 @@ __all__ = [  # the public API bindings build on
     "BindingContext",
     "BindingError",
     "CancelToken",
+    "GenerationCancelled",
+    "MediaOutput",
+    "MediaRequest",
     "NotFoundError",
+    "Progress",
+    "StopTextBuffer",
     "SettingSpec",
     "TextChunk",
     "TextRequest",
     "TextResult",
+    "png_bytes",
     "safe_join",
+    "wav_bytes",
 ]
 
 GenerationType = Literal["ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt", "embed"]
@@ -153,6 +161,11 @@ class CancelToken(threading.Event):
     def cancelled(self) -> bool:
         return self.is_set()
 
+    def check(self) -> None:
+        """Raise :class:`GenerationCancelled` if the generation should stop (call between steps)."""
+        if self.is_set():
+            raise GenerationCancelled()
+
 
 @dataclass
 class TextRequest:
@@ -181,6 +194,85 @@ class TextResult:
     finish_reason: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class GenerationCancelled(Exception):
+    """Raised inside a binding's worker thread when the client left (see ``CancelToken.check``)."""
+
+
+@dataclass
+class MediaRequest:
+    """What a media binding receives: the prompt, decoded inputs and merged parameters.
+
+    ``images`` and ``mask`` hold the bytes of validated images (PNG, JPEG, WebP...); ``audio``
+    holds the bytes of an audio file in a format the server recognized (``audio_format``).
+    """
+
+    generation_type: str
+    prompt: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    images: list[bytes] = field(default_factory=list)
+    mask: bytes | None = None
+    audio: bytes | None = None
+    audio_format: str | None = None
+
+
+@dataclass
+class MediaOutput:
+    """One produced item: raw bytes (image/video/audio) or text, with its mime type."""
+
+    type: Literal["image", "video", "audio", "text", "json"]
+    data: bytes | str | Any
+    mime_type: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[int, int], None]
+"""``progress(step, total)``: callable from any thread; streamed to the client as info events."""
+
+MEDIA_METHODS: dict[str, str] = {
+    "tti": "generate_image",
+    "i2i": "edit_image",
+    "ttv": "generate_video",
+    "ttm": "generate_music",
+    "tts": "synthesize_speech",
+    "stt": "transcribe",
+}
+
+
+class StopTextBuffer:
+    """Holds back text that may be the start of a stop sequence; cuts at the first stop.
+
+    Text bindings feed it decoded pieces; what it returns is safe to stream.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """Add decoded text; return (text safe to emit, whether a stop sequence was reached)."""
+        self.pending += piece
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        found = [position for position in (self.pending.find(stop) for stop in self.stops) if position >= 0]
+        if found:
+            out, self.pending = self.pending[: min(found)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:size]):
+                    hold = size
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
 
 
 @dataclass
@@ -257,6 +349,40 @@ class Binding:
             usage = chunk.usage or usage
         return TextResult(text="".join(parts), finish_reason=finish_reason, usage=usage)
 
+    # ---- media (run blocking work with run_blocking; call cancel.check() between steps) ----
+    async def generate_image(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not generate images.")
+
+    async def edit_image(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not edit images.")
+
+    async def generate_video(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not generate video.")
+
+    async def generate_music(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not generate music.")
+
+    async def synthesize_speech(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not synthesize speech.")
+
+    async def transcribe(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        raise BindingError(f"Binding '{self.instance_name}' does not transcribe audio.")
+
+    async def embed(self, model_name: str, texts: list[str]) -> list[list[float]]:
+        raise BindingError(f"Binding '{self.instance_name}' does not compute embeddings.")
+
     async def tokenize(self, model_name: str, text: str) -> list[int]:
         raise BadRequestError(f"Binding '{self.instance_name}' cannot tokenize.")
 
@@ -279,6 +405,24 @@ class Binding:
     async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call in a worker thread."""
         return await asyncio.to_thread(func, *args, **kwargs)
+
+    @staticmethod
+    async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call that checks ``cancel`` between its steps, in a worker thread.
+
+        If the awaiting task is cancelled (client gone, timeout), the token is set and this waits
+        until the call has really stopped, so the pool slot is never freed under a busy model.
+        """
+        work = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(120):
+                await asyncio.wait({work})
+            if work.done() and not work.cancelled():
+                work.exception()  # retrieved: a GenerationCancelled here is expected
+            raise
 
     @staticmethod
     async def stream_from_thread(

@@ -19,13 +19,18 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lollms_server.core.bindings import (
+    MEDIA_METHODS,
     Binding,
     BindingInstance,
     BindingManager,
     CancelToken,
+    MediaOutput,
+    MediaRequest,
+    Progress,
     TextChunk,
     TextRequest,
     TextResult,
@@ -38,6 +43,7 @@ from lollms_server.core.errors import (
     LollmsError,
     NotFoundError,
 )
+from lollms_server.core.media import build_media_request, to_output_data, validate_media_parameters
 from lollms_server.core.resource_manager import Lease, ResourceManager
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, OutputData, StreamChunk
@@ -207,10 +213,14 @@ class GenerationService:
         validate_model_name(model)
         return Target(instance=instance, model=model, generation_type=generation_type)
 
-    def merged_parameters(self, request_parameters: dict[str, Any]) -> dict[str, Any]:
+    def merged_parameters(self, generation_type: str, request_parameters: dict[str, Any]) -> dict[str, Any]:
         """Server defaults < request; a request without a seed gets a random one, recorded in the
         output metadata so the answer can be reproduced."""
-        parameters = validate_text_parameters({**self.config.defaults.parameters, **request_parameters})
+        merged = {**self.config.defaults.parameters, **request_parameters}
+        if generation_type == "ttt":
+            parameters = validate_text_parameters(merged)
+        else:
+            parameters = validate_media_parameters(request_parameters)
         parameters.setdefault("seed", secrets.randbelow(2**31))
         return parameters
 
@@ -219,11 +229,6 @@ class GenerationService:
         return TextRequest(messages=messages, parameters=parameters)
 
     def _check_type(self, request: GenerateRequest) -> None:
-        if request.generation_type != "ttt":
-            raise BadRequestError(
-                f"generation_type '{request.generation_type}' is not served yet by this server.",
-                param="generation_type",
-            )
         if request.personality is not None:
             raise NotFoundError(f"Personality '{request.personality[:80]}' not found.", param="personality")
 
@@ -236,17 +241,26 @@ class GenerationService:
         target, timings = admission.target, admission.timings
         try:
             started = time.monotonic()
-            result = await self._with_timeout(
-                admission.binding.generate_text(target.model, admission.text_request, cancel), cancel
-            )
+            if admission.media_request is not None:
+                media = await self._with_timeout(
+                    admission.run_media(cancel, lambda step, total: None), cancel
+                )
+            else:
+                assert admission.text_request is not None
+                result = await self._with_timeout(
+                    admission.binding.generate_text(target.model, admission.text_request, cancel), cancel
+                )
             timings.finished(started)
         finally:
             await admission.release()
-        output = self._text_output(target, admission.parameters, result, timings)
+        if admission.media_request is not None:
+            outputs = self._media_outputs(target, admission.parameters, media, timings)
+        else:
+            outputs = [self._text_output(target, admission.parameters, result, timings)]
         return GenerateResponse(
             personality=None,
             request_id=request_id,
-            output=[output],
+            output=outputs,
             execution_time=round(time.monotonic() - timings.started, 6),
         )
 
@@ -283,6 +297,22 @@ class GenerationService:
                 **result.metadata,
             },
         )
+
+    @staticmethod
+    def _media_outputs(
+        target: Target, parameters: dict[str, Any], outputs: list[MediaOutput], timings: Timings
+    ) -> list[OutputData]:
+        if not outputs:
+            raise BindingError(f"Binding '{target.name}' returned no output.")
+        metadata = {
+            "binding": target.name,
+            "model": target.model,
+            "generation_type": target.generation_type,
+            "parameters": parameters,
+            "seed": parameters.get("seed"),
+            "timings": timings.public(),
+        }
+        return [to_output_data(output, metadata) for output in outputs]
 
     # ---- tokens -------------------------------------------------------------
     async def tokenize(
@@ -335,8 +365,13 @@ class GenerationService:
         """Route and validate the request, wait (FIFO) for a pool slot and make the model resident."""
         self._check_type(request)
         target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
-        parameters = self.merged_parameters(request.parameters)
-        text_request = self._text_request(request, dict(parameters))
+        parameters = self.merged_parameters(request.generation_type, request.parameters)
+        text_request: TextRequest | None = None
+        media_request: MediaRequest | None = None
+        if request.generation_type == "ttt":
+            text_request = self._text_request(request, dict(parameters))
+        else:
+            media_request = build_media_request(request.generation_type, request.input_data, dict(parameters))
         timings = Timings()
         binding = await self.bindings.get(target.name)
         lease = await self.resources.acquire(target.pool)
@@ -349,20 +384,28 @@ class GenerationService:
         except BaseException:
             lease.release()
             raise
-        return Admission(target, binding, text_request, parameters, timings, lease, residency)
+        return Admission(target, binding, text_request, media_request, parameters, timings, lease, residency)
 
 
 @dataclass
 class Admission:
-    """An admitted text request: it holds a pool slot and keeps its model resident until released."""
+    """An admitted request: it holds a pool slot and keeps its model resident until released."""
 
     target: Target
     binding: Binding
-    text_request: TextRequest
+    text_request: TextRequest | None
+    media_request: MediaRequest | None
     parameters: dict[str, Any]
     timings: Timings
     lease: Lease
     residency: AsyncExitStack
+
+    async def run_media(self, cancel: CancelToken, progress: Progress) -> list[MediaOutput]:
+        """Call the binding method of this media generation type."""
+        assert self.media_request is not None
+        method = getattr(self.binding, MEDIA_METHODS[self.target.generation_type])
+        outputs: list[MediaOutput] = await method(self.target.model, self.media_request, cancel, progress)
+        return outputs
 
     async def release(self) -> None:
         """Give back the model and the slot (idempotent)."""
@@ -380,7 +423,6 @@ class GenerationStream:
         self.admission = admission
         self.target = admission.target
         self.binding = admission.binding
-        self.text_request = admission.text_request
         self.parameters = admission.parameters
         self.timings = admission.timings
         self.request_id = request_id
@@ -392,8 +434,10 @@ class GenerationStream:
         await self.admission.release()
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
-        """info, chunk..., then final; or error. Always releases the slot."""
+        """info, chunk... (text) or info progress events (media), then final; or error.
+        Always releases the slot."""
         timeout = self.service.config.resource_manager.generation_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             yield StreamChunk(
                 type="info",
@@ -406,11 +450,15 @@ class GenerationStream:
                     "load": round(self.timings.load, 6),
                 },
             )
+            if self.admission.media_request is not None:
+                async for event in self._media_events(deadline):
+                    yield event
+                return
             started = time.monotonic()
             parts: list[str] = []
             last: TextChunk | None = None
-            deadline = asyncio.get_running_loop().time() + timeout
-            chunks = self.binding.stream_text(self.target.model, self.text_request, self.cancel)
+            assert self.admission.text_request is not None
+            chunks = self.binding.stream_text(self.target.model, self.admission.text_request, self.cancel)
             try:
                 while True:
                     try:
@@ -446,6 +494,52 @@ class GenerationStream:
             yield error_chunk(BindingError(f"The binding failed during generation ({type(exc).__name__})."))
         finally:
             await self.aclose()
+
+    async def _media_events(self, deadline: float) -> AsyncGenerator[StreamChunk, None]:
+        """Progress events (step i of n) while the binding works, then final."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+        def progress(step: int, total: int) -> None:
+            try:
+                loop.call_soon_threadsafe(steps.put_nowait, (step, total))
+            except RuntimeError:  # loop closed
+                pass
+
+        started = time.monotonic()
+        work = asyncio.ensure_future(self.admission.run_media(self.cancel, progress))
+        try:
+            while not work.done():
+                getter = asyncio.ensure_future(steps.get())
+                remaining = deadline - loop.time()
+                done, _ = await asyncio.wait(
+                    {work, getter}, timeout=max(remaining, 0), return_when="FIRST_COMPLETED"
+                )
+                if getter in done:
+                    step, total = getter.result()
+                    yield StreamChunk(
+                        type="info",
+                        content=f"step {step} of {total}",
+                        metadata={"step": step, "total": total},
+                    )
+                    continue
+                getter.cancel()
+                if not done:
+                    raise TimeoutError
+            outputs = work.result()
+        finally:
+            if not work.done():
+                self.cancel.set()
+                work.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({work})
+        self.timings.finished(started)
+        data = GenerationService._media_outputs(self.target, self.parameters, outputs, self.timings)
+        yield StreamChunk(
+            type="final",
+            content=[item.model_dump(mode="json") for item in data],
+            metadata={"request_id": self.request_id},
+        )
 
 
 async def next_before(iterator: AsyncGenerator[T, None], deadline: float) -> T:

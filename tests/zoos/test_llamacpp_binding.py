@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lollms_server.core.bindings import BindingManager, CancelToken, TextRequest
+from lollms_server.core.bindings import BindingManager, CancelToken, StopTextBuffer, TextRequest
 from lollms_server.core.config import config_from_dict
 from lollms_server.core.errors import BadRequestError, NotFoundError
 
@@ -18,14 +18,14 @@ def module() -> Any:
     return BindingManager._import(BindingManager(config).cards["llamacpp_binding"])
 
 
-def test_stop_buffer_holds_back_possible_stop_prefixes(module: Any) -> None:
-    buffer = module.StopTextBuffer(["</end>", "STOP"])
+def test_stop_buffer_holds_back_possible_stop_prefixes() -> None:
+    buffer = StopTextBuffer(["</end>", "STOP"])
     assert buffer.push("Hello </") == ("Hello ", False)
     assert buffer.push("e") == ("", False)
     assert buffer.push("x") == ("</ex", False)
     assert buffer.push(" and ST") == (" and ", False)
     assert buffer.push("OP after") == ("", True)
-    assert module.StopTextBuffer([]).push("abc") == ("abc", False)
+    assert StopTextBuffer([]).push("abc") == ("abc", False)
 
 
 async def test_binding_loads_streams_and_unloads(module: Any, models_folder: Path) -> None:

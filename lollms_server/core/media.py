@@ -1,0 +1,101 @@
+"""Media requests: parameter checks, decoding and validating inputs, standardizing outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lollms_server.core.bindings import MediaOutput, MediaRequest
+from lollms_server.core.errors import BadRequestError
+from lollms_server.core.types import InputData, OutputData
+from lollms_server.utils.media import AUDIO_FORMATS, audio_format, check_image, decode_base64, encode_base64
+
+PROMPT_ROLES = {"user_prompt", "user", "prompt"}
+IMAGE_ROLES = {"input_image", "image"}
+MASK_ROLES = {"mask_image", "mask"}
+AUDIO_ROLES = {"input_audio", "audio"}
+NEEDS_PROMPT = {"tti", "i2i", "ttv", "ttm", "tts"}
+
+
+class MediaParameters(BaseModel):
+    """The media parameters the server checks; other keys pass through to the binding."""
+
+    model_config = ConfigDict(extra="allow")
+
+    width: int | None = Field(None, ge=16, le=4096, description="Image/video width in pixels.")
+    height: int | None = Field(None, ge=16, le=4096, description="Image/video height in pixels.")
+    steps: int | None = Field(None, ge=1, le=500, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance.")
+    negative_prompt: str | None = Field(None, max_length=10_000, description="What to avoid.")
+    num_images: int | None = Field(None, ge=1, le=16, description="Images per request.")
+    strength: float | None = Field(None, ge=0, le=1, description="Image-to-image strength.")
+    num_frames: int | None = Field(None, ge=1, le=1024, description="Video frames.")
+    fps: int | None = Field(None, ge=1, le=120, description="Video frames per second.")
+    duration: float | None = Field(None, gt=0, le=600, description="Audio seconds.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed.")
+    output_format: str | None = Field(None, max_length=16, description="png/jpeg, mp4/gif, wav.")
+    language: str | None = Field(None, max_length=32, description="Speech language.")
+    scheduler: str | None = Field(None, max_length=64, description="Diffusers scheduler class.")
+
+
+def validate_media_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    if "num_inference_steps" in parameters and "steps" not in parameters:
+        parameters = {**parameters, "steps": parameters["num_inference_steps"]}
+    try:
+        checked = MediaParameters.model_validate(parameters)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise BadRequestError(
+            f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}"
+        ) from None
+    return {key: value for key, value in checked.model_dump().items() if value is not None}
+
+
+def build_media_request(
+    generation_type: str, inputs: list[InputData], parameters: dict[str, Any]
+) -> MediaRequest:
+    """Decode and check the inputs a media generation needs (400 with the reason otherwise)."""
+    request = MediaRequest(generation_type=generation_type, parameters=parameters)
+    prompts: list[str] = []
+    for index, item in enumerate(inputs):
+        param = f"input_data[{index}]"
+        if item.type == "text" and item.role in PROMPT_ROLES:
+            prompts.append(item.data)
+        elif item.role in MASK_ROLES:
+            data = decode_base64(item.data, param=param)
+            check_image(data, param=param)
+            request.mask = data
+        elif item.type == "image" or item.role in IMAGE_ROLES:
+            data = decode_base64(item.data, param=param)
+            check_image(data, param=param)
+            request.images.append(data)
+        elif item.type == "audio" or item.role in AUDIO_ROLES:
+            data = decode_base64(item.data, param=param)
+            found = audio_format(data)
+            if found is None:
+                raise BadRequestError(
+                    f"{param}: unsupported audio format (use {', '.join(AUDIO_FORMATS)}).", param=param
+                )
+            request.audio, request.audio_format = data, found
+    request.prompt = "\n".join(prompts)
+    if generation_type in NEEDS_PROMPT and not request.prompt.strip():
+        raise BadRequestError(
+            f"generation_type '{generation_type}' needs a text user_prompt.", param="input_data"
+        )
+    if generation_type == "i2i" and not request.images:
+        raise BadRequestError("generation_type 'i2i' needs an input_image.", param="input_data")
+    if request.mask is not None and not request.images:
+        raise BadRequestError("A mask_image needs an input_image.", param="input_data")
+    if generation_type == "stt" and request.audio is None:
+        raise BadRequestError("generation_type 'stt' needs an input_audio.", param="input_data")
+    return request
+
+
+def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:
+    """A binding's output as API output: bytes become raw base64."""
+    data = encode_base64(bytes(output.data)) if isinstance(output.data, bytes | bytearray) else output.data
+    return OutputData(
+        type=output.type, data=data, mime_type=output.mime_type, metadata={**metadata, **output.metadata}
+    )
