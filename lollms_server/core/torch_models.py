@@ -1,0 +1,90 @@
+"""Helpers for bindings built on PyTorch (transformers, diffusers): device, dtype, footprint,
+freeing memory, finding model folders. Part of the public API bindings may import; torch is
+imported only when a helper is called."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from lollms_server.core.errors import BadRequestError, NotFoundError
+from lollms_server.utils.paths import safe_join
+
+logger = logging.getLogger(__name__)
+
+DEVICE_OPTIONS = ["auto", "cuda", "mps", "cpu"]
+DTYPE_OPTIONS = ["auto", "float32", "float16", "bfloat16"]
+
+
+def pick_device(setting: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(setting: str, device: str) -> Any:
+    """``auto`` is float16 on a GPU and float32 on the CPU."""
+    import torch
+
+    if setting == "auto":
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+    return getattr(torch, setting)
+
+
+def module_footprint_mb(*objects: Any) -> float:
+    """Bytes held by the parameters and buffers of torch modules (pipelines: their components)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    modules: list[Any] = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            modules.append(obj)
+        elif hasattr(obj, "components"):
+            modules.extend(value for value in obj.components.values() if isinstance(value, torch.nn.Module))
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def free_memory() -> None:
+    """Give memory back after unloading a model (Python objects, then the GPU cache)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def folder_size_mb(path: Path) -> float:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / 2**20
+
+
+def locate_model_folder(models_folder: Path, model_name: str, *, allow_download: bool, instance: str) -> str:
+    """A model folder inside ``models_folder`` (400 if the name escapes it), or a hub id
+    (``owner/name``) when downloads are allowed; 404 otherwise."""
+    path = safe_join(models_folder, model_name)
+    if path.is_dir():
+        return str(path)
+    if path.is_file():
+        raise BadRequestError(f"Model '{model_name}' must be a model folder.", param="model_name")
+    if allow_download and model_name.count("/") == 1:
+        return model_name  # from_pretrained downloads it (with a progress bar) on first use
+    raise NotFoundError(f"Model '{model_name}' not found for binding '{instance}'.", param="model_name")
