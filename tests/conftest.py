@@ -87,6 +87,23 @@ def models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def media_models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random-weight media models, one sub-folder per binding type (built once per session)."""
+    pytest.importorskip("torch")
+    from tests import tiny_media_models as tiny
+
+    root = tmp_path_factory.mktemp("media-models")
+    tiny.build_tiny_stable_diffusion(root / "diffusers_binding" / "tiny-sd")
+    tiny.build_tiny_wan(root / "diffusers_binding" / "tiny-wan")
+    tiny.build_tiny_llama_hf(root / "transformers_binding" / "tiny-llama")
+    tiny.build_tiny_embedding_model(root / "transformers_binding" / "tiny-embedder")
+    tiny.build_tiny_musicgen(root / "transformers_audio_binding" / "tiny-musicgen")
+    tiny.build_tiny_vits(root / "transformers_audio_binding" / "tiny-vits")
+    tiny.build_tiny_whisper(root / "transformers_audio_binding" / "tiny-whisper")
+    return root
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, models_folder: Path) -> Callable[..., AppConfig]:
     def make(**sections: Any) -> AppConfig:

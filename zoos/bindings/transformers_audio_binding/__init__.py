@@ -268,16 +268,16 @@ class TransformersAudioBinding(Binding):
             if parameters.get("task") in ("transcribe", "translate"):
                 generate["task"] = parameters["task"]
         timestamps = bool(parameters.get("timestamps"))
+        options: dict[str, Any] = {}
+        if seconds > self.settings["chunk_length_s"]:  # long recordings: chunked
+            options["chunk_length_s"] = self.settings["chunk_length_s"]
+        if timestamps:
+            options["return_timestamps"] = True
+        if generate:
+            options["generate_kwargs"] = generate
         cancel.check()
         with loaded.lock:
-            result = loaded.pipeline(
-                {"raw": samples, "sampling_rate": TARGET_RATE},
-                chunk_length_s=self.settings["chunk_length_s"]
-                if seconds > self.settings["chunk_length_s"]
-                else None,
-                return_timestamps=timestamps or None,
-                generate_kwargs=generate or None,
-            )
+            result = loaded.pipeline({"raw": samples, "sampling_rate": TARGET_RATE}, **options)
         progress(1, 1)
         metadata: dict[str, Any] = {"duration": round(seconds, 3), "input_format": request.audio_format}
         if timestamps and result.get("chunks"):

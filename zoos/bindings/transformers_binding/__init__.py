@@ -213,6 +213,7 @@ class TransformersBinding(Binding):
                 worker.start()
                 buffer = StopTextBuffer(request.stop)
                 finish = "length"
+                ended = False
                 try:
                     for piece in streamer:
                         text, stopped = buffer.push(piece)
@@ -223,10 +224,13 @@ class TransformersBinding(Binding):
                             break
                         if cancel.is_set():
                             break
+                    else:
+                        ended = True
                 finally:
                     stop.set()
-                    for _ in streamer:  # drain so generate() is never blocked on a full queue
-                        pass
+                    if not ended:  # left early: let generate() see the stop and end the stream
+                        for _ in streamer:
+                            pass
                     worker.join()
                 if failure:
                     raise failure[0]
