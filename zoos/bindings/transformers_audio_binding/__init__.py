@@ -288,6 +288,26 @@ class TransformersAudioBinding(Binding):
         return [MediaOutput("text", str(result["text"]).strip(), "text/plain", metadata)]
 
 
+def _read_plain_wav(data: bytes, rate: int) -> Any:
+    import io
+    import wave
+
+    import numpy as np
+
+    try:
+        with wave.open(io.BytesIO(data)) as audio:
+            if audio.getframerate() != rate or audio.getsampwidth() != 2 or audio.getnchannels() > 2:
+                return None
+            channels = audio.getnchannels()
+            frames = audio.readframes(audio.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    samples = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    if channels == 2:
+        samples = samples.reshape(-1, 2).mean(axis=1)
+    return samples
+
+
 def _kind(model_type: str) -> str:
     if model_type == "musicgen" or model_type == "musicgen_melody":
         return "music"
@@ -297,9 +317,14 @@ def _kind(model_type: str) -> str:
 
 
 def decode_audio(data: bytes, rate: int) -> Any:
-    """Any supported audio file to mono float32 samples at ``rate`` (bundled ffmpeg)."""
+    """Any supported audio file to mono float32 samples at ``rate``: 16-bit PCM WAV already at
+    ``rate`` is read directly, everything else goes through the bundled ffmpeg."""
     import imageio_ffmpeg
     import numpy as np
+
+    direct = _read_plain_wav(data, rate)
+    if direct is not None:
+        return direct
 
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(),
