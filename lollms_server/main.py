@@ -24,7 +24,9 @@ from lollms_server.api.middleware import RequestGuardMiddleware
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import LollmsError, error_body
+from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation import GenerationService
+from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.resource_manager import ResourceManager
 from lollms_server.core.security import KeyStore
 
@@ -52,13 +54,20 @@ def create_app(config: AppConfig) -> FastAPI:
         resources = ResourceManager(config.resource_manager)
         app.state.bindings = bindings
         app.state.resources = resources
-        app.state.generation = GenerationService(config, bindings, resources)
+        personalities = PersonalityManager(config)
+        functions = FunctionManager(
+            [config.paths.zoos_folder / "functions", config.paths.functions_folder],
+            call_timeout=config.functions.call_timeout,
+        )
+        app.state.generation = GenerationService(config, bindings, resources, personalities, functions)
         resources.start()
         logger.info(
-            "lollms_server %s ready: %d binding types, %d instances",
+            "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
             __version__,
             len(bindings.cards),
             len(bindings.instances),
+            len(personalities.personalities),
+            len(functions.functions),
         )
         try:
             yield

@@ -36,6 +36,7 @@ from lollms_server.api.sse import ClientDisconnected, EventStreamResponse, until
 from lollms_server.core.bindings import CancelToken
 from lollms_server.core.config import GENERATION_TYPES
 from lollms_server.core.generation import GenerationStream
+from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
 
 health_router = APIRouter(tags=["health"])
@@ -99,6 +100,18 @@ async def _scan_models(root: Path) -> dict[str, list[str]]:
     return await anyio.to_thread.run_sync(scan)
 
 
+@router.get("/list_personalities")
+async def list_personalities(_: GenerateUser, generation: GenerationDep) -> dict[str, Any]:
+    """Personalities with their description, welcome message and disclaimer."""
+    return {"personalities": generation.personalities.public()}
+
+
+@router.get("/list_functions")
+async def list_functions(_: GenerateUser, generation: GenerationDep) -> dict[str, Any]:
+    """Functions (``module.function``) with their description and JSON schema."""
+    return {"functions": generation.functions.public()}
+
+
 @router.get("/get_default_bindings", response_model=DefaultBindingsPublic)
 async def get_default_bindings(_: GenerateUser, config: ConfigDep) -> DefaultBindingsPublic:
     defaults = config.defaults
@@ -149,7 +162,7 @@ async def generate(
         cancel.set()
 
 
-async def _sse_events(stream: GenerationStream) -> AsyncGenerator[bytes, None]:
+async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[bytes, None]:
     events = stream.events()
     try:
         async for event in events:

@@ -174,6 +174,9 @@ class TextRequest:
     messages: list[dict[str, Any]]
     parameters: dict[str, Any] = field(default_factory=dict)
     prompt: str | None = None  # raw completion prompt, when the caller wants no chat template
+    prompt_format: dict[str, str] = field(default_factory=dict)
+    """For bindings that build a raw prompt themselves: ``user_prefix``, ``ai_prefix`` and
+    ``link_text`` of the personality (empty when there is none)."""
 
     @property
     def stop(self) -> list[str]:
@@ -382,6 +385,16 @@ class Binding:
 
     async def embed(self, model_name: str, texts: list[str]) -> list[list[float]]:
         raise BindingError(f"Binding '{self.instance_name}' does not compute embeddings.")
+
+    def supports_native_tools(self, model_name: str) -> bool:
+        """Whether :meth:`chat_with_tools` works for this model (else the JSON tool protocol is used)."""
+        return False
+
+    async def chat_with_tools(
+        self, model_name: str, request: TextRequest, tools: list[dict[str, Any]], cancel: CancelToken
+    ) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+        """One chat turn offering OpenAI-style ``tools``: (text, calls [{id, name, arguments}], usage)."""
+        raise BindingError(f"Binding '{self.instance_name}' has no native tool calling.")
 
     async def tokenize(self, model_name: str, text: str) -> list[int]:
         raise BadRequestError(f"Binding '{self.instance_name}' cannot tokenize.")

@@ -43,6 +43,9 @@ class ServerConfig(StrictModel):
     auto_install_requirements: bool = Field(
         True, description="Install a binding's requirements with pipmaster when it is first used."
     )
+    install_personality_dependencies: bool = Field(
+        False, description="Install a scripted personality's dependencies with pipmaster on first use."
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="On shutdown, time running generations get to finish before cancellation."
     )
@@ -145,6 +148,11 @@ class PoolConfig(StrictModel):
     )
 
 
+class FunctionsConfig(StrictModel):
+    max_rounds: int = Field(5, ge=1, le=50, description="Tool-calling rounds before the loop gives up.")
+    call_timeout: float = Field(30.0, gt=0, description="Seconds one function call may run.")
+
+
 class ResourceManagerConfig(StrictModel):
     pools: dict[str, PoolConfig] = Field(
         default_factory=lambda: {"default": PoolConfig()},
@@ -195,6 +203,7 @@ class AppConfig(StrictModel):
     bindings: dict[str, BindingInstanceConfig] = Field(
         default_factory=dict, description="Binding instances by name."
     )
+    functions: FunctionsConfig = Field(default_factory=FunctionsConfig, description="Function calling.")
     personalities_config: dict[str, PersonalityOverride] = Field(
         default_factory=dict, description="Per-personality switches and overrides."
     )

@@ -41,12 +41,15 @@ from lollms_server.core.errors import (
     BindingError,
     GenerationTimeoutError,
     LollmsError,
-    NotFoundError,
 )
+from lollms_server.core.functions import FunctionManager, FunctionSpec
 from lollms_server.core.media import build_media_request, to_output_data, validate_media_parameters
+from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.resource_manager import Lease, ResourceManager
 from lollms_server.core.security import Principal
+from lollms_server.core.tools import ToolLoop
 from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, OutputData, StreamChunk
+from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
 
 logger = logging.getLogger(__name__)
@@ -172,10 +175,24 @@ class Timings:
 class GenerationService:
     """Runs generations for the API; built once per app and kept on ``app.state``."""
 
-    def __init__(self, config: AppConfig, bindings: BindingManager, resources: ResourceManager) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        bindings: BindingManager,
+        resources: ResourceManager,
+        personalities: PersonalityManager,
+        functions: FunctionManager,
+    ) -> None:
         self.config = config
         self.bindings = bindings
         self.resources = resources
+        self.personalities = personalities
+        self.functions = functions
+
+    def personality_of(self, request: GenerateRequest) -> Personality | None:
+        """The request's personality, else the default one (404 for an unknown name)."""
+        name = request.personality or self.config.defaults.personality
+        return self.personalities.get(name) if name else None
 
     # ---- routing ------------------------------------------------------------
     def resolve(
@@ -184,8 +201,14 @@ class GenerationService:
         generation_type: str,
         binding_name: str | None,
         model_name: str | None,
+        personality: Personality | None = None,
     ) -> Target:
         defaults = self.config.defaults
+        recommended = personality.config if personality is not None and generation_type == "ttt" else None
+        if binding_name is None and recommended is not None and recommended.recommended_binding:
+            binding_name = recommended.recommended_binding
+            if model_name is None:
+                model_name = recommended.recommended_model
         name = binding_name or defaults.binding_for(generation_type)
         if not name:
             raise BadRequestError(
@@ -213,31 +236,60 @@ class GenerationService:
         validate_model_name(model)
         return Target(instance=instance, model=model, generation_type=generation_type)
 
-    def merged_parameters(self, generation_type: str, request_parameters: dict[str, Any]) -> dict[str, Any]:
-        """Server defaults < request; a request without a seed gets a random one, recorded in the
-        output metadata so the answer can be reproduced."""
-        merged = {**self.config.defaults.parameters, **request_parameters}
+    def merged_parameters(
+        self, generation_type: str, request_parameters: dict[str, Any], personality: Personality | None = None
+    ) -> dict[str, Any]:
+        """Server defaults < personality < request; the personality's anti-prompts join the stop
+        sequences. A request without a seed gets a random one, recorded in the output metadata
+        so the answer can be reproduced."""
         if generation_type == "ttt":
-            parameters = validate_text_parameters(merged)
+            from_personality = personality.parameter_defaults() if personality is not None else {}
+            parameters = validate_text_parameters(
+                {**self.config.defaults.parameters, **from_personality, **request_parameters}
+            )
+            if personality is not None and personality.config.anti_prompts:
+                stop = parameters.get("stop") or []
+                stop = [stop] if isinstance(stop, str) else list(stop)
+                parameters["stop"] = [*stop, *(p for p in personality.config.anti_prompts if p not in stop)]
         else:
             parameters = validate_media_parameters(request_parameters)
         parameters.setdefault("seed", secrets.randbelow(2**31))
         return parameters
 
-    def _text_request(self, request: GenerateRequest, parameters: dict[str, Any]) -> TextRequest:
-        messages = build_messages(request.input_data, parameters.pop("system_message", None))
-        return TextRequest(messages=messages, parameters=parameters)
-
-    def _check_type(self, request: GenerateRequest) -> None:
-        if request.personality is not None:
-            raise NotFoundError(f"Personality '{request.personality[:80]}' not found.", param="personality")
+    @staticmethod
+    def _text_request(
+        request: GenerateRequest, parameters: dict[str, Any], personality: Personality | None = None
+    ) -> TextRequest:
+        """Chat messages; the request's system_message wins over the personality's conditioning."""
+        system_message = parameters.pop("system_message", None)
+        prompt_format: dict[str, str] = {}
+        if personality is not None:
+            config = personality.config
+            system_message = system_message or config.personality_conditioning or None
+            prompt_format = {
+                "user_prefix": config.user_message_prefix,
+                "ai_prefix": config.ai_message_prefix,
+                "link_text": config.link_text,
+            }
+        messages = build_messages(request.input_data, system_message)
+        return TextRequest(messages=messages, parameters=parameters, prompt_format=prompt_format)
 
     # ---- whole answers ------------------------------------------------------
     async def generate(
         self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
     ) -> GenerateResponse:
         """Run one request to completion (the client leaving cancels it)."""
-        admission = await self._admit(request, principal)
+        personality = self.personality_of(request)
+        if personality is not None and personality.scripted:
+            runner = WorkflowRun(self, personality, request, principal, request_id, cancel)
+            outputs = await self._with_timeout(runner.collect(), cancel)
+            return GenerateResponse(
+                personality=personality.name,
+                request_id=request_id,
+                output=outputs,
+                execution_time=round(time.monotonic() - runner.started, 6),
+            )
+        admission = await self._admit(request, principal, personality)
         target, timings = admission.target, admission.timings
         try:
             started = time.monotonic()
@@ -245,6 +297,9 @@ class GenerationService:
                 media = await self._with_timeout(
                     admission.run_media(cancel, lambda step, total: None), cancel
                 )
+            elif admission.tools:
+                loop = ToolLoop(self, admission, cancel)
+                result = await self._with_timeout(loop.run(), cancel)
             else:
                 assert admission.text_request is not None
                 result = await self._with_timeout(
@@ -258,7 +313,7 @@ class GenerationService:
         else:
             outputs = [self._text_output(target, admission.parameters, result, timings)]
         return GenerateResponse(
-            personality=None,
+            personality=personality.name if personality is not None else None,
             request_id=request_id,
             output=outputs,
             execution_time=round(time.monotonic() - timings.started, 6),
@@ -356,20 +411,30 @@ class GenerationService:
     # ---- streams ------------------------------------------------------------
     async def open_stream(
         self, request: GenerateRequest, principal: Principal, request_id: str
-    ) -> GenerationStream:
+    ) -> GenerationStream | WorkflowRun:
         """Validate, route, wait for a slot and load the model *before* the response starts, so
-        that 4xx/5xx/503 answers stay plain HTTP errors."""
-        return GenerationStream(self, await self._admit(request, principal), request_id)
+        that 4xx/5xx/503 answers stay plain HTTP errors. A scripted personality streams what its
+        workflow yields."""
+        personality = self.personality_of(request)
+        if personality is not None and personality.scripted:
+            return WorkflowRun(self, personality, request, principal, request_id, CancelToken())
+        return GenerationStream(self, await self._admit(request, principal, personality), request_id)
 
-    async def _admit(self, request: GenerateRequest, principal: Principal) -> Admission:
+    async def _admit(
+        self, request: GenerateRequest, principal: Principal, personality: Personality | None = None
+    ) -> Admission:
         """Route and validate the request, wait (FIFO) for a pool slot and make the model resident."""
-        self._check_type(request)
-        target = self.resolve(principal, request.generation_type, request.binding_name, request.model_name)
-        parameters = self.merged_parameters(request.generation_type, request.parameters)
+        target = self.resolve(
+            principal, request.generation_type, request.binding_name, request.model_name, personality
+        )
+        parameters = self.merged_parameters(request.generation_type, request.parameters, personality)
+        tools = self.functions.require(request.functions) if request.functions else []
+        if tools and request.generation_type != "ttt":
+            raise BadRequestError("functions can only be used with generation_type 'ttt'.", param="functions")
         text_request: TextRequest | None = None
         media_request: MediaRequest | None = None
         if request.generation_type == "ttt":
-            text_request = self._text_request(request, dict(parameters))
+            text_request = self._text_request(request, dict(parameters), personality)
         else:
             media_request = build_media_request(request.generation_type, request.input_data, dict(parameters))
         timings = Timings()
@@ -384,7 +449,18 @@ class GenerationService:
         except BaseException:
             lease.release()
             raise
-        return Admission(target, binding, text_request, media_request, parameters, timings, lease, residency)
+        return Admission(
+            target,
+            binding,
+            text_request,
+            media_request,
+            parameters,
+            timings,
+            lease,
+            residency,
+            tools,
+            personality,
+        )
 
 
 @dataclass
@@ -399,6 +475,8 @@ class Admission:
     timings: Timings
     lease: Lease
     residency: AsyncExitStack
+    tools: list[FunctionSpec] = field(default_factory=list)
+    personality: Personality | None = None
 
     async def run_media(self, cancel: CancelToken, progress: Progress) -> list[MediaOutput]:
         """Call the binding method of this media generation type."""
@@ -454,6 +532,10 @@ class GenerationStream:
                 async for event in self._media_events(deadline):
                     yield event
                 return
+            if self.admission.tools:
+                async for event in self._tool_events():
+                    yield event
+                return
             started = time.monotonic()
             parts: list[str] = []
             last: TextChunk | None = None
@@ -494,6 +576,31 @@ class GenerationStream:
             yield error_chunk(BindingError(f"The binding failed during generation ({type(exc).__name__})."))
         finally:
             await self.aclose()
+
+    async def _tool_events(self) -> AsyncGenerator[StreamChunk, None]:
+        """function_call events as the loop runs, then the answer as one chunk, then final."""
+        events: asyncio.Queue[StreamChunk | None] = asyncio.Queue()
+        loop = ToolLoop(self.service, self.admission, self.cancel, on_call=events.put_nowait)
+        started = time.monotonic()
+        work = asyncio.ensure_future(loop.run())
+        work.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            result = work.result()
+        finally:
+            if not work.done():
+                self.cancel.set()
+                work.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({work})
+        self.timings.finished(started)
+        if result.text:
+            yield StreamChunk(type="chunk", content=result.text)
+        output = GenerationService._text_output(self.target, self.parameters, result, self.timings)
+        yield StreamChunk(
+            type="final", content=[output.model_dump(mode="json")], metadata={"request_id": self.request_id}
+        )
 
     async def _media_events(self, deadline: float) -> AsyncGenerator[StreamChunk, None]:
         """Progress events (step i of n) while the binding works, then final."""

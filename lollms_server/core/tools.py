@@ -1,0 +1,172 @@
+"""The tool-calling loop: a text model calls the request's functions until it answers.
+
+Bindings with native tool support (``supports_native_tools`` / ``chat_with_tools``, e.g.
+llama.cpp's function-calling chat formats) get OpenAI-style tool definitions. Other text
+bindings get the JSON protocol below in their system message: to call a function the model
+answers with ``<tool_call>{"name": "module.function", "arguments": {...}}</tool_call>`` and
+receives ``<tool_result name="module.function">...</tool_result>`` as the next user turn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lollms_server.core.bindings import CancelToken, TextRequest, TextResult
+from lollms_server.core.types import StreamChunk
+
+if TYPE_CHECKING:
+    from lollms_server.core.generation import Admission, GenerationService
+
+TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def protocol_prompt(tools: list[dict[str, Any]]) -> str:
+    """The system-message section that teaches a model the JSON tool protocol."""
+    listing = "\n".join(json.dumps(tool["function"], ensure_ascii=False) for tool in tools)
+    return (
+        "You can call these functions:\n"
+        f"{listing}\n"
+        "To call one, answer with only: "
+        '<tool_call>{"name": "<function name>", "arguments": {<arguments as JSON>}}</tool_call>\n'
+        'The result comes back as <tool_result name="<function name>">...</tool_result>. '
+        "When you have what you need, answer the user normally."
+    )
+
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]]:
+    """The calls in a model's answer (malformed ones become calls with an ``error``)."""
+    calls: list[dict[str, Any]] = []
+    for match in TOOL_CALL.finditer(text):
+        try:
+            data = json.loads(match.group(1))
+        except json.JSONDecodeError:
+            calls.append({"name": "", "arguments": {}, "error": "the call is not valid JSON"})
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            calls.append({"name": "", "arguments": {}, "error": "a call needs a 'name'"})
+            continue
+        calls.append({"name": data["name"], "arguments": data.get("arguments", {})})
+    return calls
+
+
+def _result_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+class ToolLoop:
+    """Runs rounds of (model answer -> function calls -> results) within one admitted request."""
+
+    def __init__(
+        self,
+        service: GenerationService,
+        admission: Admission,
+        cancel: CancelToken,
+        on_call: Callable[[StreamChunk], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.admission = admission
+        self.cancel = cancel
+        self.on_call = on_call or (lambda event: None)
+        self.allowed = {spec.name for spec in admission.tools}
+
+    async def run(self) -> TextResult:
+        admission = self.admission
+        binding, model = admission.binding, admission.target.model
+        base = admission.text_request
+        assert base is not None
+        tools = [spec.tool() for spec in admission.tools]
+        native = bool(getattr(binding, "supports_native_tools", lambda name: False)(model))
+        messages = [dict(message) for message in base.messages]
+        if not native:
+            messages = _with_system(messages, protocol_prompt(tools))
+        made: list[dict[str, Any]] = []
+        usage: dict[str, int] = {}
+        max_rounds = self.service.config.functions.max_rounds
+        parameters = dict(base.parameters)
+        for round_index in range(max_rounds + 1):
+            request = TextRequest(messages=messages, parameters=parameters, prompt_format=base.prompt_format)
+            if native:
+                text, calls, round_usage = await binding.chat_with_tools(model, request, tools, self.cancel)
+                finish = "stop"
+            else:
+                result = await binding.generate_text(model, request, self.cancel)
+                text, calls, round_usage, finish = (
+                    result.text,
+                    parse_tool_calls(result.text),
+                    result.usage,
+                    result.finish_reason or "stop",
+                )
+            for key, value in (round_usage or {}).items():
+                usage[key] = usage.get(key, 0) + int(value)
+            parameters.pop("tool_choice", None)  # a forced first call is not forced again
+            if not calls:
+                return TextResult(
+                    text=text,
+                    finish_reason=finish,
+                    usage=usage,
+                    metadata={"function_calls": made, "tool_rounds": round_index},
+                )
+            if round_index == max_rounds:
+                return TextResult(
+                    text=text,
+                    finish_reason="tool_calls_limit",
+                    usage=usage,
+                    metadata={"function_calls": made, "tool_rounds": round_index},
+                )
+            messages.append(_assistant_turn(text, calls, native))
+            for call in calls:
+                messages.append(await self._execute(call, round_index + 1, made, native))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _execute(
+        self, call: dict[str, Any], round_number: int, made: list[dict[str, Any]], native: bool
+    ) -> dict[str, Any]:
+        name = call["name"]
+        if call.get("error"):
+            ok, value = False, call["error"]
+        elif name not in self.allowed:
+            ok, value = False, f"function '{name}' is not available in this request"
+        else:
+            ok, value = await self.service.functions.safe_call(name, call.get("arguments", {}))
+        record = {
+            "round": round_number,
+            "name": name,
+            "arguments": call.get("arguments", {}),
+            "ok": ok,
+            "result": value,
+        }
+        made.append(record)
+        self.on_call(StreamChunk(type="function_call", content=record))
+        if native:
+            return {"role": "tool", "tool_call_id": call.get("id", name), "content": _result_text(value)}
+        status = "" if ok else ' error="true"'
+        return {
+            "role": "user",
+            "content": f'<tool_result name="{name}"{status}>{_result_text(value)}</tool_result>',
+        }
+
+
+def _with_system(messages: list[dict[str, Any]], addition: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system" and isinstance(messages[0]["content"], str):
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + addition}, *messages[1:]]
+    return [{"role": "system", "content": addition}, *messages]
+
+
+def _assistant_turn(text: str, calls: list[dict[str, Any]], native: bool) -> dict[str, Any]:
+    if not native:
+        return {"role": "assistant", "content": text}
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {
+                "id": call.get("id", call["name"]),
+                "type": "function",
+                "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
+            }
+            for call in calls
+        ],
+    }

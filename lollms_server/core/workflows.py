@@ -1,0 +1,172 @@
+"""Scripted personalities: run ``run_workflow(prompt, params, context)`` and standardize what it
+returns (text, OutputData-like dicts, or an async generator of StreamChunk dicts)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from lollms_server.core.bindings import CancelToken
+from lollms_server.core.errors import BindingError, LollmsError
+from lollms_server.core.personalities import Personality
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, InputData, OutputData, StreamChunk
+
+if TYPE_CHECKING:
+    from lollms_server.core.generation import GenerationService
+
+logger = logging.getLogger(__name__)
+
+
+class WorkflowRun:
+    """One run of a scripted personality; usable as a JSON answer (``collect``) or a stream."""
+
+    def __init__(
+        self,
+        service: GenerationService,
+        personality: Personality,
+        request: GenerateRequest,
+        principal: Principal,
+        request_id: str,
+        cancel: CancelToken,
+    ) -> None:
+        self.service = service
+        self.personality = personality
+        self.request = request
+        self.principal = principal
+        self.request_id = request_id
+        self.cancel = cancel
+        self.started = time.monotonic()
+
+    def context(self) -> dict[str, Any]:
+        service = self.service
+
+        async def generate(
+            prompt: str,
+            generation_type: str = "ttt",
+            binding_name: str | None = None,
+            model_name: str | None = None,
+            parameters: dict[str, Any] | None = None,
+        ) -> list[OutputData]:
+            """Run a sub-generation through the resource manager (with this request's key)."""
+            sub = GenerateRequest(
+                input_data=[InputData(type="text", role="user_prompt", data=prompt)],
+                generation_type=generation_type,  # type: ignore[arg-type]
+                binding_name=binding_name,
+                model_name=model_name,
+                parameters=parameters or {},
+            )
+            response = await service.generate(sub, self.principal, self.request_id, self.cancel)
+            return response.output
+
+        binding_name = self.request.binding_name or self.personality.config.recommended_binding
+        binding_name = binding_name or service.config.defaults.binding_for("ttt")
+        return {
+            "binding": binding_name,
+            "binding_manager": service.bindings,
+            "function_manager": service.functions,
+            "resource_manager": service.resources,
+            "personality": self.personality,
+            "config": service.config,
+            "input_data": self.request.input_data,
+            "request_info": {"request_id": self.request_id, "api_key_name": self.principal.name},
+            "generate": generate,
+            "cancel": self.cancel,
+        }
+
+    def _prompt(self) -> str:
+        return "\n".join(
+            item.data
+            for item in self.request.input_data
+            if item.type == "text" and item.role in ("user_prompt", "user")
+        )
+
+    async def chunks(self) -> AsyncGenerator[StreamChunk, None]:
+        """What the workflow produces, as StreamChunks ending with ``final``."""
+        workflow = self.service.personalities.workflow(self.personality)
+        name = self.personality.name
+        try:
+            result = workflow(self._prompt(), dict(self.request.parameters), self.context())
+            if inspect.isawaitable(result):
+                result = await result
+            if inspect.isasyncgen(result):
+                texts: list[str] = []
+                final_sent = False
+                async for item in result:
+                    chunk = item if isinstance(item, StreamChunk) else StreamChunk.model_validate(item)
+                    if chunk.type == "chunk" and isinstance(chunk.content, str):
+                        texts.append(chunk.content)
+                    final_sent = final_sent or chunk.type == "final"
+                    yield chunk
+                    if chunk.type in ("final", "error"):
+                        return
+                if not final_sent:
+                    output = OutputData(type="text", data="".join(texts), mime_type="text/plain")
+                    yield StreamChunk(type="final", content=[output.model_dump(mode="json")])
+                return
+            outputs = _outputs(result)
+            for output in outputs:
+                if output.type == "text" and isinstance(output.data, str):
+                    yield StreamChunk(type="chunk", content=output.data)
+            yield StreamChunk(type="final", content=[output.model_dump(mode="json") for output in outputs])
+        except LollmsError:
+            raise
+        except (ValidationError, TypeError, ValueError) as exc:
+            logger.exception("Workflow of personality %s returned something unusable", name)
+            raise BindingError(
+                f"The workflow of personality '{name}' returned an invalid result ({type(exc).__name__})."
+            ) from exc
+        except Exception as exc:
+            logger.exception("Workflow of personality %s failed", name)
+            raise BindingError(
+                f"The workflow of personality '{name}' failed ({type(exc).__name__})."
+            ) from exc
+
+    async def collect(self) -> list[OutputData]:
+        """The whole result (for JSON answers); a workflow error raises."""
+        async for chunk in self.chunks():
+            if chunk.type == "final":
+                return [OutputData.model_validate(item) for item in chunk.content]
+            if chunk.type == "error":
+                raise BindingError(str(chunk.content))
+        raise BindingError(f"The workflow of personality '{self.personality.name}' returned nothing.")
+
+    async def events(self) -> AsyncGenerator[StreamChunk, None]:
+        """For SSE: info, the workflow's events, and always final or error."""
+        from lollms_server.core.generation import error_chunk
+
+        yield StreamChunk(
+            type="info",
+            content="workflow started",
+            metadata={"request_id": self.request_id, "personality": self.personality.name},
+        )
+        try:
+            async for chunk in self.chunks():
+                if chunk.type == "final":
+                    chunk.metadata.setdefault("request_id", self.request_id)
+                yield chunk
+        except LollmsError as exc:
+            yield error_chunk(exc)
+
+    async def aclose(self) -> None:
+        self.cancel.set()
+
+
+def _outputs(result: Any) -> list[OutputData]:
+    if isinstance(result, str):
+        return [OutputData(type="text", data=result, mime_type="text/plain")]
+    if isinstance(result, dict):
+        return [OutputData.model_validate(result)]
+    if isinstance(result, list):
+        return [
+            OutputData.model_validate(item) if isinstance(item, dict) else _outputs(item)[0]
+            for item in result
+        ]
+    if isinstance(result, OutputData):
+        return [result]
+    raise TypeError(f"unsupported workflow result {type(result).__name__}")
