@@ -488,6 +488,7 @@ class Binding:
                         logger.debug("closing a producer failed", exc_info=True)
                 wake(finished)
 
+        completed = False
         thread = threading.Thread(target=run, name="lollms-producer", daemon=True)
         thread.start()
         try:
@@ -502,14 +503,16 @@ class Binding:
                 kind, value = items.popleft()
                 if kind == "item":
                     yield value
-                elif kind == "done":
+                    continue
+                completed = True
+                if kind == "done":
                     return
-                else:
-                    raise value
+                raise value
         finally:
-            cancel.set()
+            if not completed:  # the consumer left early: stop the producer
+                cancel.set()
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                await finished.wait()
+                await finished.wait()  # a slot is never released under a busy producer
 
 
 # --------------------------------------------------------------------------- manager

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lollms_server.core.config import AppConfig
-from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
+from lollms_server.core.errors import BindingError, ConfigError, LollmsError, NotFoundError
 from lollms_server.utils.paths import is_safe_name, safe_join
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,10 @@ def read_personality(folder: Path, overrides: dict[str, Any]) -> Personality:
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     if config.script_path:
-        script = safe_join(folder, config.script_path, param="script_path")
+        try:
+            script = safe_join(folder, config.script_path, param="script_path")
+        except LollmsError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
         if not script.is_file():
             raise ConfigError(f"{path}: script_path '{config.script_path}' does not exist")
     return Personality(folder_name=folder.name, folder=folder, config=config)

@@ -240,3 +240,37 @@ def test_disconnect_during_a_non_streamed_generation_frees_slot(llm_server: Serv
     while status(llm_server)["active"] != 0:
         assert time.monotonic() - left < 1.0, "slot not freed within a second"
         time.sleep(0.02)
+
+
+def test_tool_call_through_llama_cpp_function_calling_format(
+    tmp_path_factory: pytest.TempPathFactory, models_folder: Path
+) -> None:
+    from tests.conftest import TESTS
+
+    llama = {
+        "type": "llamacpp_binding",
+        "n_ctx": 2048,
+        "n_threads": 1,
+        "chat_format": "chatml-function-calling",
+    }
+    with running_server(
+        tmp_path_factory.mktemp("tools"),
+        models_folder,
+        paths={"functions_folder": str(TESTS / "fixtures" / "functions")},
+        bindings={"echo": {"type": "scripted_binding"}, "llm_tools": llama},
+        functions={"max_rounds": 2},
+    ) as server:
+        body = {
+            "prompt": "add 2 and 3",
+            "binding_name": "llm_tools",
+            "model_name": "tiny.gguf",
+            "functions": ["testfns.add"],
+            "parameters": {"tool_choice": "testfns.add", "max_tokens": 256, "seed": 1},
+        }
+        response = httpx.post(server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=120)
+        assert response.status_code == 200, response.text
+        metadata = response.json()["output"][0]["metadata"]
+        first = metadata["function_calls"][0]
+        assert first["name"] == "testfns.add" and first["ok"] is True, first
+        assert first["result"] == first["arguments"]["a"] + first["arguments"]["b"]
+        assert metadata["finish_reason"] in ("stop", "tool_calls_limit")

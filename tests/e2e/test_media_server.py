@@ -45,6 +45,8 @@ def server(
             "audio": instance("transformers_audio_binding"),
         },
         defaults={
+            "ttt_binding": "text_hf",
+            "ttt_model": "tiny-llama",
             "tti_binding": "images",
             "tti_model": "tiny-sd",
             "i2i_binding": "images",
@@ -299,3 +301,19 @@ def test_disconnect_mid_generation_stops_the_work(server: ServerProcess) -> None
         time.sleep(0.02)
     # the worker stopped between steps: the pool serves the next request at once
     assert generate(server, "tti", [prompt("next")]).status_code == 200
+
+
+def test_scripted_artbot_returns_text_and_png(server: ServerProcess) -> None:
+    response = generate(
+        server,
+        "ttt",
+        [prompt("a lighthouse")],
+        personality="artbot",
+        parameters={"max_tokens": 12, "width": 64, "height": 64, "seed": 4},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["personality"] == "artbot"
+    text, image = body["output"]
+    assert text["type"] == "text" and text["metadata"]["role"] == "image_prompt" and text["data"]
+    assert image["mime_type"] == "image/png" and decode_image(image).size == (64, 64)

@@ -8,6 +8,7 @@ and a stream stops between tokens when its client leaves.
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -61,6 +62,24 @@ def is_end_of_generation(llama: Any, token: int) -> bool:
         return bool(llama_cpp.llama_token_is_eog(llama._model.vocab, token))
     except AttributeError:  # older llama-cpp-python
         return bool(token == llama.token_eos())
+
+
+TOOL_CHAT_FORMATS = ("chatml-function-calling", "functionary", "functionary-v1", "functionary-v2")
+
+
+def _tool_name(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _renamed_message(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    renamed = [
+        {**call, "function": {**call["function"], "name": _tool_name(call["function"]["name"])}}
+        for call in calls
+    ]
+    return {**message, "tool_calls": renamed}
 
 
 class TokenCounter:
@@ -344,6 +363,17 @@ class LlamaCppBinding(Binding):
 
         return produce
 
+    @staticmethod
+    def _sampling(loaded: LoadedLlama, request: TextRequest) -> dict[str, Any]:
+        """Keyword arguments of ``create_chat_completion`` from the request's parameters."""
+        parameters = request.parameters
+        kwargs: dict[str, Any] = {key: parameters[key] for key in SAMPLING_KEYS if key in parameters}
+        if request.stop:
+            kwargs["stop"] = request.stop
+        if "max_tokens" in kwargs:
+            kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.llama.n_ctx())
+        return kwargs
+
     def _handler_stream(
         self, loaded: LoadedLlama, request: TextRequest, cancel: CancelToken
     ) -> Callable[[], Iterator[TextChunk]]:
@@ -370,6 +400,53 @@ class LlamaCppBinding(Binding):
                     stream.close()
 
         return produce
+
+    # ---- tools -------------------------------------------------------------------
+    def supports_native_tools(self, model_name: str) -> bool:
+        """llama-cpp-python's function-calling chat formats constrain tool calls with a grammar."""
+        return self.settings["chat_format"] in TOOL_CHAT_FORMATS
+
+    async def chat_with_tools(
+        self, model_name: str, request: TextRequest, tools: list[dict[str, Any]], cancel: CancelToken
+    ) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+        loaded = self._loaded(model_name)
+        # grammar rule names allow no dots: module.function travels as module__function
+        renamed = [
+            {**tool, "function": {**tool["function"], "name": _tool_name(tool["function"]["name"])}}
+            for tool in tools
+        ]
+        choice = request.parameters.get("tool_choice")
+        if isinstance(choice, str) and choice not in ("auto", "none"):
+            tool_choice: Any = {"type": "function", "function": {"name": _tool_name(choice)}}
+        else:
+            tool_choice = choice or "auto"
+        kwargs = self._sampling(loaded, request)
+        messages = [_renamed_message(message) for message in request.messages]
+
+        def run() -> dict[str, Any]:
+            cancel.check()
+            with loaded.lock:
+                result: dict[str, Any] = loaded.llama.create_chat_completion(
+                    messages, tools=renamed, tool_choice=tool_choice, **kwargs
+                )
+            return result
+
+        result = await self.run_cancellable(run, cancel)
+        message = result["choices"][0]["message"]
+        calls = []
+        for call in message.get("tool_calls") or []:
+            try:
+                arguments = json.loads(call["function"]["arguments"] or "{}")
+            except json.JSONDecodeError:
+                arguments = {}
+            calls.append(
+                {
+                    "id": call["id"],
+                    "name": call["function"]["name"].replace("__", "."),
+                    "arguments": arguments,
+                }
+            )
+        return message.get("content") or "", calls, dict(result.get("usage") or {})
 
     async def tokenize(self, model_name: str, text: str) -> list[int]:
         loaded = self._loaded(model_name)
