@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.middleware import RequestGuardMiddleware
+from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import LollmsError, error_body
@@ -85,6 +86,7 @@ def create_app(config: AppConfig) -> FastAPI:
     app.state.keys = keys
     app.include_router(health_router)
     app.include_router(router)
+    app.include_router(openai_router)
     _install_error_handlers(app)
     if config.server.allowed_origins:
         app.add_middleware(
@@ -113,6 +115,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             param = param or location or None
             problems.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
         message = "Invalid request: " + "; ".join(problems)
+        if request.url.path.startswith("/v1/"):  # OpenAI clients expect 400 invalid_request_error
+            return JSONResponse(error_body("invalid_request_error", message, param), status_code=400)
         return JSONResponse(error_body("validation_error", message, param), status_code=422)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -47,7 +47,7 @@ from lollms_server.core.media import build_media_request, to_output_data, valida
 from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.resource_manager import Lease, ResourceManager
 from lollms_server.core.security import Principal
-from lollms_server.core.tools import ToolLoop
+from lollms_server.core.tools import ToolLoop, single_turn
 from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, OutputData, StreamChunk
 from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
@@ -271,6 +271,11 @@ class GenerationService:
                 "ai_prefix": config.ai_message_prefix,
                 "link_text": config.link_text,
             }
+        if parameters.pop("raw_prompt", False):  # a completion of the text as written, no template
+            text = "".join(item.data for item in request.input_data if item.type == "text")
+            return TextRequest(
+                messages=[{"role": "user", "content": text}], parameters=parameters, prompt=text
+            )
         messages = build_messages(request.input_data, system_message)
         return TextRequest(messages=messages, parameters=parameters, prompt_format=prompt_format)
 
@@ -393,6 +398,31 @@ class GenerationService:
         ):
             text: str = await binding.detokenize(target.model, tokens)
         return text
+
+    async def embed(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, texts: list[str]
+    ) -> tuple[Target, list[list[float]]]:
+        """Embedding vectors of ``texts`` (holding a slot of the binding's pool)."""
+        target = self.resolve(principal, "embed", binding_name, model_name)
+        binding = await self.bindings.get(target.name)
+        async with (
+            self.resources.slot(target.pool),
+            self.resources.use_model(binding, target.pool, target.model),
+        ):
+            vectors = await self._with_timeout(binding.embed(target.model, texts), CancelToken())
+        return target, vectors
+
+    async def chat_turn(
+        self, request: GenerateRequest, principal: Principal, tools: list[dict[str, Any]], cancel: CancelToken
+    ) -> tuple[Target, TextResult, list[dict[str, Any]]]:
+        """One model turn offering client-side ``tools`` (OpenAI semantics: the client runs them)."""
+        admission = await self._admit(request, principal, self.personality_of(request))
+        try:
+            text, calls, usage = await self._with_timeout(single_turn(admission, tools, cancel), cancel)
+        finally:
+            await admission.release()
+        finish = "tool_calls" if calls else "stop"
+        return admission.target, TextResult(text=text, finish_reason=finish, usage=usage), calls
 
     async def model_info(
         self, principal: Principal, binding_name: str, model_name: str | None

@@ -78,7 +78,7 @@ class ToolLoop:
         base = admission.text_request
         assert base is not None
         tools = [spec.tool() for spec in admission.tools]
-        native = bool(getattr(binding, "supports_native_tools", lambda name: False)(model))
+        native = binding.supports_native_tools(model)
         messages = [dict(message) for message in base.messages]
         if not native:
             messages = _with_system(messages, protocol_prompt(tools))
@@ -147,6 +147,28 @@ class ToolLoop:
             "role": "user",
             "content": f'<tool_result name="{name}"{status}>{_result_text(value)}</tool_result>',
         }
+
+
+async def single_turn(
+    admission: Admission, tools: list[dict[str, Any]], cancel: CancelToken
+) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+    """One model turn offering ``tools``; the calls are returned, not executed (the caller runs them)."""
+    binding, model = admission.binding, admission.target.model
+    base = admission.text_request
+    assert base is not None
+    if binding.supports_native_tools(model):
+        return await binding.chat_with_tools(model, base, tools, cancel)
+    request = TextRequest(
+        messages=_with_system(base.messages, protocol_prompt(tools)),
+        parameters=base.parameters,
+        prompt_format=base.prompt_format,
+    )
+    result = await binding.generate_text(model, request, cancel)
+    calls = [call for call in parse_tool_calls(result.text) if not call.get("error")]
+    for index, call in enumerate(calls):
+        call["id"] = f"call_{index}_{call['name'].replace('.', '_')}"
+    text = TOOL_CALL.sub("", result.text).strip() if calls else result.text
+    return text, calls, result.usage
 
 
 def _with_system(messages: list[dict[str, Any]], addition: str) -> list[dict[str, Any]]:

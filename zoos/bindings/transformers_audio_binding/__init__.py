@@ -277,7 +277,16 @@ class TransformersAudioBinding(Binding):
             options["generate_kwargs"] = generate
         cancel.check()
         with loaded.lock:
-            result = loaded.pipeline({"raw": samples, "sampling_rate": TARGET_RATE}, **options)
+            try:
+                result = loaded.pipeline({"raw": samples, "sampling_rate": TARGET_RATE}, **options)
+            except ValueError:
+                if not timestamps:
+                    raise
+                # this model's generation config cannot produce timestamps: transcribe without
+                logger.info("Model %s cannot return timestamps; transcribing without", model_name)
+                options.pop("return_timestamps")
+                timestamps = False
+                result = loaded.pipeline({"raw": samples, "sampling_rate": TARGET_RATE}, **options)
         progress(1, 1)
         metadata: dict[str, Any] = {"duration": round(seconds, 3), "input_format": request.audio_format}
         if timestamps and result.get("chunks"):

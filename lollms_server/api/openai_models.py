@@ -1,0 +1,81 @@
+"""Request schemas of the OpenAI-compatible API (``/v1``); unknown fields are ignored, as OpenAI
+clients send many optional ones."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(OpenAIModel):
+    model: str = Field(..., max_length=512, description="<binding instance> or <binding instance>/<model>.")
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    personality: str | None = Field(None, max_length=256, description="lollms personality (extension).")
+
+
+class CompletionRequest(OpenAIModel):
+    model: str = Field(..., max_length=512)
+    prompt: str | list[str] = Field(...)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1)
+
+
+class EmbeddingRequest(OpenAIModel):
+    model: str = Field(..., max_length=512)
+    input: str | list[str] = Field(...)
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class ImageGenerationRequest(OpenAIModel):
+    prompt: str = Field(..., min_length=1, max_length=32_000)
+    model: str | None = Field(None, max_length=512)
+    n: int = Field(1, ge=1, le=10)
+    size: str | None = Field(None, max_length=16)
+    response_format: Literal["b64_json", "url"] | None = None
+    quality: str | None = None
+    style: str | None = None
+
+
+class SpeechRequest(OpenAIModel):
+    model: str = Field(..., max_length=512)
+    input: str = Field(..., min_length=1, max_length=4096)
+    voice: str | None = Field(None, max_length=64)
+    response_format: Literal["wav", "mp3", "opus", "aac", "flac", "pcm"] = "wav"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
