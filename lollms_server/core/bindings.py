@@ -334,6 +334,9 @@ class Binding:
     async def health_check(self) -> dict[str, Any]:
         return {"status": "ok"}
 
+    async def close(self) -> None:
+        """Release what the instance holds besides models (connections...) at shutdown."""
+
     # ---- generation ------------------------------------------------------
     async def stream_text(
         self, model_name: str, request: TextRequest, cancel: CancelToken
@@ -689,6 +692,10 @@ class BindingManager:
                     await binding.unload_model(model)
                 except Exception:  # noqa: BLE001 - shutting down anyway
                     logger.warning("Unloading %s/%s failed at shutdown", instance.name, model)
+            try:
+                await binding.close()
+            except Exception:  # noqa: BLE001
+                logger.warning("Closing binding %s failed at shutdown", instance.name)
 
 
 def _clip(value: str) -> str:
