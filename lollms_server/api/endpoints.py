@@ -20,6 +20,7 @@ from lollms_server.api.deps import (
     ResourcesDep,
 )
 from lollms_server.api.models import (
+    ERROR_RESPONSES,
     BindingsPublic,
     CountTokensResponse,
     DefaultBindingsPublic,
@@ -40,7 +41,7 @@ from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
 
 health_router = APIRouter(tags=["health"])
-router = APIRouter(prefix="/api/v1", tags=["native"])
+router = APIRouter(prefix="/api/v1", tags=["native"], responses=ERROR_RESPONSES)
 
 MODEL_SUFFIXES = {".gguf", ".bin", ".safetensors", ".pt", ".pth", ".onnx", ".ckpt"}
 

@@ -21,6 +21,8 @@ from lollms_server.core.types import (
 
 __all__ = [
     "BindingsPublic",
+    "ERROR_RESPONSES",
+    "ErrorResponse",
     "CountTokensResponse",
     "DefaultBindingsPublic",
     "DetokenizeRequest",
@@ -35,6 +37,35 @@ __all__ = [
     "TokenizeRequest",
     "TokenizeResponse",
 ]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(..., description="Error type, e.g. invalid_request_error.")
+    message: str = Field(..., description="What went wrong (safe to show).")
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+    detail: str = Field(..., description="The message again, for lollms_server clients.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Bad input"),
+        (401, "Missing or invalid API key"),
+        (403, "The key lacks the scope or may not use the binding"),
+        (404, "Unknown binding, model, personality or function"),
+        (413, "Request body too large"),
+        (422, "Request does not match the schema"),
+        (500, "A binding failed (no internals shown)"),
+        (503, "Busy: queue full or queue timeout (Retry-After)"),
+        (504, "Generation timeout"),
+    )
+}
 
 
 class HealthPublic(BaseModel):

@@ -17,6 +17,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server.api.deps import BindingsDep, ConfigDep, GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_models import (
     ChatCompletionRequest,
     ChatMessage,
@@ -31,7 +32,7 @@ from lollms_server.core.errors import BadRequestError, LollmsError
 from lollms_server.core.types import GenerateRequest, InputData, OutputData, StreamChunk
 from lollms_server.utils.media import decode_base64
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 FINISH_REASONS = {"length": "length", "stop": "stop", "tool_calls": "tool_calls"}
 
 
