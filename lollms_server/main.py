@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import LollmsError, error_body
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation import GenerationService
+from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.resource_manager import ResourceManager
 from lollms_server.core.security import KeyStore
@@ -48,6 +50,7 @@ HTTP_ERROR_TYPES = {
 def create_app(config: AppConfig) -> FastAPI:
     """Build the app for one configuration; managers live on ``app.state``."""
     keys = KeyStore.from_config(config)  # refuse to build an unsecured app early
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +63,10 @@ def create_app(config: AppConfig) -> FastAPI:
             [config.paths.zoos_folder / "functions", config.paths.functions_folder],
             call_timeout=config.functions.call_timeout,
         )
-        app.state.generation = GenerationService(config, bindings, resources, personalities, functions)
+        app.state.generation = GenerationService(
+            config, bindings, resources, personalities, functions, metrics
+        )
+        metrics.watch(resources)
         resources.start()
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
@@ -84,6 +90,8 @@ def create_app(config: AppConfig) -> FastAPI:
     )
     app.state.config = config
     app.state.keys = keys
+    app.state.metrics = metrics
+    app.state.started_at = time.time()
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(openai_router)
@@ -95,7 +103,7 @@ def create_app(config: AppConfig) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes)
+    app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes, metrics=metrics)
     return app
 
 

@@ -61,7 +61,18 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
     return check
 
 
+def read_metrics(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """``/metrics`` needs the admin scope unless ``server.public_metrics`` is on."""
+    if not request.app.state.config.server.public_metrics:
+        authenticate(request, x_api_key, authorization).require_scope("admin")
+
+
 ConfigDep = Annotated[AppConfig, Depends(get_config)]
+MetricsReader = Annotated[None, Depends(read_metrics)]
 BindingsDep = Annotated[BindingManager, Depends(get_bindings)]
 ResourcesDep = Annotated[ResourceManager, Depends(get_resources)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]

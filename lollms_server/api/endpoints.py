@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server import __version__
 from lollms_server.api.deps import (
@@ -16,6 +17,7 @@ from lollms_server.api.deps import (
     ConfigDep,
     GenerateUser,
     GenerationDep,
+    MetricsReader,
     RequestIdDep,
     ResourcesDep,
 )
@@ -37,6 +39,7 @@ from lollms_server.api.sse import ClientDisconnected, EventStreamResponse, until
 from lollms_server.core.bindings import CancelToken
 from lollms_server.core.config import GENERATION_TYPES
 from lollms_server.core.generation import GenerationStream
+from lollms_server.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
 
@@ -135,9 +138,20 @@ async def get_model_info(
 
 
 @router.get("/status")
-async def status(_: AdminUser, resources: ResourcesDep) -> dict[str, Any]:
-    """Pools (queue depth, waits, active slots) and loaded models."""
-    return resources.snapshot()
+async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dict[str, Any]:
+    """Pools (queue depth, waits, active slots), loaded models with footprint and idle time,
+    uptime and version."""
+    return {
+        **resources.snapshot(),
+        "version": __version__,
+        "uptime_seconds": round(time.time() - request.app.state.started_at, 3),
+    }
+
+
+@health_router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
+async def metrics(request: Request, _: MetricsReader) -> PlainTextResponse:
+    """Prometheus metrics (admin scope, unless ``server.public_metrics``)."""
+    return PlainTextResponse(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 @router.post(

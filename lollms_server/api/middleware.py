@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lollms_server.core.errors import error_body
+from lollms_server.core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("lollms_server.access")
 
 
 async def send_json_error(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
@@ -35,9 +38,10 @@ class RequestGuardMiddleware:
     before reading them whole, and turns any unexpected exception into a generic 500 (the
     exception is logged, never sent)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,15 +49,18 @@ class RequestGuardMiddleware:
             return
         request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        began = time.perf_counter()
+        status = 500
         started = False
         too_large = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if too_large:
                 return  # the 413 has been sent; the app's answer is dropped
             if message["type"] == "http.response.start":
                 started = True
+                status = int(message["status"])
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -61,12 +68,13 @@ class RequestGuardMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await send_json_error(send, 413, self._too_large_body(), request_id)
+            self._observe(scope, 413, began, request_id)
             return
 
         received = 0
 
         async def receive_wrapper() -> Message:
-            nonlocal received, too_large, started
+            nonlocal received, too_large, started, status
             if too_large:
                 return {"type": "http.disconnect"}
             message = await receive()
@@ -76,6 +84,7 @@ class RequestGuardMiddleware:
                     too_large = True
                     if not started:
                         started = True
+                        status = 413
                         await send_json_error(send, 413, self._too_large_body(), request_id)
                     return {"type": "http.disconnect"}
             return message
@@ -86,8 +95,28 @@ class RequestGuardMiddleware:
             logger.exception("Unhandled error in request %s", request_id)
             if not started and not too_large:
                 started = True
+                status = 500
                 body = error_body("internal_error", "Internal server error.")
                 await send_json_error(send, 500, body, request_id)
+        finally:
+            self._observe(scope, status, began, request_id)
+
+    def _observe(self, scope: Scope, status: int, began: float, request_id: str) -> None:
+        """One access log line (request id, key name, route, status, duration) and the metrics."""
+        seconds = time.perf_counter() - began
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state = scope.get("state", {})
+        access_logger.info(
+            "%s %s %s %d %.1fms key=%s",
+            request_id,
+            scope.get("method", ""),
+            route,
+            status,
+            seconds * 1000,
+            state.get("principal", "-"),
+        )
+        if self.metrics is not None:
+            self.metrics.observe_request(route, str(scope.get("method", "")), status, seconds)
 
     def _too_large_body(self) -> dict[str, Any]:
         return error_body(

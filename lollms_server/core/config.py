@@ -46,6 +46,7 @@ class ServerConfig(StrictModel):
     install_personality_dependencies: bool = Field(
         False, description="Install a scripted personality's dependencies with pipmaster on first use."
     )
+    public_metrics: bool = Field(False, description="Serve GET /metrics without an admin key.")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="On shutdown, time running generations get to finish before cancellation."
     )

@@ -44,6 +44,7 @@ from lollms_server.core.errors import (
 )
 from lollms_server.core.functions import FunctionManager, FunctionSpec
 from lollms_server.core.media import build_media_request, to_output_data, validate_media_parameters
+from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.resource_manager import Lease, ResourceManager
 from lollms_server.core.security import Principal
@@ -182,12 +183,14 @@ class GenerationService:
         resources: ResourceManager,
         personalities: PersonalityManager,
         functions: FunctionManager,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.bindings = bindings
         self.resources = resources
         self.personalities = personalities
         self.functions = functions
+        self.metrics = metrics
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
         """The request's personality, else the default one (404 for an unknown name)."""
@@ -315,8 +318,10 @@ class GenerationService:
             await admission.release()
         if admission.media_request is not None:
             outputs = self._media_outputs(target, admission.parameters, media, timings)
+            self.record(admission, 0)
         else:
             outputs = [self._text_output(target, admission.parameters, result, timings)]
+            self.record(admission, int(result.usage.get("completion_tokens", 0)))
         return GenerateResponse(
             personality=personality.name if personality is not None else None,
             request_id=request_id,
@@ -357,6 +362,18 @@ class GenerationService:
                 **result.metadata,
             },
         )
+
+    def record(self, admission: Admission, tokens: int) -> None:
+        """Generation seconds and tokens, by binding and API key name."""
+        if self.metrics is not None:
+            target = admission.target
+            self.metrics.observe_generation(
+                target.name,
+                admission.principal_name,
+                target.generation_type,
+                admission.timings.compute,
+                tokens,
+            )
 
     @staticmethod
     def _media_outputs(
@@ -490,6 +507,7 @@ class GenerationService:
             residency,
             tools,
             personality,
+            principal.name,
         )
 
 
@@ -507,6 +525,7 @@ class Admission:
     residency: AsyncExitStack
     tools: list[FunctionSpec] = field(default_factory=list)
     personality: Personality | None = None
+    principal_name: str = ""
 
     async def run_media(self, cancel: CancelToken, progress: Progress) -> list[MediaOutput]:
         """Call the binding method of this media generation type."""
@@ -591,6 +610,7 @@ class GenerationStream:
                 usage=(last.usage or {}) if last else {},
             )
             output = GenerationService._text_output(self.target, self.parameters, result, self.timings)
+            self.service.record(self.admission, int(result.usage.get("completion_tokens", 0)))
             yield StreamChunk(
                 type="final",
                 content=[output.model_dump(mode="json")],
@@ -628,6 +648,7 @@ class GenerationStream:
         if result.text:
             yield StreamChunk(type="chunk", content=result.text)
         output = GenerationService._text_output(self.target, self.parameters, result, self.timings)
+        self.service.record(self.admission, int(result.usage.get("completion_tokens", 0)))
         yield StreamChunk(
             type="final", content=[output.model_dump(mode="json")], metadata={"request_id": self.request_id}
         )
@@ -672,6 +693,7 @@ class GenerationStream:
                     await asyncio.wait({work})
         self.timings.finished(started)
         data = GenerationService._media_outputs(self.target, self.parameters, outputs, self.timings)
+        self.service.record(self.admission, 0)
         yield StreamChunk(
             type="final",
             content=[item.model_dump(mode="json") for item in data],

@@ -1,0 +1,116 @@
+"""Prometheus metrics of one app (its own registry: no module-level state).
+
+Requests by route template, method and status with latencies; tokens and generation seconds
+by binding and API key name (never the key); and, read at scrape time from the resource
+manager, queue depth, active slots, waits, rejections and loaded models per pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from lollms_server.core.resource_manager import ResourceManager
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PoolCollector(Collector):
+    """Reads the resource manager's snapshot when Prometheus scrapes."""
+
+    def __init__(self, resources: ResourceManager) -> None:
+        self.resources = resources
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.resources.snapshot()["pools"]
+        gauges = {
+            "queued": GaugeMetricFamily(
+                "lollms_pool_queue_depth", "Requests waiting for a slot.", labels=["pool"]
+            ),
+            "active": GaugeMetricFamily("lollms_pool_active_slots", "Slots in use.", labels=["pool"]),
+            "limit": GaugeMetricFamily("lollms_pool_slots", "Slots of the pool.", labels=["pool"]),
+            "average_wait_seconds": GaugeMetricFamily(
+                "lollms_pool_average_wait_seconds", "Average queue wait.", labels=["pool"]
+            ),
+            "max_wait_seconds": GaugeMetricFamily(
+                "lollms_pool_max_wait_seconds", "Longest queue wait.", labels=["pool"]
+            ),
+            "memory_used_mb": GaugeMetricFamily(
+                "lollms_pool_memory_used_mb", "Footprint of loaded models.", labels=["pool"]
+            ),
+        }
+        counters = {
+            "served": CounterMetricFamily("lollms_pool_served", "Slots granted.", labels=["pool"]),
+            "rejected": CounterMetricFamily(
+                "lollms_pool_rejected", "Requests refused: queue full.", labels=["pool"]
+            ),
+            "timed_out": CounterMetricFamily(
+                "lollms_pool_timed_out", "Requests refused: queue timeout.", labels=["pool"]
+            ),
+        }
+        loaded = GaugeMetricFamily("lollms_loaded_models", "Models resident in the pool.", labels=["pool"])
+        footprint = GaugeMetricFamily(
+            "lollms_model_footprint_mb", "Memory held by a loaded model.", labels=["pool", "binding", "model"]
+        )
+        for pool in snapshot:
+            for key, family in gauges.items():
+                family.add_metric([pool["name"]], float(pool[key] or 0))
+            for key, counter in counters.items():
+                counter.add_metric([pool["name"]], float(pool[key]))
+            loaded.add_metric([pool["name"]], float(len(pool["models"])))
+            for model in pool["models"]:
+                footprint.add_metric(
+                    [pool["name"], model["binding"], model["model"]], float(model["footprint_mb"])
+                )
+        yield from gauges.values()
+        yield from counters.values()
+        yield loaded
+        yield footprint
+
+
+class Metrics:
+    """The metrics of one app; ``render()`` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lollms_requests", "HTTP requests.", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "lollms_request_seconds",
+            "HTTP request latency.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.tokens = Counter(
+            "lollms_tokens_generated", "Tokens generated.", ["binding", "key"], registry=self.registry
+        )
+        self.generation_seconds = Counter(
+            "lollms_generation_seconds",
+            "Seconds spent generating.",
+            ["binding", "key", "generation_type"],
+            registry=self.registry,
+        )
+
+    def watch(self, resources: ResourceManager) -> None:
+        self.registry.register(PoolCollector(resources))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def observe_generation(
+        self, binding: str, key: str, generation_type: str, seconds: float, tokens: int = 0
+    ) -> None:
+        self.generation_seconds.labels(binding, key, generation_type).inc(max(seconds, 0.0))
+        if tokens:
+            self.tokens.labels(binding, key).inc(tokens)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
