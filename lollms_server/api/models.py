@@ -16,6 +16,7 @@ from lollms_server.core.types import (
     GenerateResponse,
     InputData,
     OutputData,
+    RequestModel,
     StreamChunk,
 )
 
@@ -89,7 +90,7 @@ class DefaultBindingsPublic(BaseModel):
     defaults: dict[str, Any] = Field(..., description="Default binding and model per generation type.")
 
 
-class _ModelTarget(BaseModel):
+class _ModelTarget(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     binding_name: str | None = Field(None, max_length=MAX_NAME_LENGTH, description="Binding instance.")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from lollms_server.core.types import RequestModel
 
 
-class OpenAIModel(BaseModel):
+class OpenAIModel(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
 

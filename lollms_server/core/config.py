@@ -149,6 +149,23 @@ class PoolConfig(StrictModel):
     )
 
 
+class LimitsConfig(StrictModel):
+    max_prompt_chars: int = Field(
+        1_000_000, ge=1, description="Total characters of text inputs in a request."
+    )
+    max_input_items: int = Field(256, ge=1, description="input_data items in a request.")
+    max_image_bytes: int = Field(20 * 2**20, ge=1, description="Size of one input image.")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="Width x height of one input image.")
+    max_audio_bytes: int = Field(100 * 2**20, ge=1, description="Size of one input audio file.")
+    max_image_side: int = Field(2048, ge=16, description="Largest width or height a request may ask for.")
+    max_images: int = Field(8, ge=1, description="Images one request may ask for.")
+    max_steps: int = Field(150, ge=1, description="Largest number of denoising steps.")
+    max_frames: int = Field(256, ge=1, description="Largest number of video frames.")
+    max_audio_seconds: float = Field(
+        300.0, gt=0, description="Longest music or speech a request may ask for."
+    )
+
+
 class FunctionsConfig(StrictModel):
     max_rounds: int = Field(5, ge=1, le=50, description="Tool-calling rounds before the loop gives up.")
     call_timeout: float = Field(30.0, gt=0, description="Seconds one function call may run.")
@@ -205,6 +222,7 @@ class AppConfig(StrictModel):
         default_factory=dict, description="Binding instances by name."
     )
     functions: FunctionsConfig = Field(default_factory=FunctionsConfig, description="Function calling.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sizes and maxima of requests.")
     personalities_config: dict[str, PersonalityOverride] = Field(
         default_factory=dict, description="Per-personality switches and overrides."
     )

@@ -43,7 +43,12 @@ from lollms_server.core.errors import (
     LollmsError,
 )
 from lollms_server.core.functions import FunctionManager, FunctionSpec
-from lollms_server.core.media import build_media_request, to_output_data, validate_media_parameters
+from lollms_server.core.media import (
+    build_media_request,
+    check_inputs,
+    to_output_data,
+    validate_media_parameters,
+)
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.resource_manager import Lease, ResourceManager
@@ -474,6 +479,7 @@ class GenerationService:
         target = self.resolve(
             principal, request.generation_type, request.binding_name, request.model_name, personality
         )
+        check_inputs(request.input_data, self.config.limits)
         parameters = self.merged_parameters(request.generation_type, request.parameters, personality)
         tools = self.functions.require(request.functions) if request.functions else []
         if tools and request.generation_type != "ttt":
@@ -483,7 +489,9 @@ class GenerationService:
         if request.generation_type == "ttt":
             text_request = self._text_request(request, dict(parameters), personality)
         else:
-            media_request = build_media_request(request.generation_type, request.input_data, dict(parameters))
+            media_request = build_media_request(
+                request.generation_type, request.input_data, dict(parameters), self.config.limits
+            )
         timings = Timings()
         binding = await self.bindings.get(target.name)
         lease = await self.resources.acquire(target.pool)

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lollms_server.core.bindings import MediaOutput, MediaRequest
+from lollms_server.core.config import LimitsConfig
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.types import InputData, OutputData
 from lollms_server.utils.media import AUDIO_FORMATS, audio_format, check_image, decode_base64, encode_base64
@@ -53,30 +54,88 @@ def validate_media_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in checked.model_dump().items() if value is not None}
 
 
+def check_limits(parameters: dict[str, Any], limits: LimitsConfig) -> None:
+    """Sizes, steps, frames and durations within the server's configured maxima (400)."""
+    bounds = (
+        ("width", limits.max_image_side),
+        ("height", limits.max_image_side),
+        ("steps", limits.max_steps),
+        ("num_images", limits.max_images),
+        ("num_frames", limits.max_frames),
+        ("duration", limits.max_audio_seconds),
+    )
+    for name, limit in bounds:
+        if name in parameters and parameters[name] > limit:
+            raise BadRequestError(
+                f"Parameter '{name}' is over this server's limit of {limit:g}.", param=f"parameters.{name}"
+            )
+
+
+def check_inputs(inputs: list[InputData], limits: LimitsConfig) -> None:
+    """Item count and total text size of a request (400)."""
+    if len(inputs) > limits.max_input_items:
+        raise BadRequestError(
+            f"Too many input_data items (limit {limits.max_input_items}).", param="input_data"
+        )
+    text = sum(len(item.data) for item in inputs if item.type == "text")
+    if text > limits.max_prompt_chars:
+        raise BadRequestError(
+            f"The text inputs hold {text} characters; the limit is {limits.max_prompt_chars}.",
+            param="input_data",
+        )
+
+
+def _declared_mime_matches(declared: str | None, actual: str) -> bool:
+    if not declared:
+        return True
+    aliases = {
+        "image/jpg": "image/jpeg",
+        "audio/x-wav": "audio/wav",
+        "audio/wave": "audio/wav",
+        "audio/mp3": "audio/mpeg",
+        "audio/x-flac": "audio/flac",
+        "video/webm": "audio/webm",
+    }
+    declared = aliases.get(declared.lower(), declared.lower())
+    return declared == actual or declared == "application/octet-stream"
+
+
 def build_media_request(
-    generation_type: str, inputs: list[InputData], parameters: dict[str, Any]
+    generation_type: str,
+    inputs: list[InputData],
+    parameters: dict[str, Any],
+    limits: LimitsConfig | None = None,
 ) -> MediaRequest:
     """Decode and check the inputs a media generation needs (400 with the reason otherwise)."""
+    limits = limits or LimitsConfig()
+    check_limits(parameters, limits)
     request = MediaRequest(generation_type=generation_type, parameters=parameters)
     prompts: list[str] = []
     for index, item in enumerate(inputs):
         param = f"input_data[{index}]"
         if item.type == "text" and item.role in PROMPT_ROLES:
             prompts.append(item.data)
-        elif item.role in MASK_ROLES:
-            data = decode_base64(item.data, param=param)
-            check_image(data, param=param)
-            request.mask = data
-        elif item.type == "image" or item.role in IMAGE_ROLES:
-            data = decode_base64(item.data, param=param)
-            check_image(data, param=param)
-            request.images.append(data)
+        elif item.role in MASK_ROLES or item.type == "image" or item.role in IMAGE_ROLES:
+            data = _decoded(item, param, limits.max_image_bytes)
+            mime, _, _ = check_image(data, param=param, max_pixels=limits.max_image_pixels)
+            if not _declared_mime_matches(item.mime_type, mime):
+                raise BadRequestError(
+                    f"{param}: mime_type says {item.mime_type} but the data is {mime}.", param=param
+                )
+            if item.role in MASK_ROLES:
+                request.mask = data
+            else:
+                request.images.append(data)
         elif item.type == "audio" or item.role in AUDIO_ROLES:
-            data = decode_base64(item.data, param=param)
+            data = _decoded(item, param, limits.max_audio_bytes)
             found = audio_format(data)
             if found is None:
                 raise BadRequestError(
                     f"{param}: unsupported audio format (use {', '.join(AUDIO_FORMATS)}).", param=param
+                )
+            if not _declared_mime_matches(item.mime_type, AUDIO_FORMATS[found]):
+                raise BadRequestError(
+                    f"{param}: mime_type says {item.mime_type} but the data is {found}.", param=param
                 )
             request.audio, request.audio_format = data, found
     request.prompt = "\n".join(prompts)
@@ -91,6 +150,12 @@ def build_media_request(
     if generation_type == "stt" and request.audio is None:
         raise BadRequestError("generation_type 'stt' needs an input_audio.", param="input_data")
     return request
+
+
+def _decoded(item: InputData, param: str, limit: int) -> bytes:
+    if len(item.data) > limit * 4 // 3 + 8:  # refuse before decoding
+        raise BadRequestError(f"{param} is larger than this server's limit of {limit} bytes.", param=param)
+    return decode_base64(item.data, param=param)
 
 
 def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:

@@ -18,7 +18,34 @@ ChunkType = Literal["chunk", "info", "error", "final", "function_call"]
 MAX_NAME_LENGTH = 256
 
 
-class InputData(BaseModel):
+def has_lone_surrogate(value: Any) -> bool:
+    """True when a string anywhere in ``value`` holds a lone UTF-16 surrogate (JSON allows
+    ``"\\ud800"``, UTF-8 cannot encode it: it would break every answer that echoes it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(key) or has_lone_surrogate(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_lone_surrogate(item) for item in value)
+    return False
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: strings must be encodable Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if has_lone_surrogate(data):
+            raise ValueError("strings must be valid Unicode (a lone surrogate such as \\ud800 was sent)")
+        return data
+
+
+class InputData(RequestModel):
     """One input item: text, or base64 media with its role (user_prompt, input_image, ...)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -34,7 +61,7 @@ class InputData(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata.")
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     """Body of ``POST /api/v1/generate``."""
 
     model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,188 @@
+"""Hostile and malformed inputs, each with the exact status it must get; faults injected into a
+binding give clean errors, free the slot, and the next request succeeds."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import pytest
+
+from tests.conftest import AUTH
+
+GEN = "/api/v1/generate"
+
+
+def png_b64(width: int = 8, height: int = 8) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def item(data: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "text", "role": "user_prompt", "data": data, **extra}
+
+
+HOSTILE: list[tuple[str, str, str, Any, int]] = [
+    # (name, method, path, json body, expected status)
+    ("traversal in model_name", "POST", GEN, {"prompt": "x", "model_name": "../../etc/passwd"}, 400),
+    ("absolute model_name", "POST", GEN, {"prompt": "x", "model_name": "/etc/passwd"}, 400),
+    ("backslash model_name", "POST", GEN, {"prompt": "x", "model_name": "..\\..\\win.ini"}, 400),
+    ("nul in model_name", "POST", GEN, {"prompt": "x", "model_name": "a\u0000b"}, 400),
+    ("header injection in model_name", "POST", GEN, {"prompt": "x", "model_name": "a\r\nX-Evil: 1"}, 400),
+    ("traversal in binding_name", "POST", GEN, {"prompt": "x", "binding_name": "../echo"}, 404),
+    ("header injection in binding_name", "POST", GEN, {"prompt": "x", "binding_name": "e\r\nX-Evil: 1"}, 404),
+    (
+        "traversal in personality",
+        "POST",
+        GEN,
+        {"prompt": "x", "personality": "../../zoos/personalities/lollms"},
+        404,
+    ),
+    ("traversal in function name", "POST", GEN, {"prompt": "x", "functions": ["../../os.system"]}, 404),
+    ("traversal in path parameter", "GET", "/api/v1/get_model_info/echo?model_name=../../x", None, 400),
+    ("unknown binding in path", "GET", "/api/v1/list_available_models/..%2F..%2Fetc", None, 404),
+    ("wrong type", "POST", GEN, {"prompt": 5}, 422),
+    ("wrong nested type", "POST", GEN, {"input_data": [{"type": "text", "data": ["x"]}]}, 422),
+    ("unknown generation type", "POST", GEN, {"prompt": "x", "generation_type": "mind_reading"}, 422),
+    ("empty input", "POST", GEN, {"input_data": []}, 422),
+    ("extra field", "POST", GEN, {"prompt": "x", "evil": True}, 422),
+    ("negative max_tokens", "POST", GEN, {"prompt": "x", "parameters": {"max_tokens": -1}}, 400),
+    ("string temperature", "POST", GEN, {"prompt": "x", "parameters": {"temperature": "hot"}}, 400),
+    ("too many items", "POST", GEN, {"input_data": [item("x")] * 300}, 400),
+    ("prompt over the limit", "POST", GEN, {"prompt": "x" * 1_000_001}, 400),
+    (
+        "invalid base64 image",
+        "POST",
+        GEN,
+        {
+            "generation_type": "i2i",
+            "binding_name": "echo",
+            "input_data": [item("x"), {"type": "image", "role": "input_image", "data": "%%%notbase64"}],
+        },
+        400,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "body", "status"), HOSTILE, ids=[case[0] for case in HOSTILE]
+)
+async def test_hostile_inputs(
+    app_client: Any, name: str, method: str, path: str, body: Any, status: int
+) -> None:
+    async with app_client() as client:
+        response = await client.request(method, path, json=body, headers=AUTH)
+        assert response.status_code == status, response.text
+        assert "x-evil" not in response.headers
+        if status >= 400:
+            assert set(response.json()) == {"error", "detail"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ('{"prompt": "\\u202e\\ud83d\\ude00 \\u0000 \\uffff zero\\u200bwidth"}', 200),  # RTL, emoji, NUL
+        ('{"prompt": "lone \\ud800 surrogate"}', 422),
+        ('{"prompt": "x", "parameters": {"stop": ["\\udfff"]}}', 422),
+    ],
+)
+async def test_unicode_edge_cases_never_break_the_answer(app_client: Any, raw: str, status: int) -> None:
+    async with app_client() as client:
+        for stream in (False, True):
+            body = raw[:-1] + (', "stream": true}' if stream else "}")
+            response = await client.post(
+                GEN, content=body.encode(), headers={**AUTH, "content-type": "application/json"}
+            )
+            assert response.status_code == status, response.text
+            response.content.decode("utf-8")  # valid UTF-8 whatever came in
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (
+            [{"type": "image", "role": "input_image", "data": png_b64()[:40]}],
+            "not a valid image",
+        ),  # truncated
+        (
+            [{"type": "image", "role": "input_image", "data": png_b64(), "mime_type": "image/jpeg"}],
+            "mime_type says",
+        ),
+        (
+            [
+                {
+                    "type": "audio",
+                    "role": "input_audio",
+                    "data": base64.b64encode(b"RIFF\x00\x00\x00\x00WAVE").decode(),
+                    "mime_type": "audio/mpeg",
+                }
+            ],
+            "mime_type says",
+        ),
+        (
+            [{"type": "audio", "role": "input_audio", "data": base64.b64encode(b"\x00" * 64).decode()}],
+            "unsupported audio format",
+        ),
+    ],
+)
+async def test_truncated_and_mislabelled_media(
+    app_client: Any, inputs: list[dict[str, Any]], message: str
+) -> None:
+    from lollms_server.core.errors import BadRequestError
+    from lollms_server.core.media import build_media_request
+
+    kind = "stt" if inputs[0]["type"] == "audio" else "i2i"
+    from lollms_server.core.types import InputData
+
+    with pytest.raises(BadRequestError, match=message):
+        build_media_request(kind, [InputData(**item("x")), *(InputData(**i) for i in inputs)], {})
+
+
+async def test_limits_on_media_parameters() -> None:
+    from lollms_server.core.config import LimitsConfig
+    from lollms_server.core.errors import BadRequestError
+    from lollms_server.core.media import build_media_request
+    from lollms_server.core.types import InputData
+
+    limits = LimitsConfig(max_image_side=512, max_steps=10)
+    for parameters in ({"width": 1024}, {"steps": 11}):
+        with pytest.raises(BadRequestError, match="limit"):
+            build_media_request("tti", [InputData(**item("a cat"))], parameters, limits)
+
+
+async def test_binding_failing_at_start_is_a_clean_500_and_others_keep_working(app_client: Any) -> None:
+    async with app_client(
+        bindings={
+            "echo": {"type": "scripted_binding"},
+            "broken": {"type": "scripted_binding", "fail_on_start": True},
+        }
+    ) as client:
+        for _ in range(2):
+            broken = await client.post(
+                GEN, json={"prompt": "x", "binding_name": "broken", "model_name": "echo"}, headers=AUTH
+            )
+            assert broken.status_code == 500 and "failed to start" in broken.json()["error"]["message"]
+            assert "secret" not in broken.text
+        ok = await client.post(GEN, json={"prompt": "still here", "binding_name": "echo"}, headers=AUTH)
+        assert ok.status_code == 200
+
+
+async def test_hang_past_the_generation_timeout(app_client: Any) -> None:
+    from tests.e2e.sse import parse_events
+
+    async with app_client(
+        resource_manager={"generation_timeout": 0.3, "pools": {"default": {"limit": 1}}}
+    ) as client:
+        slow = {"prompt": "a b c d e f g h", "binding_name": "echo", "parameters": {"delay": 0.2}}
+        timed_out = await client.post(GEN, json=slow, headers=AUTH)
+        assert timed_out.status_code == 504 and timed_out.json()["error"]["type"] == "generation_timeout"
+        streamed = parse_events((await client.post(GEN, json={**slow, "stream": True}, headers=AUTH)).text)
+        assert streamed[-1]["type"] == "error" and streamed[-1]["metadata"]["status"] == 504
+        status = (await client.get("/api/v1/status", headers=AUTH)).json()["pools"][0]
+        assert status["active"] == 0
+        ok = await client.post(GEN, json={"prompt": "quick", "binding_name": "echo"}, headers=AUTH)
+        assert ok.status_code == 200
