@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
-from lollms_server.core.errors import BadRequestError, NotFoundError
+from lollms_server.core.bindings import Binding, BindingContext
+from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError
 from lollms_server.utils.paths import safe_join
 
 logger = logging.getLogger(__name__)
@@ -88,3 +90,76 @@ def locate_model_folder(models_folder: Path, model_name: str, *, allow_download:
     if allow_download and model_name.count("/") == 1:
         return model_name  # from_pretrained downloads it (with a progress bar) on first use
     raise NotFoundError(f"Model '{model_name}' not found for binding '{instance}'.", param="model_name")
+
+
+class LoadedTorchModel:
+    """One resident model: what holds its memory (for the footprint) and a lock for its calls."""
+
+    def __init__(self, modules: Any) -> None:
+        self.modules = modules
+        self.lock = threading.Lock()
+
+
+class TorchBinding(Binding):
+    """The shared lifecycle of in-process PyTorch bindings (diffusers, transformers, audio):
+    device and dtype from the ``device``/``dtype`` settings, model folders found with
+    ``locate_model_folder``, one :class:`LoadedTorchModel` per model, footprint, unload that
+    waits for a running call and frees memory. Subclasses implement :meth:`load_from`."""
+
+    def __init__(self, context: BindingContext) -> None:
+        super().__init__(context)
+        self.device = pick_device(self.settings.get("device") or "auto")
+        self.dtype = pick_dtype(self.settings.get("dtype") or "auto", self.device)
+        self._models: dict[str, Any] = {}
+
+    def load_from(self, location: str) -> LoadedTorchModel:
+        """Build the model from a folder or hub id (runs in a worker thread)."""
+        raise NotImplementedError
+
+    async def load_model(self, model_name: str) -> None:
+        if model_name in self._models:
+            return
+        location = locate_model_folder(
+            self.models_folder,
+            model_name,
+            allow_download=bool(self.settings.get("allow_download")),
+            instance=self.instance_name,
+        )
+        try:
+            self._models[model_name] = await self.run_blocking(self.load_from, location)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.error("%s could not load %s: %s", self.card.type_name, model_name, exc)
+            raise BindingError(
+                f"Model '{model_name}' could not be loaded by {self.card.type_name}."
+            ) from None
+
+    async def unload_model(self, model_name: str) -> None:
+        loaded = self._models.pop(model_name, None)
+        if loaded is not None:
+
+            def release() -> None:
+                with loaded.lock:  # wait for a call still running on this model
+                    pass
+                free_memory()
+
+            await self.run_blocking(release)
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    def footprint_mb(self, model_name: str) -> float:
+        loaded = self._models.get(model_name)
+        return module_footprint_mb(loaded.modules) if loaded is not None else 0.0
+
+    async def estimate_footprint_mb(self, model_name: str) -> float | None:
+        path = self.models_folder / model_name
+        return await self.run_blocking(folder_size_mb, path) if path.is_dir() else None
+
+    def loaded(self, model_name: str) -> Any:
+        loaded = self._models.get(model_name)
+        if loaded is None:
+            raise BindingError(f"Model '{model_name}' is not loaded.")
+        return loaded
+
+    def base_info(self, model_name: str | None) -> dict[str, Any]:
+        return {"binding": self.instance_name, "model_name": model_name, "device": self.device}

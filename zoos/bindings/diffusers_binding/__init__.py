@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,23 +19,14 @@ from typing import Any
 
 from lollms_server.core.bindings import (
     BadRequestError,
-    Binding,
     BindingContext,
-    BindingError,
     CancelToken,
     MediaOutput,
     MediaRequest,
     Progress,
     png_bytes,
 )
-from lollms_server.core.torch_models import (
-    folder_size_mb,
-    free_memory,
-    locate_model_folder,
-    module_footprint_mb,
-    pick_device,
-    pick_dtype,
-)
+from lollms_server.core.torch_models import LoadedTorchModel, TorchBinding, module_footprint_mb
 
 logger = logging.getLogger("lollms_bindings.diffusers_binding")
 
@@ -52,23 +42,18 @@ VIDEO_PIPELINES = (
 )
 
 
-class LoadedPipeline:
-    def __init__(self, pipeline: Any, path: str) -> None:
+class LoadedPipeline(LoadedTorchModel):
+    def __init__(self, pipeline: Any) -> None:
+        super().__init__(pipeline)
         self.pipeline = pipeline
-        self.path = path
-        self.lock = threading.Lock()
         self.derived: dict[str, Any] = {}  # img2img / inpaint pipelines sharing the components
         self.is_video = type(pipeline).__name__ in VIDEO_PIPELINES or hasattr(pipeline, "motion_adapter")
 
 
-class DiffusersBinding(Binding):
+class DiffusersBinding(TorchBinding):
     def __init__(self, context: BindingContext) -> None:
         super().__init__(context)
         import diffusers  # noqa: F401 - fail at start-up when missing
-
-        self.device = pick_device(self.settings["device"])
-        self.dtype = pick_dtype(self.settings["dtype"], self.device)
-        self._models: dict[str, LoadedPipeline] = {}
 
     # ---- models ------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
@@ -85,55 +70,16 @@ class DiffusersBinding(Binding):
 
         return await self.run_blocking(scan)
 
-    async def load_model(self, model_name: str) -> None:
-        if model_name in self._models:
-            return
-        location = locate_model_folder(
-            self.models_folder,
-            model_name,
-            allow_download=self.settings["allow_download"],
-            instance=self.instance_name,
-        )
+    def load_from(self, location: str) -> LoadedPipeline:
+        from diffusers import DiffusionPipeline
 
-        def load() -> LoadedPipeline:
-            from diffusers import DiffusionPipeline
-
-            pipeline = DiffusionPipeline.from_pretrained(location, torch_dtype=self.dtype)
-            pipeline.to(self.device)
-            pipeline.set_progress_bar_config(disable=True)
-            return LoadedPipeline(pipeline, location)
-
-        try:
-            self._models[model_name] = await self.run_blocking(load)
-        except (OSError, ValueError) as exc:
-            logger.error("Could not load %s: %s", model_name, exc)
-            raise BindingError(f"Model '{model_name}' is not a loadable diffusers pipeline.") from None
-
-    async def unload_model(self, model_name: str) -> None:
-        loaded = self._models.pop(model_name, None)
-        if loaded is not None:
-            with loaded.lock:
-                loaded.derived.clear()
-                del loaded
-            await self.run_blocking(free_memory)
-
-    def loaded_models(self) -> list[str]:
-        return list(self._models)
-
-    def footprint_mb(self, model_name: str) -> float:
-        loaded = self._models.get(model_name)
-        return module_footprint_mb(loaded.pipeline) if loaded else 0.0
-
-    async def estimate_footprint_mb(self, model_name: str) -> float | None:
-        path = self.models_folder / model_name
-        return await self.run_blocking(folder_size_mb, path) if path.is_dir() else None
+        pipeline = DiffusionPipeline.from_pretrained(location, torch_dtype=self.dtype)
+        pipeline.to(self.device)
+        pipeline.set_progress_bar_config(disable=True)
+        return LoadedPipeline(pipeline)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "binding": self.instance_name,
-            "model_name": model_name,
-            "device": self.device,
-        }
+        info = self.base_info(model_name)
         loaded = self._models.get(model_name or "")
         if loaded is not None:
             info.update(
@@ -273,9 +219,7 @@ class DiffusersBinding(Binding):
 
     # ---- helpers --------------------------------------------------------------
     def _loaded(self, model_name: str) -> LoadedPipeline:
-        loaded = self._models.get(model_name)
-        if loaded is None:
-            raise BindingError(f"Model '{model_name}' is not loaded.")
+        loaded: LoadedPipeline = self.loaded(model_name)
         return loaded
 
     @staticmethod

@@ -11,28 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import threading
 from typing import Any
 
 from lollms_server.core.bindings import (
     BadRequestError,
-    Binding,
     BindingContext,
-    BindingError,
     CancelToken,
     MediaOutput,
     MediaRequest,
     Progress,
     wav_bytes,
 )
-from lollms_server.core.torch_models import (
-    folder_size_mb,
-    free_memory,
-    locate_model_folder,
-    module_footprint_mb,
-    pick_device,
-    pick_dtype,
-)
+from lollms_server.core.torch_models import LoadedTorchModel, TorchBinding
 
 logger = logging.getLogger("lollms_bindings.transformers_audio_binding")
 
@@ -41,13 +31,13 @@ RECOGNITION_TYPES = {"whisper", "wav2vec2", "hubert", "speech_to_text", "seamles
 TARGET_RATE = 16000
 
 
-class LoadedAudioModel:
+class LoadedAudioModel(LoadedTorchModel):
     def __init__(self, kind: str, model: Any, processor: Any, pipeline: Any = None) -> None:
+        super().__init__(model)
         self.kind = kind  # music | speech | transcription
         self.model = model
         self.processor = processor
         self.pipeline = pipeline
-        self.lock = threading.Lock()
 
     @property
     def sampling_rate(self) -> int:
@@ -57,14 +47,10 @@ class LoadedAudioModel:
         return int(getattr(config, "sampling_rate", TARGET_RATE))
 
 
-class TransformersAudioBinding(Binding):
+class TransformersAudioBinding(TorchBinding):
     def __init__(self, context: BindingContext) -> None:
         super().__init__(context)
         import transformers  # noqa: F401 - fail at start-up when missing
-
-        self.device = pick_device(self.settings["device"])
-        self.dtype = pick_dtype(self.settings["dtype"], self.device)
-        self._models: dict[str, LoadedAudioModel] = {}
 
     async def list_available_models(self) -> list[dict[str, Any]]:
         def scan() -> list[dict[str, Any]]:
@@ -84,22 +70,7 @@ class TransformersAudioBinding(Binding):
 
         return await self.run_blocking(scan)
 
-    async def load_model(self, model_name: str) -> None:
-        if model_name in self._models:
-            return
-        location = locate_model_folder(
-            self.models_folder,
-            model_name,
-            allow_download=self.settings["allow_download"],
-            instance=self.instance_name,
-        )
-        try:
-            self._models[model_name] = await self.run_blocking(self._load, location)
-        except (OSError, ValueError, KeyError) as exc:
-            logger.error("Could not load %s: %s", model_name, exc)
-            raise BindingError(f"Model '{model_name}' is not a loadable audio model.") from None
-
-    def _load(self, location: str) -> LoadedAudioModel:
+    def load_from(self, location: str) -> LoadedAudioModel:
         from transformers import AutoConfig, AutoProcessor, pipeline
 
         model_type = AutoConfig.from_pretrained(location).model_type
@@ -115,39 +86,15 @@ class TransformersAudioBinding(Binding):
         runner = pipeline(task, model=location, device=self.device, dtype=self.dtype)
         return LoadedAudioModel(kind, runner.model, None, runner)
 
-    async def unload_model(self, model_name: str) -> None:
-        loaded = self._models.pop(model_name, None)
-        if loaded is not None:
-            with loaded.lock:
-                del loaded
-            await self.run_blocking(free_memory)
-
-    def loaded_models(self) -> list[str]:
-        return list(self._models)
-
-    def footprint_mb(self, model_name: str) -> float:
-        loaded = self._models.get(model_name)
-        return module_footprint_mb(loaded.model) if loaded else 0.0
-
-    async def estimate_footprint_mb(self, model_name: str) -> float | None:
-        path = self.models_folder / model_name
-        return await self.run_blocking(folder_size_mb, path) if path.is_dir() else None
-
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "binding": self.instance_name,
-            "model_name": model_name,
-            "device": self.device,
-        }
+        info = self.base_info(model_name)
         loaded = self._models.get(model_name or "")
         if loaded is not None:
             info.update(kind=loaded.kind, sampling_rate=loaded.sampling_rate)
         return info
 
     def _loaded(self, model_name: str, kind: str) -> LoadedAudioModel:
-        loaded = self._models.get(model_name)
-        if loaded is None:
-            raise BindingError(f"Model '{model_name}' is not loaded.")
+        loaded: LoadedAudioModel = self.loaded(model_name)
         if loaded.kind != kind:
             raise BadRequestError(f"Model '{model_name}' does {loaded.kind}, not {kind}.", param="model_name")
         return loaded

@@ -15,44 +15,31 @@ from typing import Any
 
 from lollms_server.core.bindings import (
     BadRequestError,
-    Binding,
     BindingContext,
-    BindingError,
     CancelToken,
     StopTextBuffer,
     TextChunk,
     TextRequest,
 )
-from lollms_server.core.torch_models import (
-    folder_size_mb,
-    free_memory,
-    locate_model_folder,
-    module_footprint_mb,
-    pick_device,
-    pick_dtype,
-)
+from lollms_server.core.torch_models import LoadedTorchModel, TorchBinding
 
 logger = logging.getLogger("lollms_bindings.transformers_binding")
 
 BindingName = "TransformersBinding"
 
 
-class LoadedModel:
+class LoadedModel(LoadedTorchModel):
     def __init__(self, model: Any, tokenizer: Any, causal: bool) -> None:
+        super().__init__(model)
         self.model = model
         self.tokenizer = tokenizer
         self.causal = causal
-        self.lock = threading.Lock()
 
 
-class TransformersBinding(Binding):
+class TransformersBinding(TorchBinding):
     def __init__(self, context: BindingContext) -> None:
         super().__init__(context)
         import transformers  # noqa: F401 - fail at start-up when missing
-
-        self.device = pick_device(self.settings["device"])
-        self.dtype = pick_dtype(self.settings["dtype"], self.device)
-        self._models: dict[str, LoadedModel] = {}
 
     async def list_available_models(self) -> list[dict[str, Any]]:
         def scan() -> list[dict[str, Any]]:
@@ -68,55 +55,17 @@ class TransformersBinding(Binding):
 
         return await self.run_blocking(scan)
 
-    async def load_model(self, model_name: str) -> None:
-        if model_name in self._models:
-            return
-        location = locate_model_folder(
-            self.models_folder,
-            model_name,
-            allow_download=self.settings["allow_download"],
-            instance=self.instance_name,
-        )
+    def load_from(self, location: str) -> LoadedModel:
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-        def load() -> LoadedModel:
-            from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-            config = AutoConfig.from_pretrained(location)
-            causal = any(name.endswith("ForCausalLM") for name in (config.architectures or []))
-            model_class = AutoModelForCausalLM if causal else AutoModel
-            model = model_class.from_pretrained(location, dtype=self.dtype).to(self.device).eval()
-            return LoadedModel(model, AutoTokenizer.from_pretrained(location), causal)
-
-        try:
-            self._models[model_name] = await self.run_blocking(load)
-        except (OSError, ValueError, KeyError) as exc:
-            logger.error("Could not load %s: %s", model_name, exc)
-            raise BindingError(f"Model '{model_name}' is not a loadable transformers model.") from None
-
-    async def unload_model(self, model_name: str) -> None:
-        loaded = self._models.pop(model_name, None)
-        if loaded is not None:
-            with loaded.lock:
-                del loaded
-            await self.run_blocking(free_memory)
-
-    def loaded_models(self) -> list[str]:
-        return list(self._models)
-
-    def footprint_mb(self, model_name: str) -> float:
-        loaded = self._models.get(model_name)
-        return module_footprint_mb(loaded.model) if loaded else 0.0
-
-    async def estimate_footprint_mb(self, model_name: str) -> float | None:
-        path = self.models_folder / model_name
-        return await self.run_blocking(folder_size_mb, path) if path.is_dir() else None
+        config = AutoConfig.from_pretrained(location)
+        causal = any(name.endswith("ForCausalLM") for name in (config.architectures or []))
+        model_class = AutoModelForCausalLM if causal else AutoModel
+        model = model_class.from_pretrained(location, dtype=self.dtype).to(self.device).eval()
+        return LoadedModel(model, AutoTokenizer.from_pretrained(location), causal)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "binding": self.instance_name,
-            "model_name": model_name,
-            "device": self.device,
-        }
+        info = self.base_info(model_name)
         loaded = self._models.get(model_name or "")
         if loaded is not None:
             config = loaded.model.config
@@ -129,9 +78,7 @@ class TransformersBinding(Binding):
         return info
 
     def _loaded(self, model_name: str, causal: bool) -> LoadedModel:
-        loaded = self._models.get(model_name)
-        if loaded is None:
-            raise BindingError(f"Model '{model_name}' is not loaded.")
+        loaded: LoadedModel = self.loaded(model_name)
         if loaded.causal != causal:
             kind = "a text generation" if causal else "an embedding"
             raise BadRequestError(f"Model '{model_name}' is not {kind} model.", param="model_name")
