@@ -14,17 +14,19 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.processes import ServerProcess
+
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -142,14 +144,11 @@ def server_calls(url: str, steps: int, size: int, audio: bytes) -> dict[str, Cal
     }
 
 
-def start_server(root: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import toml
+def start_server(root: Path, workdir: Path) -> ServerProcess:
+    from tests.processes import start_lollms
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     config = {
-        "server": {"auto_install_requirements": False, "port": port},
+        "server": {"auto_install_requirements": False},
         "logging": {"level": "WARNING"},
         "security": {"api_keys": [KEY]},
         "bindings": {
@@ -177,21 +176,7 @@ def start_server(root: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], st
             "stt_model": "tiny-whisper",
         },
     }
-    path = workdir / "config.toml"
-    path.write_text(toml.dumps(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lollms_server.cli", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(url + "/health", timeout=1)
-            return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
+    return start_lollms(config, workdir)
 
 
 def main() -> None:
@@ -220,15 +205,15 @@ def main() -> None:
             name: median_seconds(call, args.runs)
             for name, call in direct_calls(root, args.steps, args.size, audio).items()
         }
-        process, url = start_server(root, workdir)
+        server = start_server(root, workdir)
+        url = server.url
         try:
             served = {
                 name: median_seconds(call, args.runs)
                 for name, call in server_calls(url, args.steps, args.size, audio).items()
             }
         finally:
-            process.terminate()
-            process.wait(30)
+            server.stop()
     print(f"{'':<14}{'direct ms':>12}{'server ms':>12}{'direct/server':>16}")
     for name in direct:
         ratio = direct[name] / served[name]

@@ -18,41 +18,24 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.processes import ServerProcess
+
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 KEY = "bench-key-0123456789"
 PROMPT = "Tell me a long story about a quick brown fox."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
 
 
 def summary(name: str, ttfts: list[float], rates: list[float]) -> dict[str, float]:
@@ -173,12 +156,11 @@ async def bench_concurrent(url: str, body: dict[str, Any], tokens: int, streams:
     return result
 
 
-def start_lollms(model: Path, workdir: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
-    import toml
+def start_server(model: Path, workdir: Path, threads: int) -> ServerProcess:
+    from tests.processes import start_lollms
 
-    port = free_port()
     config = {
-        "server": {"auto_install_requirements": False, "port": port},
+        "server": {"auto_install_requirements": False},
         "logging": {"level": "WARNING"},
         "paths": {"models_folder": str(model.parent.parent)},
         "security": {"api_keys": [KEY]},
@@ -192,49 +174,39 @@ def start_lollms(model: Path, workdir: Path, threads: int) -> tuple[subprocess.P
             }
         },
     }
-    path = workdir / "config.toml"
-    path.write_text(toml.dumps(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lollms_server.cli", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/health", process)
-    return process, url
+    return start_lollms(config, workdir)
 
 
-def start_peer(model: Path, threads: int) -> tuple[subprocess.Popen[bytes], str] | None:
+def start_peer(model: Path, threads: int) -> ServerProcess | None:
+    from tests.processes import ServerProcess, free_port
+
     try:
         import llama_cpp.server.app  # noqa: F401
     except ImportError:
         print("(llama-cpp-python[server] not installed: peer server skipped)")
         return None
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-            "--n_ctx",
-            "4096",
-            "--n_threads",
-            str(threads),
-            "--verbose",
-            "false",
-            "--api_key",
-            KEY,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v1/models", process)
-    return process, url
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(threads),
+        "--verbose",
+        "false",
+        "--api_key",
+        KEY,
+    ]
+    peer = ServerProcess(command, url, url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    peer.wait_ready(120)
+    return peer
 
 
 def main() -> None:
@@ -264,7 +236,8 @@ def main() -> None:
             model, args.tokens, args.runs, args.threads
         )
 
-        process, url = start_lollms(model, workdir, args.threads)
+        lollms = start_server(model, workdir, args.threads)
+        url = lollms.url
         try:
             body = {
                 "input_data": [{"type": "text", "role": "user_prompt", "data": PROMPT}],
@@ -282,13 +255,12 @@ def main() -> None:
                 bench_concurrent(url + "/api/v1/generate", body, args.tokens, args.concurrent)
             )
         finally:
-            process.terminate()
-            process.wait(30)
+            lollms.stop()
 
         peer = None
-        started = start_peer(model, args.threads)
-        if started is not None:
-            peer_process, peer_url = started
+        peer_server = start_peer(model, args.threads)
+        if peer_server is not None:
+            peer_url = peer_server.url
             try:
                 no_eos = {"logit_bias": {str(eos): -100}}
                 peer_body = {
@@ -309,8 +281,7 @@ def main() -> None:
                     )
                 )
             finally:
-                peer_process.terminate()
-                peer_process.wait(30)
+                peer_server.stop()
 
     print("\nratios (higher is better for tokens/s, lower for TTFT)")
     bases = (

@@ -14,16 +14,18 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.processes import ServerProcess
+
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,9 +45,8 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
-def start_server(workdir: Path, with_media: bool) -> tuple[subprocess.Popen[bytes], str]:
-    import toml
-
+def start_server(workdir: Path, with_media: bool) -> ServerProcess:
+    from tests.processes import start_lollms
     from tests.tiny_models import build_tiny_gguf
 
     build_tiny_gguf(workdir / "models" / "llamacpp_binding" / "tiny.gguf")
@@ -55,11 +56,8 @@ def start_server(workdir: Path, with_media: bool) -> tuple[subprocess.Popen[byte
 
         build_tiny_stable_diffusion(workdir / "models" / "diffusers_binding" / "tiny-sd")
         bindings["images"] = {"type": "diffusers_binding", "device": "cpu", "pool": "gpu"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     config = {
-        "server": {"auto_install_requirements": False, "port": port},
+        "server": {"auto_install_requirements": False},
         "logging": {"level": "WARNING"},
         "paths": {"models_folder": str(workdir / "models")},
         "security": {"api_keys": [KEY]},
@@ -71,21 +69,7 @@ def start_server(workdir: Path, with_media: bool) -> tuple[subprocess.Popen[byte
         },
         "bindings": bindings,
     }
-    path = workdir / "config.toml"
-    path.write_text(toml.dumps(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lollms_server.cli", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(url + "/health", timeout=1)
-            return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
+    return start_lollms(config, workdir)
 
 
 async def client_loop(
@@ -191,11 +175,11 @@ def main() -> None:
                 with_media = args.media_share > 0
             except ImportError:
                 with_media = False
-            process, url = start_server(Path(tmp), with_media)
-            pid: int | None = process.pid
+            process = start_server(Path(tmp), with_media)
+            url, pid = process.url, process.process.pid
             image_model = image_model or ("images/tiny-sd" if with_media else None)
         else:
-            url, pid = args.url, args.pid
+            url, pid = args.url, args.pid  # type: ignore[assignment]
         try:
             # warm-up: load every model once, so RSS growth below means growth under load
             asyncio.run(
@@ -213,8 +197,7 @@ def main() -> None:
             after = rss_mb(pid)
         finally:
             if process is not None:
-                process.terminate()
-                process.wait(30)
+                process.stop()
     errors = sum(1 for result in results if not result[2])
     print(
         f"{args.clients} clients, {elapsed:.0f} s, {len(results)} requests, {errors} errors, "

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-import toml
 
 from lollms_server.core.config import AppConfig, config_from_dict
+from tests.processes import ServerProcess, free_port, start_lollms
+
+__all__ = ["ServerProcess", "free_port"]  # re-exported for the test modules
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -131,72 +129,11 @@ async def app_client(make_config: Callable[..., AppConfig]) -> AsyncIterator[Cal
     yield open_client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """A real ``lollms-server`` in a subprocess on a free 127.0.0.1 port."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lollms_server.cli",
-                "--config",
-                str(config_path),
-                "--port",
-                str(self.port),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
 @contextmanager
 def running_server(folder: Path, models_folder: Path, **sections: Any) -> Iterator[ServerProcess]:
     """A real server for ``base_config(**sections)``, stopped when the block ends."""
-    config_path = folder / "config.toml"
-    config_path.write_text(toml.dumps(base_config(folder, models_folder, **sections)), encoding="utf-8")
-    server = ServerProcess(config_path, folder / "server.log")
+    server = start_lollms(base_config(folder, models_folder, **sections), folder, folder / "server.log")
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def fake_ollama() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    fake = ServerProcess(
         [
             sys.executable,
             "-m",
@@ -34,24 +34,15 @@ def fake_ollama() -> Iterator[str]:
             "--log-level",
             "warning",
         ],
+        url,
+        url + "/api/tags",
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/api/tags", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and process.poll() is None, "fake Ollama did not start"
-                time.sleep(0.1)
+        fake.wait_ready()
         yield url
     finally:
-        process.terminate()
-        process.wait(20)
+        fake.stop()
 
 
 @pytest.fixture(scope="module")

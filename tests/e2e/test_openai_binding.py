@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,8 @@ def generate(server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
 def llama_peer(models_folder: Path) -> Iterator[str]:
     pytest.importorskip("sse_starlette")
     port = free_port()
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}/v1"
+    peer = ServerProcess(
         [
             sys.executable,
             "-m",
@@ -50,24 +49,15 @@ def llama_peer(models_folder: Path) -> Iterator[str]:
             "--api_key",
             PEER_KEY,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        url,
+        url + "/models",
+        headers={"Authorization": f"Bearer {PEER_KEY}"},
     )
-    url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "llama_cpp.server exited"
-            try:
-                httpx.get(url + "/models", headers={"Authorization": f"Bearer {PEER_KEY}"}, timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "llama_cpp.server did not start"
-                time.sleep(0.1)
+        peer.wait_ready()
         yield url
     finally:
-        process.terminate()
-        process.wait(20)
+        peer.stop()
 
 
 def test_against_llama_cpp_python_server(tmp_path: Path, models_folder: Path, llama_peer: str) -> None:
