@@ -102,6 +102,11 @@ def media_models_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def media_instance(kind: str, media_models_folder: Path, **settings: Any) -> dict[str, Any]:
+    """A binding instance of ``kind`` on the CPU over the tiny media models of that kind."""
+    return {"type": kind, "device": "cpu", "models_folder": str(media_models_folder / kind), **settings}
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, models_folder: Path) -> Callable[..., AppConfig]:
     def make(**sections: Any) -> AppConfig:

@@ -44,6 +44,19 @@ def split_model(model: str | None) -> tuple[str | None, str | None]:
     return instance, rest or None
 
 
+async def _generate(
+    request: Request, generation: Any, native: GenerateRequest, principal: Any, request_id: str
+) -> Any:
+    """The native answer, or None when the client left first (its generation is cancelled)."""
+    cancel = CancelToken()
+    try:
+        return await until_disconnected(request, generation.generate(native, principal, request_id, cancel))
+    except ClientDisconnected:
+        return None
+    finally:
+        cancel.set()
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -198,15 +211,9 @@ async def chat_completions(
     if body.tools and body.tool_choice != "none":
         return await _chat_with_tools(request, body, native, principal, generation, head)
     if not body.stream:
-        cancel = CancelToken()
-        try:
-            response = await until_disconnected(
-                request, generation.generate(native, principal, request_id, cancel)
-            )
-        except ClientDisconnected:
+        response = await _generate(request, generation, native, principal, request_id)
+        if response is None:
             return Response(status_code=499)
-        finally:
-            cancel.set()
         output = response.output[0]
         return {
             **head,
@@ -364,15 +371,9 @@ async def completions(
         "object": "text_completion",
     }
     if not body.stream:
-        cancel = CancelToken()
-        try:
-            response = await until_disconnected(
-                request, generation.generate(native, principal, request_id, cancel)
-            )
-        except ClientDisconnected:
+        response = await _generate(request, generation, native, principal, request_id)
+        if response is None:
             return Response(status_code=499)
-        finally:
-            cancel.set()
         output = response.output[0]
         finish = FINISH_REASONS.get(output.metadata.get("finish_reason") or "stop", "stop")
         return {

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lollms_server.core.bindings import (
     MEDIA_METHODS,
@@ -54,7 +54,14 @@ from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.resource_manager import Lease, ResourceManager
 from lollms_server.core.security import Principal
 from lollms_server.core.tools import ToolLoop, single_turn
-from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, OutputData, StreamChunk
+from lollms_server.core.types import (
+    GenerateRequest,
+    GenerateResponse,
+    InputData,
+    OutputData,
+    StreamChunk,
+    checked_parameters,
+)
 from lollms_server.core.workflows import WorkflowRun
 from lollms_server.utils.paths import validate_model_name
 
@@ -86,18 +93,8 @@ def new_request_id() -> str:
 
 
 def validate_text_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Check the known parameters' types and ranges (400 naming the parameter)."""
-    if "n_predict" in parameters and "max_tokens" not in parameters:
-        parameters = {**parameters, "max_tokens": parameters["n_predict"]}
-    try:
-        checked = TextParameters.model_validate(parameters)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"])
-        raise BadRequestError(
-            f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}"
-        ) from None
-    return {key: value for key, value in checked.model_dump().items() if value is not None}
+    """Check the known text parameters' types and ranges (400 naming the parameter)."""
+    return checked_parameters(TextParameters, parameters, {"n_predict": "max_tokens"})
 
 
 def build_messages(inputs: list[InputData], system_message: str | None) -> list[dict[str, Any]]:
@@ -635,6 +632,14 @@ class GenerationStream:
         finally:
             await self.aclose()
 
+    async def _stop(self, work: asyncio.Future[Any]) -> None:
+        """Stop a generation task the stream no longer waits for, and wait until it has."""
+        if not work.done():
+            self.cancel.set()
+            work.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({work})
+
     async def _tool_events(self) -> AsyncGenerator[StreamChunk, None]:
         """function_call events as the loop runs, then the answer as one chunk, then final."""
         events: asyncio.Queue[StreamChunk | None] = asyncio.Queue()
@@ -647,11 +652,7 @@ class GenerationStream:
                 yield event
             result = work.result()
         finally:
-            if not work.done():
-                self.cancel.set()
-                work.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait({work})
+            await self._stop(work)
         self.timings.finished(started)
         if result.text:
             yield StreamChunk(type="chunk", content=result.text)
@@ -694,11 +695,7 @@ class GenerationStream:
                     raise TimeoutError
             outputs = work.result()
         finally:
-            if not work.done():
-                self.cancel.set()
-                work.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait({work})
+            await self._stop(work)
         self.timings.finished(started)
         data = GenerationService._media_outputs(self.target, self.parameters, outputs, self.timings)
         self.service.record(self.admission, 0)

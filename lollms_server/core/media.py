@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lollms_server.core.bindings import MediaOutput, MediaRequest
 from lollms_server.core.config import LimitsConfig
 from lollms_server.core.errors import BadRequestError
-from lollms_server.core.types import InputData, OutputData
+from lollms_server.core.types import InputData, OutputData, checked_parameters
 from lollms_server.utils.media import AUDIO_FORMATS, audio_format, check_image, decode_base64, encode_base64
 
 PROMPT_ROLES = {"user_prompt", "user", "prompt"}
@@ -41,17 +41,8 @@ class MediaParameters(BaseModel):
 
 
 def validate_media_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    if "num_inference_steps" in parameters and "steps" not in parameters:
-        parameters = {**parameters, "steps": parameters["num_inference_steps"]}
-    try:
-        checked = MediaParameters.model_validate(parameters)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"])
-        raise BadRequestError(
-            f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}"
-        ) from None
-    return {key: value for key, value in checked.model_dump().items() if value is not None}
+    """Check the known media parameters' types and ranges (400 naming the parameter)."""
+    return checked_parameters(MediaParameters, parameters, {"num_inference_steps": "steps"})
 
 
 def check_limits(parameters: dict[str, Any], limits: LimitsConfig) -> None:

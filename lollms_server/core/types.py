@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 GenerationTypeName = Literal["ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt"]
 InputType = Literal["text", "image", "audio", "video", "document"]
@@ -32,6 +32,27 @@ def has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(has_lone_surrogate(item) for item in value)
     return False
+
+
+def checked_parameters(
+    model: type[BaseModel], parameters: dict[str, Any], aliases: dict[str, str]
+) -> dict[str, Any]:
+    """Validate generation parameters with ``model`` (400 naming the parameter); ``aliases``
+    maps legacy names to current ones (n_predict -> max_tokens). Unknown keys pass through."""
+    from lollms_server.core.errors import BadRequestError
+
+    for legacy, current in aliases.items():
+        if legacy in parameters and current not in parameters:
+            parameters = {**parameters, current: parameters[legacy]}
+    try:
+        checked = model.model_validate(parameters)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise BadRequestError(
+            f"Invalid parameter '{name}': {first['msg']}.", param=f"parameters.{name}"
+        ) from None
+    return {key: value for key, value in checked.model_dump().items() if value is not None}
 
 
 class RequestModel(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, ServerProcess, running_server
+from tests.conftest import AUTH, ServerProcess, media_instance, running_server
 from tests.e2e.sse import parse_events
 
 pytestmark = pytest.mark.e2e
@@ -27,22 +27,19 @@ pytestmark = pytest.mark.e2e
 def server(
     tmp_path_factory: pytest.TempPathFactory, models_folder: Path, media_models_folder: Path
 ) -> Iterator[ServerProcess]:
-    def instance(kind: str) -> dict[str, Any]:
-        return {"type": kind, "device": "cpu", "models_folder": str(media_models_folder / kind)}
-
     with running_server(
         tmp_path_factory.mktemp("media"),
         models_folder,
         resource_manager={"pools": {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 120}}},
         bindings={
             "images": {
-                **instance("diffusers_binding"),
+                **media_instance("diffusers_binding", media_models_folder),
                 "default_steps": 2,
                 "default_width": 64,
                 "default_height": 64,
             },
-            "text_hf": instance("transformers_binding"),
-            "audio": instance("transformers_audio_binding"),
+            "text_hf": media_instance("transformers_binding", media_models_folder),
+            "audio": media_instance("transformers_audio_binding", media_models_folder),
         },
         defaults={
             "ttt_binding": "text_hf",

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, free_port, running_server
+from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, free_port, media_instance, running_server
 from tests.e2e.sse import parse_events
 
 pytestmark = pytest.mark.e2e
@@ -98,18 +98,15 @@ def test_wrong_remote_key_is_a_clean_error(tmp_path: Path, models_folder: Path, 
 def backend(
     tmp_path_factory: pytest.TempPathFactory, models_folder: Path, media_models_folder: Path
 ) -> Iterator[ServerProcess]:
-    def instance(kind: str) -> dict[str, Any]:
-        return {"type": kind, "device": "cpu", "models_folder": str(media_models_folder / kind)}
-
     with running_server(
         tmp_path_factory.mktemp("backend"),
         models_folder,
         bindings={
             "echo": {"type": "scripted_binding"},
             "llm": {"type": "llamacpp_binding", "n_ctx": 2048, "n_threads": 1},
-            "images": {**instance("diffusers_binding"), "default_steps": 2},
-            "hf": instance("transformers_binding"),
-            "audio": instance("transformers_audio_binding"),
+            "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
+            "hf": media_instance("transformers_binding", media_models_folder),
+            "audio": media_instance("transformers_audio_binding", media_models_folder),
         },
     ) as process:
         yield process

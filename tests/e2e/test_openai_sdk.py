@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_KEY, ServerProcess, running_server
+from tests.conftest import ADMIN_KEY, ServerProcess, media_instance, running_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.e2e
@@ -22,18 +22,19 @@ pytestmark = pytest.mark.e2e
 def server(
     tmp_path_factory: pytest.TempPathFactory, models_folder: Path, media_models_folder: Path
 ) -> Iterator[ServerProcess]:
-    def instance(kind: str) -> dict[str, Any]:
-        return {"type": kind, "device": "cpu", "models_folder": str(media_models_folder / kind)}
-
     with running_server(
         tmp_path_factory.mktemp("openai"),
         models_folder,
         bindings={
             "echo": {"type": "scripted_binding"},
             "llm": {"type": "llamacpp_binding", "model_name": "tiny.gguf", "n_ctx": 2048, "n_threads": 1},
-            "images": {**instance("diffusers_binding"), "default_steps": 2, "model_name": "tiny-sd"},
-            "hf": instance("transformers_binding"),
-            "audio": instance("transformers_audio_binding"),
+            "images": {
+                **media_instance("diffusers_binding", media_models_folder),
+                "default_steps": 2,
+                "model_name": "tiny-sd",
+            },
+            "hf": media_instance("transformers_binding", media_models_folder),
+            "audio": media_instance("transformers_audio_binding", media_models_folder),
         },
         defaults={
             "tti_binding": "images",
