@@ -9,7 +9,6 @@ instance is first used.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import sys
 import threading
@@ -32,6 +31,7 @@ from lollms_server.core.errors import (
     NotFoundError,
 )
 from lollms_server.utils.media import png_bytes, wav_bytes
+from lollms_server.utils.modules import import_file
 from lollms_server.utils.paths import is_safe_name, safe_join
 
 logger = logging.getLogger(__name__)
@@ -657,24 +657,17 @@ class BindingManager:
         if module_name in sys.modules:
             return sys.modules[module_name]
         init = card.folder / "__init__.py"
-        spec = importlib.util.spec_from_file_location(
-            module_name, init, submodule_search_locations=[str(card.folder)]
-        )
-        if spec is None or spec.loader is None:
+        if not init.is_file():
             raise BindingError(f"Binding type '{card.type_name}' has no __init__.py.")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            module = import_file(module_name, init, package_folder=card.folder)
         except ImportError as exc:
-            del sys.modules[module_name]
             logger.error("Binding %s cannot be imported: %s", card.type_name, exc)
             raise BindingError(
                 f"Binding type '{card.type_name}' is missing a dependency ({exc.name or 'unknown'}); "
                 f"install it with: pip install {' '.join(card.requirements)}"
             ) from exc
         except Exception as exc:
-            del sys.modules[module_name]
             logger.exception("Binding %s failed to import", card.type_name)
             raise BindingError(f"Binding type '{card.type_name}' failed to import.") from exc
         return module

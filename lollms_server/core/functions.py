@@ -10,11 +10,9 @@ timeout; a failing function returns an error the model can read, never a crash.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import logging
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any, get_type_hints
 from pydantic import ConfigDict, ValidationError, create_model
 
 from lollms_server.core.errors import BadRequestError, NotFoundError
+from lollms_server.utils.modules import import_file
 from lollms_server.utils.paths import is_safe_name
 
 logger = logging.getLogger(__name__)
@@ -120,12 +119,7 @@ class FunctionManager:
 
     def _load_module(self, module_name: str, path: Path) -> None:
         qualified = f"lollms_functions.{module_name}"
-        spec = importlib.util.spec_from_file_location(qualified, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[qualified] = module
-        spec.loader.exec_module(module)
+        module = import_file(qualified, path)
         for attribute, value in vars(module).items():
             if attribute.startswith("_") or not inspect.iscoroutinefunction(value):
                 continue

@@ -9,10 +9,8 @@ code on the server's disk, never taken from a request.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import BindingError, ConfigError, LollmsError, NotFoundError
+from lollms_server.utils.modules import import_file
 from lollms_server.utils.paths import is_safe_name, safe_join
 
 logger = logging.getLogger(__name__)
@@ -182,16 +181,9 @@ class PersonalityManager:
             if not pipmaster.ensure_packages(list(config.dependencies)):
                 raise BindingError(f"Could not install the dependencies of personality '{personality.name}'.")
         script = safe_join(personality.folder, config.script_path, param="script_path")
-        module_name = f"lollms_personalities.{personality.name}"
-        spec = importlib.util.spec_from_file_location(module_name, script)
-        if spec is None or spec.loader is None:
-            raise BindingError(f"Personality '{personality.name}' has no loadable script.")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            module = import_file(f"lollms_personalities.{personality.name}", script)
         except Exception as exc:
-            sys.modules.pop(module_name, None)
             logger.exception("Script of personality %s failed to load", personality.name)
             raise BindingError(
                 f"The script of personality '{personality.name}' failed to load ({type(exc).__name__})."
