@@ -104,6 +104,7 @@ def serve(config: AppConfig) -> None:
     }
     if config.server.workers > 1:
         assert config.config_path is not None
+        os.environ["LOLLMS_SERVER_OWNER_PID"] = str(os.getpid())  # pool workers live as long as this process
         logging.getLogger(__name__).warning(
             "%d workers: each worker process has its own resource pools (limits apply per worker)",
             config.server.workers,

@@ -156,15 +156,15 @@ async def bench_concurrent(url: str, body: dict[str, Any], tokens: int, streams:
     return result
 
 
-def start_server(model: Path, workdir: Path, threads: int) -> ServerProcess:
+def start_server(model: Path, workdir: Path, threads: int, isolation: str = "inprocess") -> ServerProcess:
     from tests.processes import start_lollms
 
     config = {
         "server": {"auto_install_requirements": False},
         "logging": {"level": "WARNING"},
-        "paths": {"models_folder": str(model.parent.parent)},
+        "paths": {"models_folder": str(model.parent.parent), "runtime_folder": str(workdir / "run")},
         "security": {"api_keys": [KEY]},
-        "resource_manager": {"pools": {"default": {"limit": 1, "queue_size": 64}}},
+        "resource_manager": {"pools": {"default": {"limit": 1, "queue_size": 64, "isolation": isolation}}},
         "bindings": {
             "llm": {
                 "type": "llamacpp_binding",
@@ -218,6 +218,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--concurrent", type=int, default=8, help="concurrent streams")
+    parser.add_argument(
+        "--isolation",
+        choices=["inprocess", "process"],
+        default="inprocess",
+        help="run the pool in the server process or in a worker process",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,7 +242,7 @@ def main() -> None:
             model, args.tokens, args.runs, args.threads
         )
 
-        lollms = start_server(model, workdir, args.threads)
+        lollms = start_server(model, workdir, args.threads, args.isolation)
         url = lollms.url
         try:
             body = {
@@ -248,7 +254,12 @@ def main() -> None:
             }
             server = asyncio.run(
                 bench_http(
-                    "lollms_server SSE", url + "/api/v1/generate", body, args.tokens, args.runs, openai=False
+                    f"lollms_server SSE ({args.isolation})",
+                    url + "/api/v1/generate",
+                    body,
+                    args.tokens,
+                    args.runs,
+                    openai=False,
                 )
             )
             concurrent = asyncio.run(

@@ -141,8 +141,12 @@ async def get_model_info(
 async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dict[str, Any]:
     """Pools (queue depth, waits, active slots), loaded models with footprint and idle time,
     uptime and version."""
+    workers = {
+        pool: await supervisor.status() for pool, supervisor in request.app.state.bindings.supervisors.items()
+    }
     return {
         **resources.snapshot(),
+        "workers": workers,
         "version": __version__,
         "uptime_seconds": round(time.time() - request.app.state.started_at, 3),
     }

@@ -189,6 +189,7 @@ class TextChunk:
     text: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    metadata: dict[str, Any] | None = None  # on the last chunk: extra output metadata
 
 
 @dataclass
@@ -349,11 +350,13 @@ class Binding:
         parts: list[str] = []
         finish_reason: str | None = None
         usage: dict[str, int] = {}
+        metadata: dict[str, Any] = {}
         async for chunk in self.stream_text(model_name, request, cancel):
             parts.append(chunk.text)
             finish_reason = chunk.finish_reason or finish_reason
             usage = chunk.usage or usage
-        return TextResult(text="".join(parts), finish_reason=finish_reason, usage=usage)
+            metadata.update(chunk.metadata or {})
+        return TextResult(text="".join(parts), finish_reason=finish_reason, usage=usage, metadata=metadata)
 
     # ---- media (run blocking work with run_blocking; call cancel.check() between steps) ----
     async def generate_image(
@@ -559,6 +562,7 @@ class BindingManager:
         self.cards = self.discover_cards(
             [config.paths.zoos_folder / "bindings", config.paths.bindings_folder]
         )
+        self.supervisors: dict[str, Any] = {}  # pool -> WorkerSupervisor (isolation = "process")
         self.instances: dict[str, BindingInstance] = {}
         for name, instance_config in config.bindings.items():
             self.instances[name] = self._configure(name, instance_config)
@@ -616,8 +620,38 @@ class BindingManager:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if instance.binding is None:
-                instance.binding = await asyncio.to_thread(self._create, instance)
+                if self.config.resource_manager.pools[instance.pool].isolation == "process":
+                    instance.binding = self._proxy(instance)
+                else:
+                    instance.binding = await asyncio.to_thread(self._create, instance)
         return instance.binding
+
+    def _proxy(self, instance: BindingInstance) -> Binding:
+        """A stand-in for an instance whose pool runs in a worker process."""
+        from lollms_server.core.workers import WorkerBinding, WorkerSupervisor
+
+        supervisor = self.supervisors.get(instance.pool)
+        if supervisor is None:
+            requirements = sorted(
+                {
+                    requirement
+                    for other in self.instances.values()
+                    if other.pool == instance.pool
+                    for requirement in other.card.requirements
+                }
+            )
+            supervisor = self.supervisors[instance.pool] = WorkerSupervisor(
+                self.config, instance.pool, requirements
+            )
+        context = BindingContext(
+            instance_name=instance.name,
+            card=instance.card,
+            settings=dict(instance.settings),
+            models_folder=instance.models_folder,
+            pool=instance.pool,
+            default_model=instance.config.model_name,
+        )
+        return WorkerBinding(context, supervisor)
 
     def _create(self, instance: BindingInstance) -> Binding:
         card = instance.card
@@ -689,6 +723,8 @@ class BindingManager:
                 await binding.close()
             except Exception:  # noqa: BLE001
                 logger.warning("Closing binding %s failed at shutdown", instance.name)
+        for supervisor in self.supervisors.values():
+            await asyncio.to_thread(supervisor.stop)
 
 
 def _clip(value: str) -> str:

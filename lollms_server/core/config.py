@@ -80,6 +80,9 @@ class PathsConfig(StrictModel):
     models_folder: Path = Field(
         Path("models"), description="Root of model files; each binding type has a sub-folder."
     )
+    runtime_folder: Path = Field(
+        Path("run"), description="Lock and state files of worker processes (isolation = process)."
+    )
 
 
 Scope = Literal["generate", "admin"]
@@ -147,6 +150,15 @@ class PoolConfig(StrictModel):
     idle_unload_seconds: float | None = Field(
         None, gt=0, description="Unload a model unused for this long (never when omitted)."
     )
+    isolation: Literal["inprocess", "process"] = Field(
+        "inprocess",
+        description="inprocess: the pool runs in the server process; process: in one worker process "
+        "shared by every server process (its queue included).",
+    )
+    venv: Path | None = Field(
+        None,
+        description="With isolation = process: a virtual environment for the worker (created if missing).",
+    )
 
 
 class LimitsConfig(StrictModel):
@@ -197,6 +209,9 @@ class BindingInstanceConfig(BaseModel):
     pool: str | None = Field(None, description="Resource pool this instance runs in.")
     model_name: str | None = Field(None, description="Default model of this instance.")
     models_folder: Path | None = Field(None, description="Where this instance looks for models.")
+    isolation: Literal["inprocess", "process"] | None = Field(
+        None, description="Must match its pool's isolation (the queue lives with the pool); omit to inherit."
+    )
 
     def settings(self) -> dict[str, Any]:
         """The type-specific settings (everything but the common keys)."""
@@ -241,6 +256,9 @@ class AppConfig(StrictModel):
         for instance in self.bindings.values():
             if instance.models_folder is not None:
                 instance.models_folder = absolute(Path(instance.models_folder))
+        for pool in self.resource_manager.pools.values():
+            if pool.venv is not None:
+                pool.venv = absolute(pool.venv)
 
     def check_references(self, source: str) -> None:
         pools = self.resource_manager.pools
@@ -252,6 +270,12 @@ class AppConfig(StrictModel):
         for name, instance in self.bindings.items():
             if instance.pool is not None and instance.pool not in pools:
                 raise ConfigError(f"{source}: bindings.{name}.pool: unknown pool '{instance.pool}'")
+            pool = pools[instance.pool or self.resource_manager.default_pool]
+            if instance.isolation is not None and instance.isolation != pool.isolation:
+                raise ConfigError(
+                    f"{source}: bindings.{name}.isolation: '{instance.isolation}' differs from its pool's "
+                    f"'{pool.isolation}' (set [resource_manager.pools.<pool>] isolation)"
+                )
         for generation_type in GENERATION_TYPES:
             binding = self.defaults.binding_for(generation_type)
             if binding is not None and binding not in self.bindings:

@@ -613,6 +613,7 @@ class GenerationStream:
                 text="".join(parts),
                 finish_reason=last.finish_reason if last else None,
                 usage=(last.usage or {}) if last else {},
+                metadata=(last.metadata or {}) if last else {},
             )
             output = GenerationService._text_output(self.target, self.parameters, result, self.timings)
             self.service.record(self.admission, int(result.usage.get("completion_tokens", 0)))

@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 class Lease:
     """One held slot of a pool; ``release()`` is idempotent."""
 
-    def __init__(self, pool: Pool, wait_seconds: float) -> None:
+    def __init__(self, pool: Pool, wait_seconds: float, counted: bool = True) -> None:
         self.pool = pool
         self.wait_seconds = wait_seconds
         self.acquired_at = time.monotonic()
-        self.released = False
+        self.released = not counted
 
     def release(self) -> None:
         if not self.released:
@@ -163,8 +163,12 @@ class ResourceManager:
         return pool
 
     async def acquire(self, pool_name: str) -> Lease:
-        """Wait (FIFO) for a slot of ``pool_name``."""
-        return await self.pool(pool_name).acquire()
+        """Wait (FIFO) for a slot of ``pool_name``; a pool running in a worker process queues
+        there, so here the lease is free."""
+        pool = self.pool(pool_name)
+        if pool.config.isolation == "process":
+            return Lease(pool, 0.0, counted=False)
+        return await pool.acquire()
 
     @asynccontextmanager
     async def slot(self, pool_name: str) -> AsyncIterator[Lease]:
@@ -181,6 +185,11 @@ class ResourceManager:
 
         Call it while holding a slot of ``pool_name``.
         """
+        if self.pool(pool_name).config.isolation == "process":
+            started = time.monotonic()
+            await binding.load_model(model)  # starts or finds the worker; it loads and tracks models
+            yield time.monotonic() - started
+            return
         key = (binding.instance_name, model)
         lock = self._model_locks.setdefault(key, asyncio.Lock())
         load_seconds = 0.0
@@ -315,6 +324,7 @@ class ResourceManager:
             pools.append(
                 {
                     "name": pool.name,
+                    "isolation": pool.config.isolation,
                     "limit": pool.config.limit,
                     "active": pool.active,
                     "queued": pool.queued,
