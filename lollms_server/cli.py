@@ -106,7 +106,8 @@ def serve(config: AppConfig) -> None:
         assert config.config_path is not None
         os.environ["LOLLMS_SERVER_OWNER_PID"] = str(os.getpid())  # pool workers live as long as this process
         logging.getLogger(__name__).warning(
-            "%d workers: each worker process has its own resource pools (limits apply per worker)",
+            '%d workers: pools with isolation = "inprocess" exist once per worker process '
+            '(use isolation = "process" to share a pool and its models)',
             config.server.workers,
         )
         os.environ[CONFIG_ENV] = str(config.config_path)
