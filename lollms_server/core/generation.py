@@ -13,9 +13,8 @@ import logging
 import secrets
 import sys
 import time
-import uuid
-from collections.abc import AsyncGenerator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -86,10 +85,6 @@ class TextParameters(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     system_message: str | None = None
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 def validate_text_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -394,27 +389,30 @@ class GenerationService:
         return [to_output_data(output, metadata) for output in outputs]
 
     # ---- tokens -------------------------------------------------------------
-    async def tokenize(
-        self, principal: Principal, binding_name: str | None, model_name: str | None, text: str
-    ) -> list[int]:
-        target = self.resolve(principal, "ttt", binding_name, model_name)
+    @asynccontextmanager
+    async def _resident(
+        self, principal: Principal, generation_type: str, binding_name: str | None, model_name: str | None
+    ) -> AsyncIterator[tuple[Target, Binding]]:
+        """A slot of the binding's pool and its model loaded, for calls outside /generate."""
+        target = self.resolve(principal, generation_type, binding_name, model_name)
         binding = await self.bindings.get(target.name)
         async with (
             self.resources.slot(target.pool),
             self.resources.use_model(binding, target.pool, target.model),
         ):
+            yield target, binding
+
+    async def tokenize(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, text: str
+    ) -> list[int]:
+        async with self._resident(principal, "ttt", binding_name, model_name) as (target, binding):
             tokens: list[int] = await binding.tokenize(target.model, text)
         return tokens
 
     async def detokenize(
         self, principal: Principal, binding_name: str | None, model_name: str | None, tokens: list[int]
     ) -> str:
-        target = self.resolve(principal, "ttt", binding_name, model_name)
-        binding = await self.bindings.get(target.name)
-        async with (
-            self.resources.slot(target.pool),
-            self.resources.use_model(binding, target.pool, target.model),
-        ):
+        async with self._resident(principal, "ttt", binding_name, model_name) as (target, binding):
             text: str = await binding.detokenize(target.model, tokens)
         return text
 
@@ -422,12 +420,7 @@ class GenerationService:
         self, principal: Principal, binding_name: str | None, model_name: str | None, texts: list[str]
     ) -> tuple[Target, list[list[float]]]:
         """Embedding vectors of ``texts`` (holding a slot of the binding's pool)."""
-        target = self.resolve(principal, "embed", binding_name, model_name)
-        binding = await self.bindings.get(target.name)
-        async with (
-            self.resources.slot(target.pool),
-            self.resources.use_model(binding, target.pool, target.model),
-        ):
+        async with self._resident(principal, "embed", binding_name, model_name) as (target, binding):
             vectors = await self._with_timeout(binding.embed(target.model, texts), CancelToken())
         return target, vectors
 
