@@ -14,12 +14,7 @@ import asyncio
 from pathlib import Path
 
 from lollms_server.core.config import ApiKeyConfig, AppConfig, DefaultsConfig, load_config
-
-
-def pid_alive(pid: int) -> bool:
-    from lollms_server.core.workers import pid_alive as alive
-
-    return alive(pid)
+from lollms_server.core.workers import pid_alive
 
 
 def pool_config(config: AppConfig, pool: str, token: str) -> AppConfig:

@@ -30,7 +30,6 @@ from lollms_server.api.sse import ClientDisconnected, EventStreamResponse, until
 from lollms_server.core.bindings import CancelToken
 from lollms_server.core.errors import BadRequestError, LollmsError
 from lollms_server.core.types import GenerateRequest, InputData, OutputData, StreamChunk
-from lollms_server.utils.media import decode_base64
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 FINISH_REASONS = {"length": "length", "stop": "stop", "tool_calls": "tool_calls"}
@@ -571,8 +570,10 @@ async def audio_transcriptions(
     parameters: dict[str, Any] = {"timestamps": response_format == "verbose_json"}
     if language:
         parameters["language"] = language
-    audio = base64.b64encode(await file.read()).decode()
-    decode_base64(audio, param="file")  # empty uploads are a 400
+    data = await file.read()
+    if not data:
+        raise BadRequestError("file is empty.", param="file")
+    audio = base64.b64encode(data).decode()
     native = GenerateRequest(
         input_data=[InputData(type="audio", role="input_audio", data=audio)],
         generation_type="stt",

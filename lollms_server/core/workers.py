@@ -118,10 +118,17 @@ class WorkerSupervisor:
         self._endpoint: tuple[str, str, int] | None = None
         self._failures = 0
 
-    def endpoint_sync(self) -> tuple[str, str]:
-        """(url, token) of a live worker, starting one when needed (blocking: call in a thread)."""
+    def live_endpoint(self) -> tuple[str, str] | None:
+        """(url, token) of the worker already found, if it still runs (cheap: no lock, no I/O)."""
         if self._endpoint is not None and pid_alive(self._endpoint[2]):
             return self._endpoint[0], self._endpoint[1]
+        return None
+
+    def endpoint_sync(self) -> tuple[str, str]:
+        """(url, token) of a live worker, starting one when needed (blocking: call in a thread)."""
+        live = self.live_endpoint()
+        if live is not None:
+            return live
         self.config.paths.runtime_folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.lock_path), timeout=300):
             found = self._attach()
@@ -260,7 +267,7 @@ _ERRORS: dict[int, type[LollmsError]] = {
 }
 
 
-def _error(status: int, error_type: str | None, message: str, retry_after: str | None = None) -> LollmsError:
+def _error(status: int, message: str, retry_after: str | None = None) -> LollmsError:
     if status == 503:
         return ServiceUnavailableError(message, retry_after=int(retry_after or 5))
     error_class = _ERRORS.get(status, BindingError)
@@ -313,11 +320,8 @@ class WorkerBinding(Binding):
 
     async def _endpoint(self) -> httpx.AsyncClient:
         """A client on the live worker (kept open: connections are reused between calls)."""
-        endpoint = self.supervisor._endpoint
-        if endpoint is None or not pid_alive(endpoint[2]):
-            url, token = await asyncio.to_thread(self.supervisor.endpoint_sync)
-        else:
-            url, token = endpoint[0], endpoint[1]
+        live = self.supervisor.live_endpoint()
+        url, token = live if live is not None else await asyncio.to_thread(self.supervisor.endpoint_sync)
         if self._client is None or str(self._client.base_url).rstrip("/") != url:
             if self._client is not None:
                 await self._client.aclose()
@@ -348,11 +352,10 @@ class WorkerBinding(Binding):
     @staticmethod
     def _remote_error(response: httpx.Response) -> LollmsError:
         try:
-            error = response.json()["error"]
-            message, error_type = str(error["message"]), error.get("type")
+            message = str(response.json()["error"]["message"])
         except (ValueError, KeyError, TypeError):
-            message, error_type = "The worker failed.", None
-        return _error(response.status_code, error_type, message, response.headers.get("retry-after"))
+            message = "The worker failed."
+        return _error(response.status_code, message, response.headers.get("retry-after"))
 
     # ---- models (the worker owns residency) ------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
@@ -409,7 +412,7 @@ class WorkerBinding(Binding):
                         )
                     elif event["type"] == "error":
                         meta = event.get("metadata", {})
-                        raise _error(int(meta.get("status", 500)), meta.get("type"), str(event["content"]))
+                        raise _error(int(meta.get("status", 500)), str(event["content"]))
         except httpx.ReadTimeout:
             self.supervisor.kill()
             raise GenerationTimeoutError(

@@ -15,10 +15,9 @@ def safe_join(root: Path, name: str, *, param: str = "model_name") -> Path:
     Sub-folders are allowed (``family/model.gguf``); ``..``, absolute paths, drive letters,
     control characters and symlinks pointing outside the folder are not.
     """
-    if not name or len(name) > 512 or any(ch in _FORBIDDEN_CHARS for ch in name) or "\\" in name:
-        raise BadRequestError(f"Invalid {param}: '{_printable(name)}'.", param=param)
+    validate_model_name(name, param=param)
     relative = Path(name)
-    if relative.is_absolute() or any(part in ("..", "") for part in relative.parts):
+    if relative.is_absolute():
         raise BadRequestError(f"Invalid {param}: it must stay inside its folder.", param=param)
     root_resolved = root.resolve()
     candidate = (root_resolved / relative).resolve()
