@@ -51,6 +51,7 @@ from lollms_server.core.errors import (
 logger = logging.getLogger(__name__)
 OWNER_ENV = "LOLLMS_SERVER_OWNER_PID"
 HANG_MARGIN_SECONDS = 2.0
+HUNG_SILENCE_SHARE = 0.9  # of the generation timeout, for a stream the server gave up on
 
 
 def pid_alive(pid: int) -> bool:
@@ -420,8 +421,10 @@ class WorkerBinding(Binding):
             ) from None
         except (GeneratorExit, asyncio.CancelledError):
             # stopped by the server's generation timeout while the worker, which has the same
-            # timeout, said nothing: it is hung, not slow
-            if time.monotonic() - last_heard >= self.supervisor.config.resource_manager.generation_timeout:
+            # timeout, said nothing: it is hung, not slow. The server's clock started a moment
+            # before this stream, so silence of nearly the whole timeout counts.
+            timeout = self.supervisor.config.resource_manager.generation_timeout
+            if time.monotonic() - last_heard >= HUNG_SILENCE_SHARE * timeout:
                 self.supervisor.kill()
             raise
         except (httpx.TransportError, httpx.RemoteProtocolError):
