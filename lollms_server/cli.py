@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", default="config.toml", help="where to write it (default ./config.toml)"
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    commands.add_parser(
+        "cluster-stop",
+        help='stop the Ray actors of this config\'s pools (cluster.mode = "ray"), e.g. after changing '
+        "their bindings; the next request starts them again",
+    )
     return parser
 
 
@@ -102,14 +107,15 @@ def serve(config: AppConfig) -> None:
         "log_level": config.logging.level.lower(),
         "timeout_graceful_shutdown": int(config.server.shutdown_grace_seconds),
     }
-    if config.server.workers > 1:
-        assert config.config_path is not None
+    if config.server.workers > 1 and config.cluster.mode == "local":
         os.environ["LOLLMS_SERVER_OWNER_PID"] = str(os.getpid())  # pool workers live as long as this process
         logging.getLogger(__name__).warning(
             '%d workers: pools with isolation = "inprocess" exist once per worker process '
             '(use isolation = "process" to share a pool and its models)',
             config.server.workers,
         )
+    if config.server.workers > 1:
+        assert config.config_path is not None
         os.environ[CONFIG_ENV] = str(config.config_path)
         uvicorn.run(
             "lollms_server.main:app_from_environment", factory=True, workers=config.server.workers, **common
@@ -132,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(find_config(args.config))
         apply_overrides(config, args)
+        if args.command == "cluster-stop":
+            from lollms_server.core.cluster import stop_actors
+
+            if config.cluster.mode != "ray":
+                raise ConfigError('cluster-stop: this configuration has cluster.mode = "local"')
+            stopped = stop_actors(config)
+            sys.stdout.write(f"Stopped the actors of pools: {', '.join(stopped) or 'none was running'}\n")
+            return 0
         from lollms_server.core.security import KeyStore
 
         KeyStore.from_config(config)  # refuse to start unsecured, before uvicorn starts

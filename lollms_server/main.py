@@ -6,6 +6,7 @@ uses when it runs several worker processes (it reads ``LOLLMS_SERVER_CONFIG``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -54,8 +55,12 @@ def create_app(config: AppConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.cluster.mode == "ray":  # join the cluster now: a wrong address fails the start
+            from lollms_server.core.cluster import connect
+
+            await asyncio.to_thread(connect, config.cluster)
         bindings = BindingManager(config)
-        resources = ResourceManager(config.resource_manager)
+        resources = ResourceManager(config.resource_manager, config.remote_pools())
         app.state.bindings = bindings
         app.state.resources = resources
         personalities = PersonalityManager(config)

@@ -13,26 +13,16 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from lollms_server.core.config import ApiKeyConfig, AppConfig, DefaultsConfig, load_config
+from lollms_server.core.config import ApiKeyConfig, AppConfig, load_config
 from lollms_server.core.workers import pid_alive
 
 
 def pool_config(config: AppConfig, pool: str, token: str) -> AppConfig:
     """The server's config reduced to one pool, run in process, guarded by ``token``."""
-    default_pool = config.resource_manager.default_pool
-    config.bindings = {
-        name: instance.model_copy(update={"isolation": None})
-        for name, instance in config.bindings.items()
-        if (instance.pool or default_pool) == pool
-    }
-    own = config.resource_manager.pools[pool].model_copy(update={"isolation": "inprocess", "venv": None})
-    config.resource_manager.pools = {pool: own}
-    config.resource_manager.default_pool = pool
-    config.defaults = DefaultsConfig()
+    config = config.for_pool(pool)
     config.security.api_keys = [ApiKeyConfig(key=token, name="gateway", scopes=["generate", "admin"])]
     config.security.allow_unauthenticated_localhost = False
     config.server.host = "127.0.0.1"
-    config.server.workers = 1
     return config
 
 

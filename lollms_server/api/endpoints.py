@@ -137,13 +137,20 @@ async def get_model_info(
     return await generation.model_info(principal, binding_name, model_name)
 
 
+async def refresh_remote_pools(request: Request) -> dict[str, dict[str, Any] | None]:
+    """Ask the hosts of remote pools (worker processes, Ray actors) for their state, so status
+    and metrics show their queues and models."""
+    statuses: dict[str, dict[str, Any] | None] = await request.app.state.bindings.host_statuses()
+    for pool, pool_status in statuses.items():
+        request.app.state.resources.set_remote_status(pool, pool_status)
+    return statuses
+
+
 @router.get("/status")
 async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dict[str, Any]:
     """Pools (queue depth, waits, active slots), loaded models with footprint and idle time,
     uptime and version."""
-    workers = {
-        pool: await supervisor.status() for pool, supervisor in request.app.state.bindings.supervisors.items()
-    }
+    workers = await refresh_remote_pools(request)
     return {
         **resources.snapshot(),
         "workers": workers,
@@ -155,6 +162,7 @@ async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dic
 @health_router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
 async def metrics(request: Request, _: MetricsReader) -> PlainTextResponse:
     """Prometheus metrics (admin scope, unless ``server.public_metrics``)."""
+    await refresh_remote_pools(request)
     return PlainTextResponse(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 

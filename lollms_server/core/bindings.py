@@ -562,10 +562,12 @@ class BindingManager:
         self.cards = self.discover_cards(
             [config.paths.zoos_folder / "bindings", config.paths.bindings_folder]
         )
-        self.supervisors: dict[str, Any] = {}  # pool -> WorkerSupervisor (isolation = "process")
         self.instances: dict[str, BindingInstance] = {}
         for name, instance_config in config.bindings.items():
             self.instances[name] = self._configure(name, instance_config)
+        # pool -> its host when it runs elsewhere: WorkerSupervisor (isolation = "process") or
+        # RayPoolHost (cluster.mode = "ray")
+        self.supervisors: dict[str, Any] = {pool: self._host(pool) for pool in sorted(config.remote_pools())}
         self._locks: dict[str, asyncio.Lock] = {}
 
     @staticmethod
@@ -620,29 +622,32 @@ class BindingManager:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if instance.binding is None:
-                if self.config.resource_manager.pools[instance.pool].isolation == "process":
+                if instance.pool in self.supervisors:
                     instance.binding = self._proxy(instance)
                 else:
                     instance.binding = await asyncio.to_thread(self._create, instance)
         return instance.binding
 
-    def _proxy(self, instance: BindingInstance) -> Binding:
-        """A stand-in for an instance whose pool runs in a worker process."""
-        from lollms_server.core.workers import WorkerBinding, WorkerSupervisor
+    def _host(self, pool: str) -> Any:
+        """The object that starts or finds the process or actor hosting ``pool``."""
+        if self.config.pool_host(pool) == "ray":
+            from lollms_server.core.cluster import RayPoolHost
 
-        supervisor = self.supervisors.get(instance.pool)
-        if supervisor is None:
-            requirements = sorted(
-                {
-                    requirement
-                    for other in self.instances.values()
-                    if other.pool == instance.pool
-                    for requirement in other.card.requirements
-                }
-            )
-            supervisor = self.supervisors[instance.pool] = WorkerSupervisor(
-                self.config, instance.pool, requirements
-            )
+            return RayPoolHost(self.config, pool)
+        from lollms_server.core.workers import WorkerSupervisor
+
+        requirements = sorted(
+            {
+                requirement
+                for instance in self.instances.values()
+                if instance.pool == pool
+                for requirement in instance.card.requirements
+            }
+        )
+        return WorkerSupervisor(self.config, pool, requirements)
+
+    def _proxy(self, instance: BindingInstance) -> Binding:
+        """A stand-in for an instance whose pool runs in a worker process or a Ray actor."""
         context = BindingContext(
             instance_name=instance.name,
             card=instance.card,
@@ -651,7 +656,20 @@ class BindingManager:
             pool=instance.pool,
             default_model=instance.config.model_name,
         )
-        return WorkerBinding(context, supervisor)
+        host = self.supervisors[instance.pool]
+        if host.host == "ray":
+            from lollms_server.core.cluster import RayBinding
+
+            return RayBinding(context, host)
+        from lollms_server.core.workers import WorkerBinding
+
+        return WorkerBinding(context, host)
+
+    async def host_statuses(self) -> dict[str, dict[str, Any] | None]:
+        """What the host of each remote pool reports now (``None``: not running or not answering)."""
+        pools = list(self.supervisors)
+        statuses = await asyncio.gather(*(self.supervisors[pool].status() for pool in pools))
+        return dict(zip(pools, statuses, strict=True))
 
     def _create(self, instance: BindingInstance) -> Binding:
         card = instance.card

@@ -197,6 +197,59 @@ class ResourceManagerConfig(StrictModel):
     )
 
 
+class ClusterPoolConfig(StrictModel):
+    """What the Ray actor of one pool asks the cluster for (its placement)."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved for the pool's actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the pool's actor (1 per physical GPU).")
+    memory_mb: float | None = Field(None, gt=0, description="Memory reserved for the actor (Ray 'memory').")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources the actor needs, e.g. {gpu0 = 1} to pin it to a node started "
+        "with --resources '{\"gpu0\": 1}'.",
+    )
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env of the actor (pip packages, env_vars, working_dir...)."
+    )
+
+    def demands(self) -> dict[str, float]:
+        """The resources placement needs, in Ray's names (MB of memory become bytes)."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        if self.memory_mb is not None:
+            wanted["memory"] = self.memory_mb * 2**20
+        return {name: amount for name, amount in wanted.items() if amount > 0}
+
+
+class ClusterConfig(StrictModel):
+    mode: Literal["local", "ray"] = Field(
+        "local",
+        description="local: pools run on this machine; ray: every pool is a named, detached Ray actor "
+        "(pip install lollms_server[distributed]).",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster address ('auto', 'ray://host:10001', 'host:6379'); omitted: RAY_ADDRESS, "
+        "else a local Ray instance is started.",
+    )
+    namespace: str = Field("lollms_server", description="Ray namespace of the pool actors.")
+    max_restarts: int = Field(-1, ge=-1, description="Restarts of a crashed pool actor (-1: always).")
+    max_concurrency: int = Field(
+        1000, ge=1, description="Calls one pool actor accepts at once (they queue in its pool, FIFO)."
+    )
+    start_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for a pool actor to start before answering 503."
+    )
+    retry_after: int = Field(
+        10, ge=1, description="Retry-After (seconds) of the 503 sent while a pool has no node to run on."
+    )
+    pools: dict[str, ClusterPoolConfig] = Field(
+        default_factory=dict, description="Ray resources per pool (pools not listed get the defaults)."
+    )
+
+    def pool(self, name: str) -> ClusterPoolConfig:
+        return self.pools.get(name) or ClusterPoolConfig()
+
+
 class BindingInstanceConfig(BaseModel):
     """One ``[bindings.<instance>]`` table: common keys plus the type's own settings.
 
@@ -238,10 +291,42 @@ class AppConfig(StrictModel):
     )
     functions: FunctionsConfig = Field(default_factory=FunctionsConfig, description="Function calling.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sizes and maxima of requests.")
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="Scaling out: pools as Ray actors."
+    )
     personalities_config: dict[str, PersonalityOverride] = Field(
         default_factory=dict, description="Per-personality switches and overrides."
     )
     config_path: Path | None = Field(None, exclude=True, description="File this config came from.")
+
+    def pool_host(self, pool: str) -> Literal["inprocess", "process", "ray"]:
+        """Where a pool's queue and models live: here, in a worker process, or in a Ray actor."""
+        if self.cluster.mode == "ray":
+            return "ray"
+        return self.resource_manager.pools[pool].isolation
+
+    def for_pool(self, pool: str) -> AppConfig:
+        """A copy reduced to one pool and its binding instances, run in process: what the pool's
+        host (worker process or Ray actor) serves."""
+        config = self.model_copy(deep=True)
+        default_pool = self.resource_manager.default_pool
+        config.bindings = {
+            name: instance.model_copy(update={"isolation": None})
+            for name, instance in self.bindings.items()
+            if (instance.pool or default_pool) == pool
+        }
+        own = self.resource_manager.pools[pool].model_copy(update={"isolation": "inprocess", "venv": None})
+        config.resource_manager.pools = {pool: own}
+        config.resource_manager.default_pool = pool
+        config.defaults = DefaultsConfig()
+        config.cluster = ClusterConfig()
+        config.server.workers = 1
+        config.config_path = self.config_path
+        return config
+
+    def remote_pools(self) -> set[str]:
+        """Pools whose queue and models live outside this process."""
+        return {name for name in self.resource_manager.pools if self.pool_host(name) != "inprocess"}
 
     def resolve_paths(self, base: Path) -> None:
         """Make every relative path absolute against ``base`` (the config file's folder)."""
@@ -276,6 +361,16 @@ class AppConfig(StrictModel):
                     f"{source}: bindings.{name}.isolation: '{instance.isolation}' differs from its pool's "
                     f"'{pool.isolation}' (set [resource_manager.pools.<pool>] isolation)"
                 )
+        for name in self.cluster.pools:
+            if name not in pools:
+                raise ConfigError(f"{source}: cluster.pools.{name}: unknown pool '{name}'")
+        if self.cluster.mode == "ray":
+            for name, pool in pools.items():
+                if pool.isolation != "inprocess":
+                    raise ConfigError(
+                        f'{source}: resource_manager.pools.{name}.isolation: cluster.mode = "ray" runs '
+                        f'every pool in a Ray actor; leave isolation at "inprocess"'
+                    )
         for generation_type in GENERATION_TYPES:
             binding = self.defaults.binding_for(generation_type)
             if binding is not None and binding not in self.bindings:

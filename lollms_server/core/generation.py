@@ -447,8 +447,9 @@ class GenerationService:
             validate_model_name(model)
         binding = await self.bindings.get(instance.name)
         info = await binding.get_model_info(model)
-        loaded = self.resources.models.get((instance.name, model or ""))
-        return {**info, "loaded": loaded is not None, "residency": loaded.public() if loaded else None}
+        if instance.pool in self.resources.remote_pools:
+            return {"loaded": False, "residency": None, **info}  # the pool's host tells residency
+        return self.resources.with_residency(info, instance.name, model)
 
     # ---- streams ------------------------------------------------------------
     async def open_stream(

@@ -57,7 +57,14 @@ class PoolCollector(Collector):
         footprint = GaugeMetricFamily(
             "lollms_model_footprint_mb", "Memory held by a loaded model.", labels=["pool", "binding", "model"]
         )
+        host_up = GaugeMetricFamily(
+            "lollms_pool_host_up",
+            "1 when the worker process or Ray actor of a remote pool answers.",
+            labels=["pool", "host"],
+        )
         for pool in snapshot:
+            if "host_up" in pool:
+                host_up.add_metric([pool["name"], pool["isolation"]], float(pool["host_up"]))
             for key, family in gauges.items():
                 family.add_metric([pool["name"]], float(pool[key] or 0))
             for key, counter in counters.items():
@@ -71,6 +78,7 @@ class PoolCollector(Collector):
         yield from counters.values()
         yield loaded
         yield footprint
+        yield host_up
 
 
 class Metrics:

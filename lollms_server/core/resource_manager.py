@@ -148,9 +148,13 @@ class LoadedModel:
 class ResourceManager:
     """Pools plus the registry of loaded models; owned by the app (``app.state``)."""
 
-    def __init__(self, config: ResourceManagerConfig) -> None:
+    def __init__(self, config: ResourceManagerConfig, remote_pools: set[str] | None = None) -> None:
         self.config = config
         self.pools = {name: Pool(name, pool_config) for name, pool_config in config.pools.items()}
+        self.remote_pools = set(remote_pools or ())
+        """Pools hosted elsewhere (a worker process, a Ray actor): they queue and load there."""
+        self.remote_status: dict[str, dict[str, Any] | None] = {}
+        """Last status reported by the host of each remote pool (see :meth:`set_remote_status`)."""
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._bindings: dict[str, Binding] = {}
         self._model_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -163,10 +167,10 @@ class ResourceManager:
         return pool
 
     async def acquire(self, pool_name: str) -> Lease:
-        """Wait (FIFO) for a slot of ``pool_name``; a pool running in a worker process queues
-        there, so here the lease is free."""
+        """Wait (FIFO) for a slot of ``pool_name``; a pool hosted elsewhere (worker process, Ray
+        actor) queues there, so here the lease is free."""
         pool = self.pool(pool_name)
-        if pool.config.isolation == "process":
+        if pool_name in self.remote_pools:
             return Lease(pool, 0.0, counted=False)
         return await pool.acquire()
 
@@ -185,9 +189,9 @@ class ResourceManager:
 
         Call it while holding a slot of ``pool_name``.
         """
-        if self.pool(pool_name).config.isolation == "process":
+        if self.pool(pool_name).name in self.remote_pools:
             started = time.monotonic()
-            await binding.load_model(model)  # starts or finds the worker; it loads and tracks models
+            await binding.load_model(model)  # reaches the pool's host; it loads and tracks models
             yield time.monotonic() - started
             return
         key = (binding.instance_name, model)
@@ -237,6 +241,11 @@ class ResourceManager:
         if budget is not None:
             await self._make_room(pool_name, budget, 0.0, exclude=(binding.instance_name, model))
         return elapsed
+
+    def with_residency(self, info: dict[str, Any], instance: str, model: str | None) -> dict[str, Any]:
+        """``info`` about a model plus whether it is loaded here, and its residency entry."""
+        loaded = self.models.get((instance, model or ""))
+        return {**info, "loaded": loaded is not None, "residency": loaded.public() if loaded else None}
 
     def memory_used_mb(self, pool_name: str) -> float:
         return sum(entry.footprint_mb for entry in self.models.values() if entry.pool == pool_name)
@@ -317,28 +326,41 @@ class ResourceManager:
             self._housekeeper = None
 
     # ---- observability ----------------------------------------------------
+    def set_remote_status(self, pool_name: str, status: dict[str, Any] | None) -> None:
+        """Record what the host of a remote pool reported (``None``: it did not answer)."""
+        self.remote_status[pool_name] = status
+
     def snapshot(self) -> dict[str, Any]:
-        """Queue depth, waits, slot use and loaded models of every pool."""
+        """Queue depth, waits, slot use and loaded models of every pool. A remote pool shows
+        what its host last reported (``host_up`` false when it did not answer)."""
         pools = []
         for pool in self.pools.values():
-            pools.append(
-                {
-                    "name": pool.name,
-                    "isolation": pool.config.isolation,
-                    "limit": pool.config.limit,
-                    "active": pool.active,
-                    "queued": pool.queued,
-                    "queue_size": pool.config.queue_size,
-                    "served": pool.served,
-                    "rejected": pool.rejected,
-                    "timed_out": pool.timed_out,
-                    "average_wait_seconds": round(pool.total_wait_seconds / pool.served, 4)
-                    if pool.served
-                    else 0.0,
-                    "max_wait_seconds": round(pool.max_wait_seconds, 4),
-                    "memory_budget_mb": pool.config.memory_budget_mb,
-                    "memory_used_mb": round(self.memory_used_mb(pool.name), 3),
-                    "models": [entry.public() for entry in self.models.values() if entry.pool == pool.name],
-                }
-            )
+            entry = {
+                "name": pool.name,
+                "isolation": pool.config.isolation,
+                "limit": pool.config.limit,
+                "active": pool.active,
+                "queued": pool.queued,
+                "queue_size": pool.config.queue_size,
+                "served": pool.served,
+                "rejected": pool.rejected,
+                "timed_out": pool.timed_out,
+                "average_wait_seconds": round(pool.total_wait_seconds / pool.served, 4)
+                if pool.served
+                else 0.0,
+                "max_wait_seconds": round(pool.max_wait_seconds, 4),
+                "memory_budget_mb": pool.config.memory_budget_mb,
+                "memory_used_mb": round(self.memory_used_mb(pool.name), 3),
+                "models": [entry.public() for entry in self.models.values() if entry.pool == pool.name],
+            }
+            if pool.name in self.remote_pools:
+                status = self.remote_status.get(pool.name)
+                remote = next(
+                    (item for item in (status or {}).get("pools", []) if item.get("name") == pool.name), None
+                )
+                if remote is not None:
+                    entry.update({key: value for key, value in remote.items() if key in entry})
+                entry["isolation"] = (status or {}).get("host", entry["isolation"])
+                entry["host_up"] = remote is not None
+            pools.append(entry)
         return {"pools": pools}

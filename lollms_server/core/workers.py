@@ -102,6 +102,8 @@ def ensure_venv(venv: Path, requirements: list[str]) -> Path:
 class WorkerSupervisor:
     """Starts or finds the worker of one pool (FileLock + state file) and restarts it when dead."""
 
+    host = "process"
+
     def __init__(self, config: AppConfig, pool: str, requirements: list[str]) -> None:
         if config.config_path is None:
             raise ConfigError(
@@ -249,12 +251,12 @@ class WorkerSupervisor:
     async def status(self) -> dict[str, Any] | None:
         if self._endpoint is None:
             return None
-        url, token, _ = self._endpoint
+        url, token, pid = self._endpoint
         try:
             async with httpx.AsyncClient(timeout=5) as client:
                 response = await client.get(url + "/api/v1/status", headers={"X-API-Key": token})
             data: dict[str, Any] = response.json()
-            return data
+            return {"host": self.host, "pid": pid, **data}
         except (httpx.HTTPError, ValueError):
             return None
 

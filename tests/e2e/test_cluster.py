@@ -1,0 +1,297 @@
+"""Pools as Ray actors (cluster.mode = "ray") on a local two-node Ray cluster.
+
+The head node has CPUs only; the "GPU node" has a fake GPU (``num_gpus``) and the custom
+resource ``gpu0`` that the llama.cpp pool asks for, so that pool's actor can only live there.
+Gateways are real lollms_server processes joined to the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lollms_server.core.cluster import PROBE_AFTER_SECONDS
+from tests.conftest import AUTH, base_config, media_instance
+from tests.e2e.sse import aiter_events, parse_events
+from tests.processes import ServerProcess, start_lollms
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+
+STORE = 80 * 2**20  # object store per node: small, /dev/shm is small on CI machines
+
+
+class TwoNodes:
+    def __init__(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 2, "object_store_memory": STORE, "include_dashboard": False},
+        )
+        self.gpu_node = self.add_gpu_node()
+
+    def add_gpu_node(self) -> Any:
+        return self.cluster.add_node(
+            num_cpus=2, num_gpus=1, resources={"gpu0": 1}, object_store_memory=STORE
+        )
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[TwoNodes]:
+    cluster = TwoNodes()
+    try:
+        yield cluster
+    finally:
+        cluster.cluster.shutdown()
+
+
+def gateway_config(
+    folder: Path, models_folder: Path, media_models_folder: Path, address: str
+) -> dict[str, Any]:
+    return base_config(
+        folder,
+        models_folder,
+        resource_manager={
+            "pools": {
+                "default": {"limit": 1},
+                "gpu0": {"limit": 1, "queue_size": 32, "queue_timeout": 60},
+                "images": {"limit": 1},
+            }
+        },
+        cluster={
+            "mode": "ray",
+            "address": address,
+            "namespace": "lollms-tests",
+            "retry_after": 3,
+            "pools": {
+                "default": {"num_cpus": 0.5},
+                "gpu0": {"num_cpus": 1, "num_gpus": 1, "resources": {"gpu0": 1}},
+                "images": {"num_cpus": 0.5},
+            },
+        },
+        bindings={
+            "echo": {"type": "scripted_binding"},
+            "llm": {"type": "llamacpp_binding", "pool": "gpu0", "model_name": "tiny.gguf", "n_threads": 1},
+            "sd": {**media_instance("diffusers_binding", media_models_folder), "pool": "images"},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    nodes: TwoNodes, models_folder: Path, media_models_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServerProcess]]:
+    """Two gateways (separate server processes) sharing the cluster's pools."""
+    started: list[ServerProcess] = []
+    try:
+        for name in ("a", "b"):
+            folder = tmp_path_factory.mktemp(f"gateway-{name}")
+            config = gateway_config(folder, models_folder, media_models_folder, nodes.address)
+            started.append(start_lollms(config, folder, folder / "server.log"))
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def body(stream: bool = True, **parameters: Any) -> dict[str, Any]:
+    return {
+        "prompt": "Hello",
+        "binding_name": "llm",
+        "stream": stream,
+        "parameters": {"max_tokens": 16, "ignore_eos": True, "seed": 7, **parameters},
+    }
+
+
+def generate(server: ServerProcess, payload: dict[str, Any], timeout: float = 120) -> httpx.Response:
+    return httpx.post(server.url + "/api/v1/generate", json=payload, headers=AUTH, timeout=timeout)
+
+
+def pool_status(server: ServerProcess, pool: str) -> dict[str, Any]:
+    status = httpx.get(server.url + "/api/v1/status", headers=AUTH, timeout=30).json()
+    worker: dict[str, Any] = status["workers"][pool] or {}  # None: not answering
+    entry = next(item for item in status["pools"] if item["name"] == pool)
+    return {**worker, "snapshot": entry}
+
+
+def test_tokens_stream_from_an_actor_on_the_gpu_node(nodes: TwoNodes, gateways: list[ServerProcess]) -> None:
+    gateway = gateways[0]
+    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=120) as client:
+        with client.stream("POST", "/api/v1/generate", json=body()) as response:
+            assert response.status_code == 200, response.read()
+            events = parse_events(response.read().decode())
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "info" and kinds[-1] == "final", kinds
+    chunks = [event["content"] for event in events if event["type"] == "chunk"]
+    assert chunks, kinds
+    final = events[-1]["content"][0]
+    assert final["data"] == "".join(chunks)
+    assert final["metadata"]["usage"]["completion_tokens"] == 16
+    assert "worker_timings" in final["metadata"]
+    # the same seed gives the same text through the other gateway, not streamed
+    whole = generate(gateways[1], body(stream=False))
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["output"][0]["data"] == final["data"]
+    # the pool's actor runs on the GPU node; status and metrics show its pool
+    status = pool_status(gateway, "gpu0")
+    assert status["host"] == "ray" and status["node_id"] == nodes.gpu_node.node_id
+    assert status["snapshot"]["isolation"] == "ray" and status["snapshot"]["host_up"] is True
+    assert [model["model"] for model in status["snapshot"]["models"]] == ["tiny.gguf"]
+    metrics = httpx.get(gateway.url + "/metrics", headers=AUTH, timeout=30).text
+    assert 'lollms_pool_host_up{host="ray",pool="gpu0"} 1.0' in metrics
+    assert 'lollms_loaded_models{pool="gpu0"} 1.0' in metrics
+    # the native API reaches the actor: tokenize round trip, listings, model info
+    tokens = httpx.post(
+        gateway.url + "/api/v1/tokenize",
+        json={"text": "héllo wörld", "binding_name": "llm"},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert tokens.status_code == 200, tokens.text
+    text = httpx.post(
+        gateway.url + "/api/v1/detokenize",
+        json={"tokens": tokens.json()["tokens"], "binding_name": "llm"},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert "héllo wörld" in text.json()["text"]
+    listed = httpx.get(gateway.url + "/api/v1/list_available_models/llm", headers=AUTH, timeout=60)
+    assert "tiny.gguf" in [model["name"] for model in listed.json()["models"]]
+    info = httpx.get(gateway.url + "/api/v1/get_model_info/llm", headers=AUTH, timeout=60).json()
+    assert info["loaded"] is True
+    # an error raised in the actor keeps its status and message, without Ray's traceback
+    missing = generate(gateway, {**body(stream=False), "model_name": "missing.gguf"})
+    assert missing.status_code == 404 and "Traceback" not in missing.text, missing.text
+
+
+def test_image_through_an_actor(gateways: list[ServerProcess]) -> None:
+    from PIL import Image
+
+    payload = {
+        "generation_type": "tti",
+        "prompt": "a red square",
+        "binding_name": "sd",
+        "model_name": "tiny-sd",
+        "stream": True,
+        "parameters": {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 1},
+    }
+    with httpx.Client(base_url=gateways[1].url, headers=AUTH, timeout=180) as client:
+        with client.stream("POST", "/api/v1/generate", json=payload) as response:
+            assert response.status_code == 200, response.read()
+            events = parse_events(response.read().decode())
+    assert [event["content"] for event in events if event.get("metadata", {}).get("total")] == [
+        "step 1 of 2",
+        "step 2 of 2",
+    ]
+    final = events[-1]
+    assert final["type"] == "final", final
+    image = Image.open(io.BytesIO(base64.b64decode(final["content"][0]["data"])))
+    assert image.size == (64, 64)
+
+
+def test_two_gateways_share_one_fifo_queue(gateways: list[ServerProcess]) -> None:
+    async def run_all() -> list[dict[str, Any]]:
+        async def one(index: int, client: httpx.AsyncClient) -> dict[str, Any]:
+            tokens = 2000 if index == 0 else 16
+            async with client.stream("POST", "/api/v1/generate", json=body(max_tokens=tokens)) as response:
+                async for event in aiter_events(response):
+                    if event["type"] == "final":
+                        timings: dict[str, Any] = event["content"][0]["metadata"]["worker_timings"]
+                        return timings
+            raise AssertionError("no final event")
+
+        clients = [
+            httpx.AsyncClient(base_url=gateways[index % 2].url, headers=AUTH, timeout=120) for index in range(8)
+        ]
+        try:
+            tasks = []
+            for index in range(8):  # alternate gateways, in a known arrival order
+                tasks.append(asyncio.create_task(one(index, clients[index])))
+                await asyncio.sleep(0.3 if index == 0 else 0.15)
+            return await asyncio.gather(*tasks)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    results = asyncio.run(run_all())
+    granted = [timings["slot_granted_at"] for timings in results]
+    assert granted == sorted(granted), "not served in arrival order"
+    for earlier, later in zip(results, results[1:], strict=False):
+        assert earlier["compute_finished_at"] <= later["slot_granted_at"], "generations overlapped"
+    assert results[1]["queue_wait"] > 0  # it waited behind the long one, in the actor's queue
+
+
+def test_actor_killed_mid_stream_then_next_request_succeeds(gateways: list[ServerProcess]) -> None:
+    gateway = gateways[0]
+    assert generate(gateway, body(stream=False)).status_code == 200
+    pid = pool_status(gateway, "gpu0")["pid"]
+    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=120) as client:
+        payload = {**body(max_tokens=4000), "model_name": "slow.gguf"}
+        with client.stream("POST", "/api/v1/generate", json=payload) as response:
+            lines = []
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                    if len(lines) == 3:
+                        os.kill(pid, signal.SIGKILL)
+    events = parse_events("".join(line + "\n\n" for line in lines))
+    assert events[-1]["type"] == "error", events[-1]
+    assert "actor" in events[-1]["content"] and "Traceback" not in events[-1]["content"]
+    # the next request, on either gateway, is served by the restarted actor
+    for server in gateways:
+        again = generate(server, body(stream=False))
+        assert again.status_code == 200, again.text
+    assert pool_status(gateway, "gpu0")["pid"] != pid
+
+
+def test_node_removed_fails_fast_then_recovers_on_a_new_node(
+    nodes: TwoNodes, gateways: list[ServerProcess]
+) -> None:
+    gateway = gateways[1]
+    assert generate(gateway, body(stream=False)).status_code == 200
+    nodes.cluster.remove_node(nodes.gpu_node)
+
+    def refused_fast(server: ServerProcess, stream: bool) -> None:
+        started = time.monotonic()
+        refused = generate(server, body(stream=stream), timeout=30)
+        elapsed = time.monotonic() - started
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "3"
+        assert "no node" in refused.json()["error"]["message"]
+        assert elapsed < 5, f"took {elapsed:.1f} s to refuse"
+
+    # right away: the call finds the actor gone and the pool unplaceable
+    refused_fast(gateway, stream=False)
+    # a moment later, streams are refused before they start too (the gateway asks the actor
+    # whether it is up when it has not heard from it for a second)
+    time.sleep(PROBE_AFTER_SECONDS)
+    for server in gateways:
+        refused_fast(server, stream=True)
+    # pools on the head node keep serving meanwhile
+    assert generate(gateway, {"prompt": "hi", "binding_name": "echo"}).status_code == 200
+    assert pool_status(gateway, "gpu0")["snapshot"]["host_up"] is False
+    nodes.gpu_node = nodes.add_gpu_node()
+    deadline = time.monotonic() + 60
+    while True:
+        answer = generate(gateway, body(stream=False))
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
+    assert pool_status(gateway, "gpu0")["node_id"] == nodes.gpu_node.node_id
