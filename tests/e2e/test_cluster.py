@@ -43,9 +43,7 @@ class TwoNodes:
         self.gpu_node = self.add_gpu_node()
 
     def add_gpu_node(self) -> Any:
-        return self.cluster.add_node(
-            num_cpus=2, num_gpus=1, resources={"gpu0": 1}, object_store_memory=STORE
-        )
+        return self.cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu0": 1}, object_store_memory=STORE)
 
     @property
     def address(self) -> str:
@@ -216,9 +214,8 @@ def test_two_gateways_share_one_fifo_queue(gateways: list[ServerProcess]) -> Non
                         return timings
             raise AssertionError("no final event")
 
-        clients = [
-            httpx.AsyncClient(base_url=gateways[index % 2].url, headers=AUTH, timeout=120) for index in range(8)
-        ]
+        urls = [gateways[index % 2].url for index in range(8)]
+        clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) for url in urls]
         try:
             tasks = []
             for index in range(8):  # alternate gateways, in a known arrival order
