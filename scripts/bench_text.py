@@ -156,7 +156,10 @@ async def bench_concurrent(url: str, body: dict[str, Any], tokens: int, streams:
     return result
 
 
-def start_server(model: Path, workdir: Path, threads: int, isolation: str = "inprocess") -> ServerProcess:
+def start_server(
+    model: Path, workdir: Path, threads: int, isolation: str = "inprocess", **sections: Any
+) -> ServerProcess:
+    """A lollms_server serving ``model`` as binding ``llm`` (``sections`` add config sections)."""
     from tests.processes import start_lollms
 
     config = {
@@ -173,6 +176,7 @@ def start_server(model: Path, workdir: Path, threads: int, isolation: str = "inp
                 "models_folder": str(model.parent),
             }
         },
+        **sections,
     }
     return start_lollms(config, workdir)
 

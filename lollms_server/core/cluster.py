@@ -40,6 +40,7 @@ from lollms_server.core.bindings import (
     Progress,
     TextChunk,
     TextRequest,
+    TextResult,
 )
 from lollms_server.core.config import AppConfig, ClusterConfig
 from lollms_server.core.errors import (
@@ -124,9 +125,16 @@ def _merge(chunks: list[TextChunk]) -> TextChunk:
     return TextChunk("".join(chunk.text for chunk in chunks), last.finish_reason, last.usage, last.metadata)
 
 
-async def batched(chunks: AsyncGenerator[TextChunk, None]) -> AsyncGenerator[TextChunk, None]:
-    """Yield whatever ``chunks`` produced since the last yield, merged: under load one Ray object
-    carries many tokens, an idle stream still sends each token at once."""
+async def batched(
+    chunks: AsyncGenerator[TextChunk, None], interval: float
+) -> AsyncGenerator[TextChunk, None]:
+    """Yield what ``chunks`` produced, merged, at most once per ``interval`` seconds.
+
+    A Ray object costs about half a millisecond end to end, more than a token of a small model:
+    tokens that come faster than ``interval`` travel together, slower ones (real models) each
+    leave at once; the first one and the end of the stream never wait.
+    """
+    loop = asyncio.get_running_loop()
     pending: deque[TextChunk] = deque()
     ready = asyncio.Event()
     outcome: list[BaseException | None] = []
@@ -143,14 +151,20 @@ async def batched(chunks: AsyncGenerator[TextChunk, None]) -> AsyncGenerator[Tex
             ready.set()
 
     task = asyncio.ensure_future(pump())
+    last_sent = -interval
     try:
         while True:
             await ready.wait()
             ready.clear()
+            early = last_sent + interval - loop.time()
+            ending = bool(outcome) or bool(pending and (pending[-1].finish_reason or pending[-1].usage))
+            if pending and not ending and early > 0:
+                await asyncio.sleep(early)  # more tokens pile up meanwhile
             if pending:
                 items = list(pending)
                 pending.clear()
                 yield _merge(items)
+                last_sent = loop.time()
             if outcome and not pending:
                 if outcome[0] is not None:
                     raise outcome[0]
@@ -172,6 +186,7 @@ class PoolActor:
     def __init__(self, config: AppConfig, pool: str, fingerprint: str) -> None:
         from lollms_server.utils.logs import configure_logging
 
+        self.stream_interval = config.cluster.stream_batch_ms / 1000
         self.pool = pool
         self.fingerprint = fingerprint
         self.config = config.for_pool(pool)
@@ -217,7 +232,7 @@ class PoolActor:
         """The text stream, batched; the last chunk carries the actor's timings."""
         async with self._admitted(instance, model) as (binding, timings):
             cancel = CancelToken()
-            async for chunk in batched(binding.stream_text(model, request, cancel)):
+            async for chunk in batched(binding.stream_text(model, request, cancel), self.stream_interval):
                 if chunk.finish_reason or chunk.usage:
                     timings["compute_finished_at"] = time.time()
                     chunk.metadata = {**(chunk.metadata or {}), "worker_timings": dict(timings)}
@@ -237,6 +252,18 @@ class PoolActor:
                     for output in item:
                         output.metadata = {**output.metadata, "worker_timings": dict(timings)}
                 yield item
+
+    async def generate_text(self, instance: str, model: str, request: TextRequest) -> TextResult:
+        """The whole text in one answer (one round trip instead of a stream's objects)."""
+        async with self._admitted(instance, model) as (binding, timings):
+            cancel = CancelToken()
+            try:
+                result: TextResult = await binding.generate_text(model, request, cancel)
+            finally:
+                cancel.set()  # stops the binding if this call is cancelled (ray.cancel)
+            timings["compute_finished_at"] = time.time()
+            result.metadata = {**result.metadata, "worker_timings": dict(timings)}
+            return result
 
     async def call(self, instance: str, model: str | None, method: str, *args: Any) -> Any:
         """tokenize / detokenize / embed (holding a slot), or the listings (without one)."""
@@ -418,13 +445,22 @@ class RayPoolHost:
             await asyncio.to_thread(_ray().kill, actor, no_restart=False)
 
     async def call(self, instance: str, model: str | None, method: str, *args: Any) -> Any:
-        """:meth:`PoolActor.call`; sent again (once) if the actor was found restarting."""
+        """:meth:`PoolActor.call`."""
+        return await self.invoke("call", instance, model, method, *args)
+
+    async def invoke(self, method: str, *args: Any) -> Any:
+        """A :class:`PoolActor` method that answers once; sent again (once) if the actor was found
+        restarting (nothing reached the client yet); cancelled in the actor if the caller is."""
         for attempt in (1, 2):
             actor = await self.actor()
+            ref = getattr(actor, method).remote(*args)
             try:
-                result = await actor.call.remote(instance, model, method, *args)
+                result = await ref
                 self.heard()
                 return result
+            except asyncio.CancelledError:
+                await asyncio.to_thread(_ray().cancel, ref)
+                raise
             except Exception as exc:
                 if not _actor_unavailable(exc):
                     raise _remote_error(exc) from None
@@ -497,6 +533,10 @@ class RayBinding(Binding):
     async def embed(self, model_name: str, texts: list[str]) -> list[list[float]]:
         vectors: list[list[float]] = await self.host.call(self.instance_name, model_name, "embed", texts)
         return vectors
+
+    async def generate_text(self, model_name: str, request: TextRequest, cancel: CancelToken) -> TextResult:
+        result: TextResult = await self.host.invoke("generate_text", self.instance_name, model_name, request)
+        return result
 
     async def _stream(self, method: str, *args: Any) -> AsyncGenerator[Any, None]:
         """Items of a streaming actor call. Before the first item, an actor found restarting is

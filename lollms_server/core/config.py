@@ -239,6 +239,12 @@ class ClusterConfig(StrictModel):
     start_timeout: float = Field(
         60.0, gt=0, description="Seconds to wait for a pool actor to start before answering 503."
     )
+    stream_batch_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Tokens coming faster than this travel together in one Ray object (a Ray object "
+        "costs about 0.5 ms); slower tokens, and the first, are sent at once. 0: one object per chunk.",
+    )
     retry_after: int = Field(
         10, ge=1, description="Retry-After (seconds) of the 503 sent while a pool has no node to run on."
     )
