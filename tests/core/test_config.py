@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lollms_server.core.config import load_config
+from lollms_server.core.config import ClusterConfig, ClusterPoolConfig, load_config
 from lollms_server.core.errors import ConfigError
 from tests.conftest import REPO
 
@@ -26,6 +26,9 @@ def test_example_config_loads_and_documents_every_section(tmp_path: Path) -> Non
     text = (REPO / "config.toml.example").read_text()
     for section in ("[server]", "[logging]", "[paths]", "[security]", "[defaults]", "[resource_manager]"):
         assert section in text
+    assert config.cluster.mode == "local" and "[cluster]" in text
+    for key in (*(set(ClusterConfig.model_fields) - {"pools"}), *ClusterPoolConfig.model_fields):
+        assert f"{key} = " in text, key
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:

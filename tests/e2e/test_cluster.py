@@ -257,6 +257,37 @@ def test_actor_killed_mid_stream_then_next_request_succeeds(gateways: list[Serve
     assert pool_status(gateway, "gpu0")["pid"] != pid
 
 
+def test_hung_actor_gets_504_and_is_replaced(
+    nodes: TwoNodes, models_folder: Path, media_models_folder: Path, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, models_folder, media_models_folder, nodes.address)
+    config["resource_manager"]["pools"]["hang"] = {"limit": 1}
+    config["resource_manager"]["generation_timeout"] = 4
+    config["cluster"]["pools"]["hang"] = {"num_cpus": 0.25}
+    config["bindings"]["slow_echo"] = {"type": "scripted_binding", "pool": "hang", "model_name": "echo"}
+    gateway = start_lollms(config, tmp_path, tmp_path / "server.log")
+    try:
+        payload = {"prompt": "a b c d e f", "binding_name": "slow_echo", "stream": True}
+        first = generate(gateway, {**payload, "stream": False})
+        assert first.status_code == 200, first.text
+        pid = pool_status(gateway, "hang")["pid"]
+        os.kill(pid, signal.SIGSTOP)  # the actor hangs: alive, silent
+        started = time.monotonic()
+        answer = generate(gateway, payload, timeout=30)
+        events = parse_events(answer.text)
+        assert events[-1]["type"] == "error" and events[-1]["metadata"]["status"] == 504, events
+        assert time.monotonic() - started < 10
+        again = generate(gateway, {**payload, "stream": False}, timeout=60)
+        assert again.status_code == 200, again.text
+        assert pool_status(gateway, "hang")["pid"] != pid
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except (ProcessLookupError, UnboundLocalError):
+            pass
+        gateway.stop()
+
+
 def test_node_removed_fails_fast_then_recovers_on_a_new_node(
     nodes: TwoNodes, gateways: list[ServerProcess]
 ) -> None:
