@@ -114,6 +114,15 @@ def serve(config: AppConfig) -> None:
             '(use isolation = "process" to share a pool and its models)',
             config.server.workers,
         )
+    if (
+        config.server.workers > 1
+        and config.cluster.mode == "ray"
+        and not (config.cluster.address or os.environ.get("RAY_ADDRESS"))
+    ):
+        raise ConfigError(
+            "cluster.address: several server processes must join one running Ray cluster "
+            "(start it with `ray start --head` and set its address)"
+        )
     if config.server.workers > 1:
         assert config.config_path is not None
         os.environ[CONFIG_ENV] = str(config.config_path)

@@ -90,3 +90,19 @@ def test_console_script_serves_and_stops(tmp_path: Path) -> None:
         output = process.communicate(timeout=20)[0].decode(errors="replace")
     assert process.returncode is not None
     assert key not in output and "sha256" not in output
+
+
+def test_ray_mode_with_several_processes_needs_a_cluster_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[security]\napi_keys = ["a-key-long-enough"]\n[cluster]\nmode = "ray"\n', encoding="utf-8"
+    )
+    assert main(["--config", str(path), "--workers", "2"]) == 2
+    assert "cluster.address" in capsys.readouterr().err
+    # cluster-stop refuses a local-mode config
+    path.write_text('[security]\napi_keys = ["a-key-long-enough"]\n', encoding="utf-8")
+    assert main(["--config", str(path), "cluster-stop"]) == 2
+    assert "cluster.mode" in capsys.readouterr().err

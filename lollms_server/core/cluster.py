@@ -42,7 +42,7 @@ from lollms_server.core.bindings import (
     TextRequest,
     TextResult,
 )
-from lollms_server.core.config import AppConfig, ClusterConfig
+from lollms_server.core.config import AppConfig, ClusterConfig, SecurityConfig
 from lollms_server.core.errors import (
     BindingError,
     ConfigError,
@@ -359,7 +359,11 @@ class RayPoolHost:
             options["memory"] = int(self.placement.memory_mb * 2**20)
         if self.placement.runtime_env is not None:
             options["runtime_env"] = self.placement.runtime_env
-        return ray.remote(PoolActor).options(**options).remote(self.config, self.pool, self.fingerprint)
+        # the actor gets its pool's part of the config, without the server's API keys
+        shipped = self.config.for_pool(self.pool)
+        shipped.security = SecurityConfig()
+        shipped.cluster = self.cluster
+        return ray.remote(PoolActor).options(**options).remote(shipped, self.pool, self.fingerprint)
 
     def unplaceable(self, missing: list[str]) -> ServiceUnavailableError:
         return ServiceUnavailableError(

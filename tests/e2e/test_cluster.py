@@ -12,6 +12,8 @@ import base64
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +325,21 @@ def test_node_removed_fails_fast_then_recovers_on_a_new_node(
         assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
         time.sleep(0.5)
     assert pool_status(gateway, "gpu0")["node_id"] == nodes.gpu_node.node_id
+
+
+def test_cluster_stop_then_the_next_request_starts_the_actor_again(gateways: list[ServerProcess]) -> None:
+    gateway = gateways[0]
+    assert generate(gateway, body(stream=False)).status_code == 200
+    pid = pool_status(gateway, "gpu0")["pid"]
+    config_path = gateway.log_path.parent / "config.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "lollms_server.cli", "--config", str(config_path), "cluster-stop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gpu0" in done.stdout and "images" in done.stdout
+    again = generate(gateway, body(stream=False))
+    assert again.status_code == 200, again.text
+    assert pool_status(gateway, "gpu0")["pid"] != pid
