@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -519,6 +519,79 @@ class Binding:
                 cancel.set()
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                 await finished.wait()  # a slot is never released under a busy producer
+
+
+async def with_progress(
+    run: Callable[[CancelToken, Progress], Awaitable[list[MediaOutput]]], cancel: CancelToken
+) -> AsyncGenerator[tuple[int, int] | list[MediaOutput], None]:
+    """Run a media call ``run(cancel, progress)``, yielding its progress as (step, total), then
+    its outputs; closing the generator early sets ``cancel``, cancels the call and waits until
+    it has stopped."""
+    loop = asyncio.get_running_loop()
+    steps: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    def progress(step: int, total: int) -> None:
+        try:
+            loop.call_soon_threadsafe(steps.put_nowait, (step, total))
+        except RuntimeError:  # loop closed
+            pass
+
+    work = asyncio.ensure_future(run(cancel, progress))
+    try:
+        while not work.done():
+            getter = asyncio.ensure_future(steps.get())
+            await asyncio.wait({work, getter}, return_when="FIRST_COMPLETED")
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield work.result()
+    finally:
+        if not work.done():
+            cancel.set()
+            work.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({work})  # a slot is never released under a busy model
+
+
+class ForwardingBinding(Binding):
+    """Base of the stand-ins for instances whose pool runs elsewhere (a worker process, a Ray
+    actor): every media generation type goes to :meth:`forward_media`."""
+
+    async def forward_media(
+        self, model_name: str, request: MediaRequest, progress: Progress
+    ) -> list[MediaOutput]:
+        raise NotImplementedError
+
+    async def generate_image(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
+
+    async def edit_image(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
+
+    async def generate_video(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
+
+    async def generate_music(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
+
+    async def synthesize_speech(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
+
+    async def transcribe(
+        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
+    ) -> list[MediaOutput]:
+        return await self.forward_media(model_name, request, progress)
 
 
 # --------------------------------------------------------------------------- manager

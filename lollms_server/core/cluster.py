@@ -25,8 +25,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from lollms_server.core.bindings import (
@@ -35,12 +36,14 @@ from lollms_server.core.bindings import (
     BindingContext,
     BindingManager,
     CancelToken,
+    ForwardingBinding,
     MediaOutput,
     MediaRequest,
     Progress,
     TextChunk,
     TextRequest,
     TextResult,
+    with_progress,
 )
 from lollms_server.core.config import AppConfig, ClusterConfig, SecurityConfig
 from lollms_server.core.errors import (
@@ -244,9 +247,8 @@ class PoolActor:
         """(step, total) progress tuples, then the list of outputs (through the object store)."""
         async with self._admitted(instance, model) as (binding, timings):
             method = getattr(binding, MEDIA_METHODS[request.generation_type])
-            async for item in with_progress(
-                lambda cancel, progress: method(model, request, cancel, progress)
-            ):
+            run = partial(method, model, request)
+            async for item in with_progress(run, CancelToken()):
                 if isinstance(item, list):
                     timings["compute_finished_at"] = time.time()
                     for output in item:
@@ -277,38 +279,6 @@ class PoolActor:
             raise BindingError(f"Unknown pool call '{method}'.")
         async with self._admitted(instance, model) as (binding, _):
             return await getattr(binding, method)(model, *args)
-
-
-async def with_progress(
-    run: Callable[[CancelToken, Progress], Awaitable[list[MediaOutput]]],
-) -> AsyncGenerator[tuple[int, int] | list[MediaOutput], None]:
-    """Run a media call, yielding its progress as (step, total), then its outputs; closing the
-    generator early cancels the call and waits until it has stopped."""
-    loop = asyncio.get_running_loop()
-    steps: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-    cancel = CancelToken()
-
-    def progress(step: int, total: int) -> None:
-        try:
-            loop.call_soon_threadsafe(steps.put_nowait, (step, total))
-        except RuntimeError:  # loop closed
-            pass
-
-    work = asyncio.ensure_future(run(cancel, progress))
-    try:
-        while not work.done():
-            getter = asyncio.ensure_future(steps.get())
-            await asyncio.wait({work, getter}, return_when="FIRST_COMPLETED")
-            if getter.done():
-                yield getter.result()
-            else:
-                getter.cancel()
-        yield work.result()
-    finally:
-        if not work.done():
-            cancel.set()
-            work.cancel()
-            await asyncio.wait({work})
 
 
 # --------------------------------------------------------------------------- gateway side
@@ -507,7 +477,7 @@ def stop_actors(config: AppConfig) -> list[str]:
     return stopped
 
 
-class RayBinding(Binding):
+class RayBinding(ForwardingBinding):
     """Stands for an instance whose pool is a Ray actor: every call goes to the actor, whose own
     resource manager queues, loads and generates."""
 
@@ -592,42 +562,18 @@ class RayBinding(Binding):
         if not finished:
             raise BindingError(f"The actor of pool '{self.host.pool}' ended the stream early.")
 
-    async def _media(self, model_name: str, request: MediaRequest, progress: Progress) -> list[MediaOutput]:
+    async def forward_media(
+        self, model_name: str, request: MediaRequest, progress: Progress
+    ) -> list[MediaOutput]:
+        outputs: list[MediaOutput] | None = None
         async for item in self._stream("generate_media", self.instance_name, model_name, request):
             if isinstance(item, list):
-                return item
-            progress(*item)
-        raise BindingError(f"The actor of pool '{self.host.pool}' returned no output.")
-
-    async def generate_image(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
-
-    async def edit_image(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
-
-    async def generate_video(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
-
-    async def generate_music(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
-
-    async def synthesize_speech(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
-
-    async def transcribe(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request, progress)
+                outputs = item
+            else:
+                progress(*item)
+        if outputs is None:
+            raise BindingError(f"The actor of pool '{self.host.pool}' returned no output.")
+        return outputs
 
 
 def _remote_error(exc: BaseException) -> LollmsError:

@@ -33,6 +33,7 @@ from lollms_server.core.bindings import (
     TextChunk,
     TextRequest,
     TextResult,
+    with_progress,
 )
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import (
@@ -659,38 +660,20 @@ class GenerationStream:
 
     async def _media_events(self, deadline: float) -> AsyncGenerator[StreamChunk, None]:
         """Progress events (step i of n) while the binding works, then final."""
-        loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-
-        def progress(step: int, total: int) -> None:
-            try:
-                loop.call_soon_threadsafe(steps.put_nowait, (step, total))
-            except RuntimeError:  # loop closed
-                pass
-
         started = time.monotonic()
-        work = asyncio.ensure_future(self.admission.run_media(self.cancel, progress))
+        items = with_progress(self.admission.run_media, self.cancel)
         try:
-            while not work.done():
-                getter = asyncio.ensure_future(steps.get())
-                remaining = deadline - loop.time()
-                done, _ = await asyncio.wait(
-                    {work, getter}, timeout=max(remaining, 0), return_when="FIRST_COMPLETED"
+            while True:
+                item = await next_before(items, deadline)
+                if isinstance(item, list):
+                    outputs = item
+                    break
+                step, total = item
+                yield StreamChunk(
+                    type="info", content=f"step {step} of {total}", metadata={"step": step, "total": total}
                 )
-                if getter in done:
-                    step, total = getter.result()
-                    yield StreamChunk(
-                        type="info",
-                        content=f"step {step} of {total}",
-                        metadata={"step": step, "total": total},
-                    )
-                    continue
-                getter.cancel()
-                if not done:
-                    raise TimeoutError
-            outputs = work.result()
         finally:
-            await self._stop(work)
+            await items.aclose()
         self.timings.finished(started)
         data = GenerationService._media_outputs(self.target, self.parameters, outputs, self.timings)
         self.service.record(self.admission, 0)

@@ -27,9 +27,9 @@ import httpx
 from filelock import FileLock
 
 from lollms_server.core.bindings import (
-    Binding,
     BindingContext,
     CancelToken,
+    ForwardingBinding,
     MediaOutput,
     MediaRequest,
     Progress,
@@ -310,7 +310,7 @@ def _inputs(request: TextRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]
     return items, parameters
 
 
-class WorkerBinding(Binding):
+class WorkerBinding(ForwardingBinding):
     """Stands for an instance whose pool runs in a worker process: every call goes to the worker,
     whose own resource manager queues, loads and generates."""
 
@@ -464,7 +464,9 @@ class WorkerBinding(Binding):
         return [item["embedding"] for item in data["data"]]
 
     # ---- media -------------------------------------------------------------------------
-    async def _media(self, model_name: str, request: MediaRequest) -> list[MediaOutput]:
+    async def forward_media(
+        self, model_name: str, request: MediaRequest, progress: Progress
+    ) -> list[MediaOutput]:
         inputs: list[dict[str, Any]] = []
         if request.prompt:
             inputs.append({"type": "text", "role": "user_prompt", "data": request.prompt})
@@ -495,33 +497,3 @@ class WorkerBinding(Binding):
                 MediaOutput(item["type"], payload, item.get("mime_type") or "", item.get("metadata", {}))
             )
         return outputs
-
-    async def generate_image(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)
-
-    async def edit_image(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)
-
-    async def generate_video(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)
-
-    async def generate_music(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)
-
-    async def synthesize_speech(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)
-
-    async def transcribe(
-        self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
-    ) -> list[MediaOutput]:
-        return await self._media(model_name, request)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lollms_server.core.bindings import Binding, CancelToken, MediaOutput, Progress, TextChunk
-from lollms_server.core.cluster import _ray, _remote_error, batched, with_progress
+from lollms_server.core.bindings import Binding, CancelToken, MediaOutput, Progress, TextChunk, with_progress
+from lollms_server.core.cluster import _ray, _remote_error, batched
 from lollms_server.core.config import ClusterPoolConfig, config_from_dict
 from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
 
@@ -76,7 +76,7 @@ async def test_with_progress_yields_steps_then_outputs_and_cancels_when_closed()
 
         return await asyncio.to_thread(work)
 
-    items = [item async for item in with_progress(run)]
+    items = [item async for item in with_progress(run, CancelToken())]
     assert items[:3] == [(1, 3), (2, 3), (3, 3)]
     assert isinstance(items[-1], list) and items[-1][0].data == b"png"
 
@@ -94,7 +94,7 @@ async def test_with_progress_yields_steps_then_outputs_and_cancels_when_closed()
 
         return await Binding.run_cancellable(work, cancel)  # as media bindings do
 
-    generator = with_progress(endless)
+    generator = with_progress(endless, CancelToken())
     assert await generator.__anext__() == (1, 0)
     await generator.aclose()
     assert stopped == [True]  # the call had stopped when aclose returned

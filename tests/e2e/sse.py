@@ -37,3 +37,40 @@ async def aiter_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
             yield json.loads(block[len("data: ") :])
+
+
+async def staggered_streams(
+    urls: list[str], bodies: list[dict[str, Any]], gaps: list[float]
+) -> list[dict[str, Any]]:
+    """Open one stream per ``urls[i]`` (each on its own connection) in order, ``gaps[i]`` seconds
+    apart, and return the pool host's ``worker_timings`` of each final event."""
+    import asyncio
+
+    from tests.conftest import AUTH
+
+    async def one(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        async with client.stream("POST", "/api/v1/generate", json=body) as response:
+            async for event in aiter_events(response):
+                if event["type"] == "final":
+                    timings: dict[str, Any] = event["content"][0]["metadata"]["worker_timings"]
+                    return timings
+        raise AssertionError("no final event")
+
+    clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) for url in urls]
+    try:
+        tasks = []
+        for client, body, gap in zip(clients, bodies, gaps, strict=True):
+            tasks.append(asyncio.create_task(one(client, body)))
+            await asyncio.sleep(gap)
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def assert_served_in_arrival_order(results: list[dict[str, Any]]) -> None:
+    """Slots granted in arrival order, one generation at a time (pool-side timestamps)."""
+    granted = [timings["slot_granted_at"] for timings in results]
+    assert granted == sorted(granted), "not served in arrival order"
+    for earlier, later in zip(results, results[1:], strict=False):
+        assert earlier["compute_finished_at"] <= later["slot_granted_at"], "generations overlapped"

@@ -24,7 +24,7 @@ import pytest
 
 from lollms_server.core.cluster import PROBE_AFTER_SECONDS
 from tests.conftest import AUTH, base_config, media_instance
-from tests.e2e.sse import aiter_events, parse_events
+from tests.e2e.sse import assert_served_in_arrival_order, parse_events, staggered_streams
 from tests.processes import ServerProcess, start_lollms
 
 ray = pytest.importorskip("ray")
@@ -206,33 +206,10 @@ def test_image_through_an_actor(gateways: list[ServerProcess]) -> None:
 
 
 def test_two_gateways_share_one_fifo_queue(gateways: list[ServerProcess]) -> None:
-    async def run_all() -> list[dict[str, Any]]:
-        async def one(index: int, client: httpx.AsyncClient) -> dict[str, Any]:
-            tokens = 2000 if index == 0 else 16
-            async with client.stream("POST", "/api/v1/generate", json=body(max_tokens=tokens)) as response:
-                async for event in aiter_events(response):
-                    if event["type"] == "final":
-                        timings: dict[str, Any] = event["content"][0]["metadata"]["worker_timings"]
-                        return timings
-            raise AssertionError("no final event")
-
-        urls = [gateways[index % 2].url for index in range(8)]
-        clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) for url in urls]
-        try:
-            tasks = []
-            for index in range(8):  # alternate gateways, in a known arrival order
-                tasks.append(asyncio.create_task(one(index, clients[index])))
-                await asyncio.sleep(0.3 if index == 0 else 0.15)
-            return await asyncio.gather(*tasks)
-        finally:
-            for client in clients:
-                await client.aclose()
-
-    results = asyncio.run(run_all())
-    granted = [timings["slot_granted_at"] for timings in results]
-    assert granted == sorted(granted), "not served in arrival order"
-    for earlier, later in zip(results, results[1:], strict=False):
-        assert earlier["compute_finished_at"] <= later["slot_granted_at"], "generations overlapped"
+    urls = [gateways[index % 2].url for index in range(8)]  # alternate gateways
+    bodies = [body(max_tokens=2000 if index == 0 else 16) for index in range(8)]
+    results = asyncio.run(staggered_streams(urls, bodies, [0.3] + [0.15] * 7))
+    assert_served_in_arrival_order(results)
     assert results[1]["queue_wait"] > 0  # it waited behind the long one, in the actor's queue
 
 

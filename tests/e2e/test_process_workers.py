@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, base_config
-from tests.e2e.sse import aiter_events, parse_events
+from tests.e2e.sse import assert_served_in_arrival_order, parse_events, staggered_streams
 from tests.processes import start_lollms
 
 pytestmark = pytest.mark.e2e
@@ -66,35 +66,10 @@ def test_two_server_processes_share_one_worker_fifo(tmp_path: Path, models_folde
                 assert warm.post("/api/v1/generate", json=body(stream=False)).status_code == 200
         pid = worker_pid(tmp_path / "run")
 
-        async def run_all() -> list[dict[str, Any]]:
-            async def one(index: int, client: httpx.AsyncClient) -> dict[str, Any]:
-                tokens = 3000 if index == 0 else 16
-                async with client.stream(
-                    "POST", "/api/v1/generate", json=body(max_tokens=tokens)
-                ) as response:
-                    async for event in aiter_events(response):
-                        if event["type"] == "final":
-                            timings: dict[str, Any] = event["content"][0]["metadata"]["worker_timings"]
-                            return timings
-                raise AssertionError("no final event")
-
-            # separate connections, so both server processes take requests
-            clients = [httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120) for _ in range(8)]
-            try:
-                tasks = []
-                for index in range(8):
-                    tasks.append(asyncio.create_task(one(index, clients[index])))
-                    await asyncio.sleep(0.4 if index == 0 else 0.25)
-                return await asyncio.gather(*tasks)
-            finally:
-                for client in clients:
-                    await client.aclose()
-
-        results = asyncio.run(run_all())
-        granted = [timings["slot_granted_at"] for timings in results]
-        assert granted == sorted(granted), "not served in arrival order"
-        for earlier, later in zip(results, results[1:], strict=False):
-            assert earlier["compute_finished_at"] <= later["slot_granted_at"], "generations overlapped"
+        # separate connections, so both server processes take requests
+        bodies = [body(max_tokens=3000 if index == 0 else 16) for index in range(8)]
+        results = asyncio.run(staggered_streams([server.url] * 8, bodies, [0.4] + [0.25] * 7))
+        assert_served_in_arrival_order(results)
         status = httpx.get(server.url + "/api/v1/status", headers=AUTH, timeout=10).json()
         worker = status["workers"]["gpu"]
         assert (
