@@ -49,15 +49,18 @@ from lollms_server.core.config import AppConfig, ClusterConfig, SecurityConfig
 from lollms_server.core.errors import (
     BindingError,
     ConfigError,
+    GenerationTimeoutError,
     LollmsError,
     ServiceUnavailableError,
 )
+from lollms_server.core.generation import next_before
 from lollms_server.core.resource_manager import ResourceManager
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ACTOR_PREFIX = "lollms-pool-"
 PROBE_AFTER_SECONDS = 1.0  # unheard from for longer, the actor is asked whether it is up first
+ACTOR_TIMEOUT_MARGIN = 2.0  # the actor's own bound lies past the gateway's generation timeout
 HUNG_SILENCE_SHARE = 0.9  # of the generation timeout: a silent actor past it is hung, not slow
 RESIDENT_CALLS = {"tokenize", "detokenize", "embed"}  # need a slot and the model loaded
 PLAIN_CALLS = {"list_available_models", "get_model_info"}  # need neither
@@ -190,6 +193,7 @@ class PoolActor:
         from lollms_server.utils.logs import configure_logging
 
         self.stream_interval = config.cluster.stream_batch_ms / 1000
+        self.generation_timeout = config.resource_manager.generation_timeout + ACTOR_TIMEOUT_MARGIN
         self.pool = pool
         self.fingerprint = fingerprint
         self.config = config.for_pool(pool)
@@ -216,6 +220,22 @@ class PoolActor:
     async def status(self) -> dict[str, Any]:
         return {**self._identity(), **self.resources.snapshot()}
 
+    async def _bounded(self, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """``items`` until the pool's generation timeout (plus a margin) has passed: the bound
+        holds even if the gateway that asked is gone and nobody cancels the call."""
+        deadline = asyncio.get_running_loop().time() + self.generation_timeout
+        try:
+            while True:
+                try:
+                    item = await next_before(items, deadline)
+                except StopAsyncIteration:
+                    return
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise GenerationTimeoutError("The generation did not finish in time.") from None
+                yield item
+        finally:
+            await items.aclose()
+
     @asynccontextmanager
     async def _admitted(self, instance: str, model: str) -> AsyncIterator[tuple[Binding, dict[str, float]]]:
         """A slot of the pool (FIFO) and the model resident; yields the binding and timings."""
@@ -234,8 +254,8 @@ class PoolActor:
     ) -> AsyncGenerator[TextChunk, None]:
         """The text stream, batched; the last chunk carries the actor's timings."""
         async with self._admitted(instance, model) as (binding, timings):
-            cancel = CancelToken()
-            async for chunk in batched(binding.stream_text(model, request, cancel), self.stream_interval):
+            chunks = batched(binding.stream_text(model, request, CancelToken()), self.stream_interval)
+            async for chunk in self._bounded(chunks):
                 if chunk.finish_reason or chunk.usage:
                     timings["compute_finished_at"] = time.time()
                     chunk.metadata = {**(chunk.metadata or {}), "worker_timings": dict(timings)}
@@ -248,7 +268,7 @@ class PoolActor:
         async with self._admitted(instance, model) as (binding, timings):
             method = getattr(binding, MEDIA_METHODS[request.generation_type])
             run = partial(method, model, request)
-            async for item in with_progress(run, CancelToken()):
+            async for item in self._bounded(with_progress(run, CancelToken())):
                 if isinstance(item, list):
                     timings["compute_finished_at"] = time.time()
                     for output in item:
@@ -260,9 +280,13 @@ class PoolActor:
         async with self._admitted(instance, model) as (binding, timings):
             cancel = CancelToken()
             try:
-                result: TextResult = await binding.generate_text(model, request, cancel)
+                result: TextResult = await asyncio.wait_for(
+                    binding.generate_text(model, request, cancel), self.generation_timeout
+                )
+            except (TimeoutError, asyncio.TimeoutError):
+                raise GenerationTimeoutError("The generation did not finish in time.") from None
             finally:
-                cancel.set()  # stops the binding if this call is cancelled (ray.cancel)
+                cancel.set()  # stops the binding if this call is cancelled (ray.cancel, timeout)
             timings["compute_finished_at"] = time.time()
             result.metadata = {**result.metadata, "worker_timings": dict(timings)}
             return result

@@ -14,7 +14,7 @@ import pytest
 from lollms_server.core.bindings import Binding, CancelToken, MediaOutput, Progress, TextChunk, with_progress
 from lollms_server.core.cluster import _ray, _remote_error, batched
 from lollms_server.core.config import ClusterPoolConfig, config_from_dict
-from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
+from lollms_server.core.errors import BindingError, ConfigError, GenerationTimeoutError, NotFoundError
 
 
 async def source(
@@ -157,3 +157,17 @@ def test_cluster_config_checks(tmp_path: Path) -> None:
     # a pool's host serves that pool only, in process
     reduced = config.for_pool("gpu0")
     assert list(reduced.resource_manager.pools) == ["gpu0"] and reduced.cluster.mode == "local"
+
+
+async def test_actor_bounds_its_generations_even_without_a_caller(tmp_path: Path) -> None:
+    from lollms_server.core.cluster import PoolActor
+
+    actor = PoolActor(cluster_config(tmp_path, mode="ray"), "default", "fingerprint")
+    actor.generation_timeout = 0.2  # the pool's timeout plus a margin, shortened for the test
+    closed: list[bool] = []
+    endless = source([(0.05, TextChunk("x")) for _ in range(1000)], closed)
+    started = time.monotonic()
+    with pytest.raises(GenerationTimeoutError):
+        async for _ in actor._bounded(endless):
+            pass
+    assert time.monotonic() - started < 1 and closed == [True]

@@ -97,12 +97,14 @@ def gateway_config(
 def gateways(
     nodes: TwoNodes, models_folder: Path, media_models_folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ServerProcess]]:
-    """Two gateways (separate server processes) sharing the cluster's pools."""
+    """Two gateways sharing the cluster's pools: a server, and a server with two uvicorn worker
+    processes (so three Ray drivers in all)."""
     started: list[ServerProcess] = []
     try:
-        for name in ("a", "b"):
+        for name, workers in (("a", 1), ("b", 2)):
             folder = tmp_path_factory.mktemp(f"gateway-{name}")
             config = gateway_config(folder, models_folder, media_models_folder, nodes.address)
+            config["server"]["workers"] = workers
             started.append(start_lollms(config, folder, folder / "server.log"))
         yield started
     finally:
