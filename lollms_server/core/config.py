@@ -228,7 +228,7 @@ class ClusterConfig(StrictModel):
     )
     address: str | None = Field(
         None,
-        description="Ray cluster address ('auto', 'ray://host:10001', 'host:6379'); omitted: RAY_ADDRESS, "
+        description="Ray cluster address: 'auto' (this host is a node) or 'head:6379'; omitted: RAY_ADDRESS, "
         "else a local Ray instance is started.",
     )
     namespace: str = Field("lollms_server", description="Ray namespace of the pool actors.")
