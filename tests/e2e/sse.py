@@ -74,3 +74,23 @@ def assert_served_in_arrival_order(results: list[dict[str, Any]]) -> None:
     assert granted == sorted(granted), "not served in arrival order"
     for earlier, later in zip(results, results[1:], strict=False):
         assert earlier["compute_finished_at"] <= later["slot_granted_at"], "generations overlapped"
+
+
+def events_killing_midway(
+    url: str, payload: dict[str, Any], pid: int, after: int = 3
+) -> list[dict[str, Any]]:
+    """Stream ``payload`` from ``url``; SIGKILL ``pid`` once ``after`` events arrived; all events."""
+    import os
+    import signal
+
+    from tests.conftest import AUTH
+
+    lines = []
+    with httpx.Client(base_url=url, headers=AUTH, timeout=120) as client:
+        with client.stream("POST", "/api/v1/generate", json=payload) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                    if len(lines) == after:
+                        os.kill(pid, signal.SIGKILL)
+    return parse_events("".join(line + "\n\n" for line in lines))

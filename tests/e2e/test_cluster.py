@@ -24,7 +24,12 @@ import pytest
 
 from lollms_server.core.cluster import PROBE_AFTER_SECONDS
 from tests.conftest import AUTH, base_config, media_instance
-from tests.e2e.sse import assert_served_in_arrival_order, parse_events, staggered_streams
+from tests.e2e.sse import (
+    assert_served_in_arrival_order,
+    events_killing_midway,
+    parse_events,
+    staggered_streams,
+)
 from tests.processes import ServerProcess, start_lollms
 
 ray = pytest.importorskip("ray")
@@ -208,6 +213,11 @@ def test_image_through_an_actor(gateways: list[ServerProcess]) -> None:
 
 
 def test_two_gateways_share_one_fifo_queue(gateways: list[ServerProcess]) -> None:
+    # warm up: every gateway process has found the running actor (while an actor starts,
+    # requests wait at their gateway and enter its queue in the order the gateways see it up)
+    for _ in range(4):
+        for gateway in gateways:
+            assert generate(gateway, body(stream=False)).status_code == 200
     urls = [gateways[index % 2].url for index in range(8)]  # alternate gateways
     bodies = [body(max_tokens=2000 if index == 0 else 16) for index in range(8)]
     results = asyncio.run(staggered_streams(urls, bodies, [0.3] + [0.15] * 7))
@@ -219,16 +229,8 @@ def test_actor_killed_mid_stream_then_next_request_succeeds(gateways: list[Serve
     gateway = gateways[0]
     assert generate(gateway, body(stream=False)).status_code == 200
     pid = pool_status(gateway, "gpu0")["pid"]
-    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=120) as client:
-        payload = {**body(max_tokens=4000), "model_name": "slow.gguf"}
-        with client.stream("POST", "/api/v1/generate", json=payload) as response:
-            lines = []
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    lines.append(line)
-                    if len(lines) == 3:
-                        os.kill(pid, signal.SIGKILL)
-    events = parse_events("".join(line + "\n\n" for line in lines))
+    payload = {**body(max_tokens=4000), "model_name": "slow.gguf"}
+    events = events_killing_midway(gateway.url, payload, pid)
     assert events[-1]["type"] == "error", events[-1]
     assert "actor" in events[-1]["content"] and "Traceback" not in events[-1]["content"]
     # the next request, on either gateway, is served by the restarted actor

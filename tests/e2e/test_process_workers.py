@@ -14,7 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, base_config
-from tests.e2e.sse import assert_served_in_arrival_order, parse_events, staggered_streams
+from tests.e2e.sse import (
+    assert_served_in_arrival_order,
+    events_killing_midway,
+    parse_events,
+    staggered_streams,
+)
 from tests.processes import start_lollms
 
 pytestmark = pytest.mark.e2e
@@ -96,17 +101,8 @@ def test_worker_killed_mid_stream_gives_error_event_then_recovers(
             == 200
         )
         pid = worker_pid(tmp_path / "run")
-        with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
-            with client.stream(
-                "POST", "/api/v1/generate", json={**body(max_tokens=4000), "model_name": "slow.gguf"}
-            ) as response:
-                lines = []
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        lines.append(line)
-                        if len(lines) == 3:
-                            os.kill(pid, signal.SIGKILL)
-        events = parse_events("".join(line + "\n\n" for line in lines))
+        payload = {**body(max_tokens=4000), "model_name": "slow.gguf"}
+        events = events_killing_midway(server.url, payload, pid)
         assert events[-1]["type"] == "error" and "worker" in events[-1]["content"]
         again = httpx.post(server.url + "/api/v1/generate", json=body(stream=False), headers=AUTH, timeout=60)
         assert again.status_code == 200, again.text
