@@ -100,9 +100,10 @@ def actor_name(pool: str) -> str:
     return ACTOR_PREFIX + pool
 
 
-def fingerprint(config: AppConfig) -> str:
-    """What a pool actor was built from; gateways compare it with their own config."""
-    data = config.model_dump_json(include={"bindings", "resource_manager", "limits", "paths"})
+def fingerprint(config: AppConfig, pool: str) -> str:
+    """What a pool's actor is built from (its binding instances and pool settings); gateways
+    compare it with their own config."""
+    data = config.for_pool(pool).model_dump_json(include={"bindings", "resource_manager"})
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -124,7 +125,7 @@ def _actor_gone(exc: BaseException) -> bool:
 
 
 def _merge(chunks: list[TextChunk]) -> TextChunk:
-    """Chunks that piled up while the gateway was busy, as one (the end marker stays last)."""
+    """Chunks that came within one batching window, as one (the end marker stays last)."""
     if len(chunks) == 1:
         return chunks[0]
     last = chunks[-1]
@@ -319,7 +320,7 @@ class RayPoolHost:
         self.pool = pool
         self.placement = config.cluster.pool(pool)
         self.name = actor_name(pool)
-        self.fingerprint = fingerprint(config)
+        self.fingerprint = fingerprint(config, pool)
         self._actor: Any = None
         self._ready = False
         self._lock = asyncio.Lock()

@@ -171,3 +171,21 @@ async def test_actor_bounds_its_generations_even_without_a_caller(tmp_path: Path
         async for _ in actor._bounded(endless):
             pass
     assert time.monotonic() - started < 1 and closed == [True]
+
+
+def test_fingerprint_covers_only_the_pools_own_instances(tmp_path: Path) -> None:
+    from lollms_server.core.cluster import fingerprint
+
+    def config(**bindings: Any) -> Any:
+        data = {
+            "security": {"api_keys": ["a-key-long-enough"]},
+            "resource_manager": {"pools": {"default": {}, "gpu0": {}}},
+            "cluster": {"mode": "ray"},
+            "bindings": bindings,
+        }
+        return config_from_dict(data, base=tmp_path, environ={})
+
+    llm = {"type": "llamacpp_binding", "pool": "gpu0", "n_threads": 1}
+    base = config(llm=llm)
+    assert fingerprint(base, "gpu0") == fingerprint(config(llm=llm, other={"type": "ollama_binding"}), "gpu0")
+    assert fingerprint(base, "gpu0") != fingerprint(config(llm={**llm, "n_threads": 2}), "gpu0")
