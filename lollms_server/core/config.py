@@ -330,9 +330,11 @@ class AppConfig(StrictModel):
         config.config_path = self.config_path
         return config
 
-    def remote_pools(self) -> set[str]:
-        """Pools whose queue and models live outside this process."""
-        return {name for name in self.resource_manager.pools if self.pool_host(name) != "inprocess"}
+    def remote_pools(self) -> dict[str, str]:
+        """Pools whose queue and models live outside this process, with their host kind
+        ("process" or "ray")."""
+        hosts = {name: self.pool_host(name) for name in self.resource_manager.pools}
+        return {name: host for name, host in hosts.items() if host != "inprocess"}
 
     def resolve_paths(self, base: Path) -> None:
         """Make every relative path absolute against ``base`` (the config file's folder)."""

@@ -148,11 +148,11 @@ class LoadedModel:
 class ResourceManager:
     """Pools plus the registry of loaded models; owned by the app (``app.state``)."""
 
-    def __init__(self, config: ResourceManagerConfig, remote_pools: set[str] | None = None) -> None:
+    def __init__(self, config: ResourceManagerConfig, remote_pools: dict[str, str] | None = None) -> None:
         self.config = config
         self.pools = {name: Pool(name, pool_config) for name, pool_config in config.pools.items()}
-        self.remote_pools = set(remote_pools or ())
-        """Pools hosted elsewhere (a worker process, a Ray actor): they queue and load there."""
+        self.remote_pools = dict(remote_pools or {})
+        """Pools hosted elsewhere, with the host kind ("process", "ray"): they queue and load there."""
         self.remote_status: dict[str, dict[str, Any] | None] = {}
         """Last status reported by the host of each remote pool (see :meth:`set_remote_status`)."""
         self.models: dict[tuple[str, str], LoadedModel] = {}
@@ -189,7 +189,8 @@ class ResourceManager:
 
         Call it while holding a slot of ``pool_name``.
         """
-        if self.pool(pool_name).name in self.remote_pools:
+        self.pool(pool_name)  # 404 for an unknown pool
+        if pool_name in self.remote_pools:
             started = time.monotonic()
             await binding.load_model(model)  # reaches the pool's host; it loads and tracks models
             yield time.monotonic() - started
@@ -360,7 +361,7 @@ class ResourceManager:
                 )
                 if remote is not None:
                     entry.update({key: value for key, value in remote.items() if key in entry})
-                entry["isolation"] = (status or {}).get("host", entry["isolation"])
+                entry["isolation"] = self.remote_pools[pool.name]
                 entry["host_up"] = remote is not None
             pools.append(entry)
         return {"pools": pools}

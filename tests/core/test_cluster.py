@@ -139,10 +139,10 @@ def cluster_config(tmp_path: Path, **cluster: Any) -> Any:
 
 def test_cluster_config_checks(tmp_path: Path) -> None:
     config = cluster_config(tmp_path, mode="ray", pools={"gpu0": {"num_gpus": 1}})
-    assert config.remote_pools() == {"default", "gpu0"}
+    assert config.remote_pools() == {"default": "ray", "gpu0": "ray"}
     assert config.pool_host("gpu0") == "ray"
     assert config.cluster.pool("default").num_cpus == 1  # unlisted pools get the defaults
-    assert cluster_config(tmp_path).remote_pools() == set()
+    assert cluster_config(tmp_path).remote_pools() == {}
     with pytest.raises(ConfigError, match=r"cluster\.pools\.gpu9: unknown pool"):
         cluster_config(tmp_path, mode="ray", pools={"gpu9": {}})
     with pytest.raises(ConfigError, match=r"cluster\.mode"):
