@@ -609,6 +609,17 @@ class BindingInstance:
     models_folder: Path
     binding: Binding | None = None
 
+    def context(self) -> BindingContext:
+        """What the binding object of this instance (or its stand-in) is built with."""
+        return BindingContext(
+            instance_name=self.name,
+            card=self.card,
+            settings=dict(self.settings),
+            models_folder=self.models_folder,
+            pool=self.pool,
+            default_model=self.config.model_name,
+        )
+
     def public(self) -> dict[str, Any]:
         """Description for list endpoints, with secret settings masked."""
         settings = {
@@ -721,14 +732,7 @@ class BindingManager:
 
     def _proxy(self, instance: BindingInstance) -> Binding:
         """A stand-in for an instance whose pool runs in a worker process or a Ray actor."""
-        context = BindingContext(
-            instance_name=instance.name,
-            card=instance.card,
-            settings=dict(instance.settings),
-            models_folder=instance.models_folder,
-            pool=instance.pool,
-            default_model=instance.config.model_name,
-        )
+        context = instance.context()
         host = self.supervisors[instance.pool]
         if host.host == "ray":
             from lollms_server.core.cluster import RayBinding
@@ -753,16 +757,8 @@ class BindingManager:
         binding_class = getattr(module, class_name, None) if isinstance(class_name, str) else None
         if not (isinstance(binding_class, type) and issubclass(binding_class, Binding)):
             raise BindingError(f"Binding type '{card.type_name}' does not define a valid BindingName class.")
-        context = BindingContext(
-            instance_name=instance.name,
-            card=card,
-            settings=dict(instance.settings),
-            models_folder=instance.models_folder,
-            pool=instance.pool,
-            default_model=instance.config.model_name,
-        )
         try:
-            return binding_class(context)
+            return binding_class(instance.context())
         except Exception as exc:
             logger.exception("Binding instance %s failed to start", instance.name)
             raise BindingError(f"Binding '{instance.name}' failed to start: {type(exc).__name__}.") from exc
