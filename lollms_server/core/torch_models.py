@@ -5,8 +5,10 @@ imported only when a helper is called."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,25 @@ class TorchBinding(Binding):
         self.device = pick_device(self.settings.get("device") or "auto")
         self.dtype = pick_dtype(self.settings.get("dtype") or "auto", self.device)
         self._models: dict[str, Any] = {}
+
+    async def scan_models(
+        self, marker: str, describe: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Model folders below the models folder that hold the JSON file ``marker``, each as
+        ``{"name": <relative path>, **describe(<that JSON>)}`` (read in a worker thread)."""
+
+        def scan() -> list[dict[str, Any]]:
+            if not self.models_folder.is_dir():
+                return []
+            return [
+                {
+                    "name": str(found.parent.relative_to(self.models_folder)),
+                    **describe(json.loads(found.read_text())),
+                }
+                for found in sorted(self.models_folder.rglob(marker))
+            ]
+
+        return await self.run_blocking(scan)
 
     def load_from(self, location: str) -> LoadedTorchModel:
         """Build the model from a folder or hub id (runs in a worker thread)."""

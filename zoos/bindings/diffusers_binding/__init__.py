@@ -9,7 +9,6 @@ denoising steps when the client leaves.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -57,18 +56,9 @@ class DiffusersBinding(TorchBinding):
 
     # ---- models ------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
-        def scan() -> list[dict[str, Any]]:
-            if not self.models_folder.is_dir():
-                return []
-            return [
-                {
-                    "name": str(index.parent.relative_to(self.models_folder)),
-                    "pipeline": json.loads(index.read_text()).get("_class_name"),
-                }
-                for index in sorted(self.models_folder.rglob("model_index.json"))
-            ]
-
-        return await self.run_blocking(scan)
+        return await self.scan_models(
+            "model_index.json", lambda index: {"pipeline": index.get("_class_name")}
+        )
 
     def load_from(self, location: str) -> LoadedPipeline:
         from diffusers import DiffusionPipeline

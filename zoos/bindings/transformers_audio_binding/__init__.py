@@ -8,7 +8,6 @@ and stops between frames when the client leaves.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from typing import Any
@@ -53,22 +52,11 @@ class TransformersAudioBinding(TorchBinding):
         import transformers  # noqa: F401 - fail at start-up when missing
 
     async def list_available_models(self) -> list[dict[str, Any]]:
-        def scan() -> list[dict[str, Any]]:
-            if not self.models_folder.is_dir():
-                return []
-            found = []
-            for config in sorted(self.models_folder.rglob("config.json")):
-                model_type = json.loads(config.read_text()).get("model_type", "")
-                found.append(
-                    {
-                        "name": str(config.parent.relative_to(self.models_folder)),
-                        "model_type": model_type,
-                        "kind": _kind(model_type),
-                    }
-                )
-            return found
+        def describe(config: dict[str, Any]) -> dict[str, Any]:
+            model_type = config.get("model_type", "")
+            return {"model_type": model_type, "kind": _kind(model_type)}
 
-        return await self.run_blocking(scan)
+        return await self.scan_models("config.json", describe)
 
     def load_from(self, location: str) -> LoadedAudioModel:
         from transformers import AutoConfig, AutoProcessor, pipeline

@@ -7,7 +7,6 @@ or a stop sequence was reached.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncGenerator, Iterator
@@ -42,18 +41,9 @@ class TransformersBinding(TorchBinding):
         import transformers  # noqa: F401 - fail at start-up when missing
 
     async def list_available_models(self) -> list[dict[str, Any]]:
-        def scan() -> list[dict[str, Any]]:
-            if not self.models_folder.is_dir():
-                return []
-            return [
-                {
-                    "name": str(config.parent.relative_to(self.models_folder)),
-                    "architectures": json.loads(config.read_text()).get("architectures", []),
-                }
-                for config in sorted(self.models_folder.rglob("config.json"))
-            ]
-
-        return await self.run_blocking(scan)
+        return await self.scan_models(
+            "config.json", lambda config: {"architectures": config.get("architectures", [])}
+        )
 
     def load_from(self, location: str) -> LoadedModel:
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
