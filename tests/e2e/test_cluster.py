@@ -296,7 +296,10 @@ def test_node_removed_fails_fast_then_recovers_on_a_new_node(
         refused_fast(server, stream=True)
     # pools on the head node keep serving meanwhile
     assert generate(gateway, {"prompt": "hi", "binding_name": "echo"}).status_code == 200
-    assert pool_status(gateway, "gpu0")["snapshot"]["host_up"] is False
+    down = pool_status(gateway, "gpu0")["snapshot"]
+    assert down["host_up"] is False and down["isolation"] == "ray"
+    metrics = httpx.get(gateway.url + "/metrics", headers=AUTH, timeout=30).text
+    assert 'lollms_pool_host_up{host="ray",pool="gpu0"} 0.0' in metrics
     nodes.gpu_node = nodes.add_gpu_node()
     deadline = time.monotonic() + 60
     while True:
