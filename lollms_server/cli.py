@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(find_config(args.config))
         apply_overrides(config, args)
         if args.command == "cluster-stop":
-            from lollms_server.core.cluster import stop_actors
+            from lollms_server.core.pools.ray_cluster import stop_actors
 
             if config.cluster.mode != "ray":
                 raise ConfigError('cluster-stop: this configuration has cluster.mode = "local"')

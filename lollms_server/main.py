@@ -6,73 +6,65 @@ uses when it runs several worker processes (it reads ``LOLLMS_SERVER_CONFIG``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
+from lollms_server.api.errors import install_error_handlers
 from lollms_server.api.middleware import RequestGuardMiddleware
 from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
-from lollms_server.core.errors import LollmsError, error_body
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import PersonalityManager
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.pools import PoolRegistry
 from lollms_server.core.security import KeyStore
 
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "LOLLMS_SERVER_CONFIG"
-HTTP_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    422: "validation_error",
-}
 
 
-def create_app(config: AppConfig) -> FastAPI:
-    """Build the app for one configuration; managers live on ``app.state``."""
+def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
+    """Build the app for one configuration; managers live on ``app.state``.
+
+    ``pool_worker``: the app is the worker process of a pool (``python -m lollms_server.worker``)
+    and also serves the pool-lease API its gateways use.
+    """
     keys = KeyStore.from_config(config)  # refuse to build an unsecured app early
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if config.cluster.mode == "ray":  # join the cluster now: a wrong address fails the start
-            from lollms_server.core.cluster import connect
-
-            await asyncio.to_thread(connect, config.cluster)
         bindings = BindingManager(config)
-        resources = ResourceManager(config.resource_manager, config.remote_pools())
-        app.state.bindings = bindings
-        app.state.resources = resources
+        pools = PoolRegistry(config, bindings)
+        await pools.start()  # ray mode joins the cluster now: a wrong address fails the start
         personalities = PersonalityManager(config)
         functions = FunctionManager(
             [config.paths.zoos_folder / "functions", config.paths.functions_folder],
             call_timeout=config.functions.call_timeout,
         )
-        app.state.generation = GenerationService(
-            config, bindings, resources, personalities, functions, metrics
-        )
-        metrics.watch(resources)
-        resources.start()
+        app.state.bindings = bindings
+        app.state.pools = pools
+        app.state.generation = GenerationService(config, bindings, pools, personalities, functions, metrics)
+        if pool_worker:
+            from lollms_server.core.pools.leases import LeaseTable
+            from lollms_server.core.pools.local import LocalPoolHost
+
+            (pool,) = config.resource_manager.pools
+            host = pools.hosts[pool]
+            assert isinstance(host, LocalPoolHost), "a pool worker runs its pool in process"
+            app.state.leases = LeaseTable(host, config.resource_manager.generation_timeout)
+        metrics.watch(pools.snapshot)
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
             __version__,
@@ -84,8 +76,9 @@ def create_app(config: AppConfig) -> FastAPI:
         try:
             yield
         finally:
-            await resources.stop()
-            await bindings.close()
+            if pool_worker:
+                await app.state.leases.close_all()
+            await pools.close()
 
     app = FastAPI(
         title="lollms_server",
@@ -100,7 +93,11 @@ def create_app(config: AppConfig) -> FastAPI:
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(openai_router)
-    _install_error_handlers(app)
+    if pool_worker:
+        from lollms_server.api.pool_rpc import router as pool_rpc_router
+
+        app.include_router(pool_rpc_router)
+    install_error_handlers(app)
     if config.server.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -110,42 +107,6 @@ def create_app(config: AppConfig) -> FastAPI:
         )
     app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes, metrics=metrics)
     return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def lollms_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, LollmsError)
-        if exc.status_code >= 500:
-            logger.warning("%s: %s", exc.error_type, exc.message)
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
-
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        problems = []
-        param = None
-        for item in exc.errors()[:5]:
-            location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-            param = param or location or None
-            problems.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
-        message = "Invalid request: " + "; ".join(problems)
-        if request.url.path.startswith("/v1/"):  # OpenAI clients expect 400 invalid_request_error
-            return JSONResponse(error_body("invalid_request_error", message, param), status_code=400)
-        return JSONResponse(error_body("validation_error", message, param), status_code=422)
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else "HTTP error."
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"No route {request.method} {request.url.path}."
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}."
-        headers: dict[str, Any] | None = getattr(exc, "headers", None)
-        return JSONResponse(error_body(error_type, message), status_code=exc.status_code, headers=headers)
-
-    app.add_exception_handler(LollmsError, lollms_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 def app_from_environment() -> FastAPI:

@@ -1,8 +1,9 @@
 """A pool's worker process (``isolation = "process"``): a lollms_server holding only that pool's
-binding instances and its queue, on 127.0.0.1, answering only to a per-start token.
+binding instances and its queue, on 127.0.0.1, answering only to a per-start token; it serves
+the pool-lease API (``api/pool_rpc.py``) its gateways admit and generate through.
 
-Started by :class:`lollms_server.core.workers.WorkerSupervisor`; exits when its owner (the server,
-or the uvicorn master of several server processes) is gone.
+Started by :class:`lollms_server.core.pools.process_supervisor.WorkerSupervisor`; exits when
+its owner (the server, or the uvicorn master of several server processes) is gone.
 
     python -m lollms_server.worker --config PATH --pool NAME --port N --token-file F --owner-pid PID
 """
@@ -14,7 +15,7 @@ import asyncio
 from pathlib import Path
 
 from lollms_server.core.config import ApiKeyConfig, AppConfig, load_config
-from lollms_server.core.workers import pid_alive
+from lollms_server.utils.processes import pid_alive
 
 
 def pool_config(config: AppConfig, pool: str, token: str) -> AppConfig:
@@ -32,7 +33,7 @@ async def serve(config: AppConfig, port: int, owner_pid: int) -> None:
     from lollms_server.main import create_app
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(config, pool_worker=True), host="127.0.0.1", port=port, log_level="warning")
     )
 
     async def watch_owner() -> None:

@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig
 from lollms_server.core.generation import GenerationService
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.pools import PoolRegistry
 from lollms_server.core.security import KeyStore, Principal, extract_key
 
 
@@ -24,9 +24,9 @@ def get_bindings(request: Request) -> BindingManager:
     return bindings
 
 
-def get_resources(request: Request) -> ResourceManager:
-    resources: ResourceManager = request.app.state.resources
-    return resources
+def get_pools(request: Request) -> PoolRegistry:
+    pools: PoolRegistry = request.app.state.pools
+    return pools
 
 
 def get_generation(request: Request) -> GenerationService:
@@ -74,7 +74,7 @@ def read_metrics(
 ConfigDep = Annotated[AppConfig, Depends(get_config)]
 MetricsReader = Annotated[None, Depends(read_metrics)]
 BindingsDep = Annotated[BindingManager, Depends(get_bindings)]
-ResourcesDep = Annotated[ResourceManager, Depends(get_resources)]
+PoolsDep = Annotated[PoolRegistry, Depends(get_pools)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 GenerateUser = Annotated[Principal, Depends(require_scope("generate"))]

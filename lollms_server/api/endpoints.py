@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server import __version__
+from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, cancellable
 from lollms_server.api.deps import (
     AdminUser,
     BindingsDep,
@@ -18,8 +19,8 @@ from lollms_server.api.deps import (
     GenerateUser,
     GenerationDep,
     MetricsReader,
+    PoolsDep,
     RequestIdDep,
-    ResourcesDep,
 )
 from lollms_server.api.models import (
     ERROR_RESPONSES,
@@ -35,18 +36,15 @@ from lollms_server.api.models import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from lollms_server.api.sse import ClientDisconnected, EventStreamResponse, until_disconnected
-from lollms_server.core.bindings import CancelToken
-from lollms_server.core.config import GENERATION_TYPES
+from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.generation import GenerationStream
+from lollms_server.core.generation.workflows import WorkflowRun
 from lollms_server.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from lollms_server.core.workflows import WorkflowRun
+from lollms_server.core.types import GENERATION_TYPES
 from lollms_server.utils.paths import validate_model_name
 
 health_router = APIRouter(tags=["health"])
 router = APIRouter(prefix="/api/v1", tags=["native"], responses=ERROR_RESPONSES)
-
-MODEL_SUFFIXES = {".gguf", ".bin", ".safetensors", ".pt", ".pth", ".onnx", ".ckpt"}
 
 
 @health_router.get("/health", response_model=HealthPublic)
@@ -71,37 +69,15 @@ async def list_active_bindings(_: GenerateUser, bindings: BindingsDep) -> dict[s
 
 @router.get("/list_available_models/{binding_name}")
 async def list_available_models(
-    binding_name: str, principal: GenerateUser, bindings: BindingsDep
+    binding_name: str, principal: GenerateUser, generation: GenerationDep
 ) -> dict[str, Any]:
-    instance = bindings.instance(binding_name)
-    principal.require_binding(instance.name)
-    binding = await bindings.get(instance.name)
-    return {"binding_name": instance.name, "models": await binding.list_available_models()}
+    models = await generation.list_models(principal, binding_name)
+    return {"binding_name": generation.bindings.instance(binding_name).name, "models": models}
 
 
 @router.get("/list_models", response_model=ModelsPublic)
-async def list_models(_: GenerateUser, config: ConfigDep) -> ModelsPublic:
-    return ModelsPublic(models=await _scan_models(config.paths.models_folder))
-
-
-async def _scan_models(root: Path) -> dict[str, list[str]]:
-    import anyio
-
-    def scan() -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        if not root.is_dir():
-            return found
-        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-            names = sorted(
-                str(path.relative_to(folder))
-                for path in folder.rglob("*")
-                if (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES)
-                or (path.is_dir() and (path / "config.json").is_file())
-            )
-            found[folder.name] = names
-        return found
-
-    return await anyio.to_thread.run_sync(scan)
+async def list_models(_: GenerateUser, bindings: BindingsDep) -> ModelsPublic:
+    return ModelsPublic(models=await anyio.to_thread.run_sync(bindings.model_files))
 
 
 @router.get("/list_personalities")
@@ -137,22 +113,13 @@ async def get_model_info(
     return await generation.model_info(principal, binding_name, model_name)
 
 
-async def refresh_remote_pools(request: Request) -> dict[str, dict[str, Any] | None]:
-    """Ask the hosts of remote pools (worker processes, Ray actors) for their state, so status
-    and metrics show their queues and models."""
-    statuses: dict[str, dict[str, Any] | None] = await request.app.state.bindings.host_statuses()
-    for pool, pool_status in statuses.items():
-        request.app.state.resources.set_remote_status(pool, pool_status)
-    return statuses
-
-
 @router.get("/status")
-async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dict[str, Any]:
+async def status(_: AdminUser, pools: PoolsDep, request: Request) -> dict[str, Any]:
     """Pools (queue depth, waits, active slots), loaded models with footprint and idle time,
-    uptime and version."""
-    workers = await refresh_remote_pools(request)
+    what the hosts of remote pools report, uptime and version."""
+    workers = await pools.refresh()
     return {
-        **resources.snapshot(),
+        **pools.snapshot(),
         "workers": workers,
         "version": __version__,
         "uptime_seconds": round(time.time() - request.app.state.started_at, 3),
@@ -160,9 +127,9 @@ async def status(_: AdminUser, resources: ResourcesDep, request: Request) -> dic
 
 
 @health_router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
-async def metrics(request: Request, _: MetricsReader) -> PlainTextResponse:
+async def metrics(request: Request, _: MetricsReader, pools: PoolsDep) -> PlainTextResponse:
     """Prometheus metrics (admin scope, unless ``server.public_metrics``)."""
-    await refresh_remote_pools(request)
+    await pools.refresh()
     return PlainTextResponse(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
@@ -178,15 +145,14 @@ async def generate(
 ) -> Response | GenerateResponse:
     """Generate; with ``stream: true`` the answer is Server-Sent Events of StreamChunk JSON."""
     if body.stream:
-        stream = await generation.open_stream(body, principal, request_id)
+        stream = await cancellable(request, lambda _: generation.open_stream(body, principal, request_id))
+        if stream is None:  # the client left while it waited for a slot
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return EventStreamResponse(_sse_events(stream), on_close=stream.aclose)
-    cancel = CancelToken()
-    try:
-        return await until_disconnected(request, generation.generate(body, principal, request_id, cancel))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    finally:
-        cancel.set()
+    response = await cancellable(
+        request, lambda cancel: generation.generate(body, principal, request_id, cancel)
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST) if response is None else response
 
 
 async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[bytes, None]:
@@ -200,23 +166,35 @@ async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[
 
 @router.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(
-    body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> TokenizeResponse:
-    tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    request: Request, body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> TokenizeResponse | Response:
+    tokens = await cancellable(
+        request, lambda _: generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    )
+    if tokens is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(
-    body: DetokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> DetokenizeResponse:
-    text = await generation.detokenize(principal, body.binding_name, body.model_name, body.tokens)
+    request: Request, body: DetokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> DetokenizeResponse | Response:
+    text = await cancellable(
+        request, lambda _: generation.detokenize(principal, body.binding_name, body.model_name, body.tokens)
+    )
+    if text is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return DetokenizeResponse(text=text)
 
 
 @router.post("/count_tokens", response_model=CountTokensResponse)
 async def count_tokens(
-    body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> CountTokensResponse:
-    tokens = await generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    request: Request, body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
+) -> CountTokensResponse | Response:
+    tokens = await cancellable(
+        request, lambda _: generation.tokenize(principal, body.binding_name, body.model_name, body.text)
+    )
+    if tokens is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return CountTokensResponse(count=len(tokens))

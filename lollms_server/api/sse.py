@@ -2,48 +2,17 @@
 
 Starlette's ``StreamingResponse`` only watches for disconnects on old ASGI versions; here a
 watcher always runs beside the stream, so a client that leaves cancels the generation at once
-(the binding stops between tokens) and ``on_close`` frees the slot.
+(the binding stops between tokens) and ``on_close`` frees the slot. (Routes that answer
+once use :func:`lollms_server.api.cancellation.cancellable` instead.)
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable, Coroutine
 
 import anyio
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-
-T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client left before its answer was ready."""
-
-
-async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` unless the client disconnects first (then it is cancelled)."""
-    work = asyncio.ensure_future(awaitable)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-        await asyncio.gather(work, watcher, return_exceptions=True)
-    if work.cancelled():
-        raise ClientDisconnected()
-    return work.result()
 
 
 class EventStreamResponse(Response):

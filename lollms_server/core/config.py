@@ -17,9 +17,9 @@ import toml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lollms_server.core.errors import ConfigError
+from lollms_server.core.types import GENERATION_TYPES
 
 ENV_PREFIX = "LOLLMS_SERVER__"
-GENERATION_TYPES = ("ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ZOOS_FOLDER = PACKAGE_ROOT.parent / "zoos"
 
@@ -329,12 +329,6 @@ class AppConfig(StrictModel):
         config.server.workers = 1
         config.config_path = self.config_path
         return config
-
-    def remote_pools(self) -> dict[str, str]:
-        """Pools whose queue and models live outside this process, with their host kind
-        ("process" or "ray")."""
-        hosts = {name: self.pool_host(name) for name in self.resource_manager.pools}
-        return {name: host for name, host in hosts.items() if host != "inprocess"}
 
     def resolve_paths(self, base: Path) -> None:
         """Make every relative path absolute against ``base`` (the config file's folder)."""

@@ -1,33 +1,30 @@
 """Prometheus metrics of one app (its own registry: no module-level state).
 
 Requests by route template, method and status with latencies; tokens and generation seconds
-by binding and API key name (never the key); and, read at scrape time from the resource
-manager, queue depth, active slots, waits, rejections and loaded models per pool.
+by binding and API key name (never the key); and, read at scrape time from the pools'
+snapshot, queue depth, active slots, waits, rejections and loaded models per pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from lollms_server.core.resource_manager import ResourceManager
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class PoolCollector(Collector):
-    """Reads the resource manager's snapshot when Prometheus scrapes."""
+    """Reads the pools' snapshot when Prometheus scrapes."""
 
-    def __init__(self, resources: ResourceManager) -> None:
-        self.resources = resources
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.resources.snapshot()["pools"]
+        snapshot = self.snapshot()["pools"]
         gauges = {
             "queued": GaugeMetricFamily(
                 "lollms_pool_queue_depth", "Requests waiting for a slot.", labels=["pool"]
@@ -106,8 +103,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, resources: ResourceManager) -> None:
-        self.registry.register(PoolCollector(resources))
+    def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Report the pools of ``snapshot()`` (see ``PoolRegistry.snapshot``) at every scrape."""
+        self.registry.register(PoolCollector(snapshot))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

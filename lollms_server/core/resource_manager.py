@@ -18,23 +18,36 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from lollms_server.core.bindings import Binding
 from lollms_server.core.config import PoolConfig, ResourceManagerConfig
 from lollms_server.core.errors import BindingError, LollmsError, NotFoundError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
 
+class ModelOwner(Protocol):
+    """What residency needs of a binding: load, unload and measure its models."""
+
+    instance_name: str
+
+    async def load_model(self, model_name: str) -> None: ...
+
+    async def unload_model(self, model_name: str) -> None: ...
+
+    def footprint_mb(self, model_name: str) -> float: ...
+
+    async def estimate_footprint_mb(self, model_name: str) -> float | None: ...
+
+
 class Lease:
     """One held slot of a pool; ``release()`` is idempotent."""
 
-    def __init__(self, pool: Pool, wait_seconds: float, counted: bool = True) -> None:
+    def __init__(self, pool: Pool, wait_seconds: float) -> None:
         self.pool = pool
         self.wait_seconds = wait_seconds
         self.acquired_at = time.monotonic()
-        self.released = not counted
+        self.released = False
 
     def release(self) -> None:
         if not self.released:
@@ -146,17 +159,21 @@ class LoadedModel:
 
 
 class ResourceManager:
-    """Pools plus the registry of loaded models; owned by the app (``app.state``)."""
+    """The pools of this process plus the registry of their loaded models.
 
-    def __init__(self, config: ResourceManagerConfig, remote_pools: dict[str, str] | None = None) -> None:
+    ``pools`` names the pools it runs (default: every configured pool); pools hosted in a
+    worker process or a Ray actor are run there, by that process's own resource manager.
+    """
+
+    def __init__(self, config: ResourceManagerConfig, pools: set[str] | None = None) -> None:
         self.config = config
-        self.pools = {name: Pool(name, pool_config) for name, pool_config in config.pools.items()}
-        self.remote_pools = dict(remote_pools or {})
-        """Pools hosted elsewhere, with the host kind ("process", "ray"): they queue and load there."""
-        self.remote_status: dict[str, dict[str, Any] | None] = {}
-        """Last status reported by the host of each remote pool (see :meth:`set_remote_status`)."""
+        self.pools = {
+            name: Pool(name, pool_config)
+            for name, pool_config in config.pools.items()
+            if pools is None or name in pools
+        }
         self.models: dict[tuple[str, str], LoadedModel] = {}
-        self._bindings: dict[str, Binding] = {}
+        self._owners: dict[str, ModelOwner] = {}
         self._model_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._housekeeper: asyncio.Task[None] | None = None
 
@@ -167,12 +184,8 @@ class ResourceManager:
         return pool
 
     async def acquire(self, pool_name: str) -> Lease:
-        """Wait (FIFO) for a slot of ``pool_name``; a pool hosted elsewhere (worker process, Ray
-        actor) queues there, so here the lease is free."""
-        pool = self.pool(pool_name)
-        if pool_name in self.remote_pools:
-            return Lease(pool, 0.0, counted=False)
-        return await pool.acquire()
+        """Wait (FIFO) for a slot of ``pool_name`` (503 when the queue is full or too slow)."""
+        return await self.pool(pool_name).acquire()
 
     @asynccontextmanager
     async def slot(self, pool_name: str) -> AsyncIterator[Lease]:
@@ -184,17 +197,12 @@ class ResourceManager:
 
     # ---- model residency ------------------------------------------------
     @asynccontextmanager
-    async def use_model(self, binding: Binding, pool_name: str, model: str) -> AsyncIterator[float]:
+    async def use_model(self, binding: ModelOwner, pool_name: str, model: str) -> AsyncIterator[float]:
         """Make ``model`` resident (loading it if needed) and mark it busy; yields load seconds.
 
         Call it while holding a slot of ``pool_name``.
         """
         self.pool(pool_name)  # 404 for an unknown pool
-        if pool_name in self.remote_pools:
-            started = time.monotonic()
-            await binding.load_model(model)  # reaches the pool's host; it loads and tracks models
-            yield time.monotonic() - started
-            return
         key = (binding.instance_name, model)
         lock = self._model_locks.setdefault(key, asyncio.Lock())
         load_seconds = 0.0
@@ -210,7 +218,7 @@ class ResourceManager:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
 
-    async def _load(self, binding: Binding, pool_name: str, model: str) -> float:
+    async def _load(self, binding: ModelOwner, pool_name: str, model: str) -> float:
         pool = self.pool(pool_name)
         budget = pool.config.memory_budget_mb
         if budget is not None:
@@ -229,7 +237,7 @@ class ResourceManager:
             logger.exception("Loading %s/%s failed", binding.instance_name, model)
             raise BindingError(f"Loading model '{model}' failed ({type(exc).__name__}).") from exc
         elapsed = time.monotonic() - started
-        self._bindings[binding.instance_name] = binding
+        self._owners[binding.instance_name] = binding
         footprint = float(binding.footprint_mb(model))
         self.models[(binding.instance_name, model)] = LoadedModel(
             instance=binding.instance_name,
@@ -280,7 +288,7 @@ class ResourceManager:
         lock = self._model_locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self.models.get(key)
-            binding = self._bindings.get(instance)
+            binding = self._owners.get(instance)
             if entry is None or binding is None or entry.in_use:
                 return False
             self.models.pop(key, None)
@@ -327,13 +335,8 @@ class ResourceManager:
             self._housekeeper = None
 
     # ---- observability ----------------------------------------------------
-    def set_remote_status(self, pool_name: str, status: dict[str, Any] | None) -> None:
-        """Record what the host of a remote pool reported (``None``: it did not answer)."""
-        self.remote_status[pool_name] = status
-
     def snapshot(self) -> dict[str, Any]:
-        """Queue depth, waits, slot use and loaded models of every pool. A remote pool shows
-        what its host last reported (``host_up`` false when it did not answer)."""
+        """Queue depth, waits, slot use and loaded models of every pool."""
         pools = []
         for pool in self.pools.values():
             entry = {
@@ -354,14 +357,5 @@ class ResourceManager:
                 "memory_used_mb": round(self.memory_used_mb(pool.name), 3),
                 "models": [entry.public() for entry in self.models.values() if entry.pool == pool.name],
             }
-            if pool.name in self.remote_pools:
-                status = self.remote_status.get(pool.name)
-                remote = next(
-                    (item for item in (status or {}).get("pools", []) if item.get("name") == pool.name), None
-                )
-                if remote is not None:
-                    entry.update({key: value for key, value in remote.items() if key in entry})
-                entry["isolation"] = self.remote_pools[pool.name]
-                entry["host_up"] = remote is not None
             pools.append(entry)
         return {"pools": pools}

@@ -6,16 +6,62 @@ They live in ``core`` because the orchestrator consumes them and ``core`` never 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 GenerationTypeName = Literal["ttt", "tti", "i2i", "ttv", "ttm", "tts", "stt"]
+CardGenerationType = Literal[GenerationTypeName, "embed"]
+"""What a binding card may declare: the request types plus ``embed`` (``/v1/embeddings``)."""
 InputType = Literal["text", "image", "audio", "video", "document"]
 OutputType = Literal["text", "image", "audio", "video", "json", "error", "info"]
 ChunkType = Literal["chunk", "info", "error", "final", "function_call"]
 
 MAX_NAME_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class GenerationKind:
+    """One generation type: the Binding method that serves it and what its inputs need."""
+
+    name: str
+    method: str
+    needs_prompt: bool
+    description: str
+
+
+GENERATION_KINDS: dict[str, GenerationKind] = {
+    kind.name: kind
+    for kind in (
+        GenerationKind("ttt", "stream_text", False, "text"),
+        GenerationKind("tti", "generate_image", True, "text to image"),
+        GenerationKind("i2i", "edit_image", True, "image edit"),
+        GenerationKind("ttv", "generate_video", True, "text to video"),
+        GenerationKind("ttm", "generate_music", True, "text to music"),
+        GenerationKind("tts", "synthesize_speech", True, "text to speech"),
+        GenerationKind("stt", "transcribe", False, "speech to text"),
+    )
+}
+"""The one table of generation types (``GenerationTypeName`` lists the same names)."""
+GENERATION_TYPES: tuple[str, ...] = tuple(GENERATION_KINDS)
+
+# The input-role vocabulary of ``input_data`` items (one place for every reader).
+CHAT_ROLES = {
+    "user_prompt": "user",
+    "user": "user",
+    "prompt": "user",
+    "assistant": "assistant",
+    "system": "system",
+}
+"""Roles of text items that become chat turns, with the chat role they take."""
+PROMPT_ROLES = frozenset(role for role, chat in CHAT_ROLES.items() if chat == "user")
+"""The user's text: a chat user turn, the prompt of a media generation."""
+SYSTEM_ROLES = frozenset({"system_context", "system_prompt"})
+"""Text merged into the system message."""
+IMAGE_ROLES = frozenset({"input_image", "image"})
+MASK_ROLES = frozenset({"mask_image", "mask"})
+AUDIO_ROLES = frozenset({"input_audio", "audio"})
 
 
 def has_lone_surrogate(value: Any) -> bool:

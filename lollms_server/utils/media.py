@@ -9,7 +9,7 @@ import json
 import wave
 from typing import Any
 
-from lollms_server.core.errors import BadRequestError
+from lollms_server.errors import BadRequestError
 
 AUDIO_FORMATS = {
     "wav": "audio/wav",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lollms_server.core.errors import BadRequestError
+from lollms_server.errors import BadRequestError
 
 _FORBIDDEN_CHARS = set('\x00\r\n\t:*?"<>|')
 
@@ -26,7 +26,8 @@ def safe_join(root: Path, name: str, *, param: str = "model_name") -> Path:
     return candidate
 
 
-def _printable(name: str) -> str:
+def printable(name: str) -> str:
+    """``name`` safe to echo in a message: control characters replaced, at most 80 characters."""
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in name)
     return cleaned[:80]
 
@@ -44,6 +45,6 @@ def is_safe_name(name: str) -> bool:
 def validate_model_name(name: str, *, param: str = "model_name") -> None:
     """Reject model names that could escape a folder, before any binding sees them (400)."""
     if not name or len(name) > 512 or any(ch in _FORBIDDEN_CHARS for ch in name) or "\\" in name:
-        raise BadRequestError(f"Invalid {param}: '{_printable(name)}'.", param=param)
+        raise BadRequestError(f"Invalid {param}: '{printable(name)}'.", param=param)
     if name.startswith("/") or any(part == ".." for part in name.split("/")):
         raise BadRequestError(f"Invalid {param}: it must stay inside its folder.", param=param)

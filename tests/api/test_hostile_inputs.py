@@ -133,7 +133,7 @@ async def test_truncated_and_mislabelled_media(
     app_client: Any, inputs: list[dict[str, Any]], message: str
 ) -> None:
     from lollms_server.core.errors import BadRequestError
-    from lollms_server.core.media import build_media_request
+    from lollms_server.core.generation.media_inputs import build_media_request
 
     kind = "stt" if inputs[0]["type"] == "audio" else "i2i"
     from lollms_server.core.types import InputData
@@ -145,7 +145,7 @@ async def test_truncated_and_mislabelled_media(
 async def test_limits_on_media_parameters() -> None:
     from lollms_server.core.config import LimitsConfig
     from lollms_server.core.errors import BadRequestError
-    from lollms_server.core.media import build_media_request
+    from lollms_server.core.generation.media_inputs import build_media_request
     from lollms_server.core.types import InputData
 
     limits = LimitsConfig(max_image_side=512, max_steps=10)

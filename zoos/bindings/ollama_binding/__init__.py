@@ -24,6 +24,7 @@ from lollms_server.core.bindings import (
     NotFoundError,
     TextChunk,
     TextRequest,
+    error_for_status,
 )
 
 logger = logging.getLogger("lollms_bindings.ollama_binding")
@@ -71,11 +72,7 @@ class OllamaBinding(Binding):
         except ValueError:
             message = response.text[:300]
         text = f"Ollama answered {response.status_code}: {message}"
-        if response.status_code == 404:
-            raise NotFoundError(text, param="model_name")
-        if response.status_code == 400:
-            raise BadRequestError(text)
-        raise BindingError(text)
+        raise error_for_status(response.status_code, text, third_party=True)
 
     # ---- models ------------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:

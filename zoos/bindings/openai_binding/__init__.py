@@ -30,6 +30,7 @@ from lollms_server.core.bindings import (
     Progress,
     TextChunk,
     TextRequest,
+    error_for_status,
 )
 
 logger = logging.getLogger("lollms_bindings.openai_binding")
@@ -83,11 +84,7 @@ class OpenAIBinding(Binding):
             return
         message = _remote_message(response)
         text = f"Remote server of '{self.instance_name}' answered {response.status_code}: {message}"
-        if response.status_code == 404:
-            raise NotFoundError(text, param="model_name")
-        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 429):
-            raise BadRequestError(text)
-        raise BindingError(text)
+        raise error_for_status(response.status_code, text, third_party=True)
 
     # ---- models ------------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:

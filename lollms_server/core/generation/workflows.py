@@ -6,19 +6,43 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
-from lollms_server.core.bindings import CancelToken
+from lollms_server.core.bindings import BindingManager, CancelToken
+from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import BindingError, LollmsError
-from lollms_server.core.personalities import Personality
+from lollms_server.core.functions import FunctionManager
+from lollms_server.core.generation.outputs import error_chunk
+from lollms_server.core.personalities import Personality, PersonalityManager
+from lollms_server.core.resource_manager import ResourceManager
 from lollms_server.core.security import Principal
-from lollms_server.core.types import GenerateRequest, InputData, OutputData, StreamChunk
+from lollms_server.core.types import (
+    PROMPT_ROLES,
+    GenerateRequest,
+    GenerateResponse,
+    InputData,
+    OutputData,
+    StreamChunk,
+)
 
-if TYPE_CHECKING:
-    from lollms_server.core.generation import GenerationService
+Generate = Callable[[GenerateRequest, Principal, str, CancelToken], Awaitable[GenerateResponse]]
+
+
+@dataclass
+class WorkflowServices:
+    """What a workflow may use: the managers and the server's ``generate`` for sub-generations."""
+
+    config: AppConfig
+    bindings: BindingManager
+    functions: FunctionManager
+    resources: ResourceManager
+    personalities: PersonalityManager
+    generate: Generate
+
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +52,7 @@ class WorkflowRun:
 
     def __init__(
         self,
-        service: GenerationService,
+        service: WorkflowServices,
         personality: Personality,
         request: GenerateRequest,
         principal: Principal,
@@ -81,9 +105,7 @@ class WorkflowRun:
 
     def _prompt(self) -> str:
         return "\n".join(
-            item.data
-            for item in self.request.input_data
-            if item.type == "text" and item.role in ("user_prompt", "user")
+            item.data for item in self.request.input_data if item.type == "text" and item.role in PROMPT_ROLES
         )
 
     async def chunks(self) -> AsyncGenerator[StreamChunk, None]:
@@ -138,8 +160,6 @@ class WorkflowRun:
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """For SSE: info, the workflow's events, and always final or error."""
-        from lollms_server.core.generation import error_chunk
-
         yield StreamChunk(
             type="info",
             content="workflow started",

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from lollms_server.core.bindings import Binding, CancelToken, MediaOutput, Progress, TextChunk, with_progress
-from lollms_server.core.cluster import _ray, _remote_error, batched
 from lollms_server.core.config import ClusterPoolConfig, config_from_dict
-from lollms_server.core.errors import BindingError, ConfigError, GenerationTimeoutError, NotFoundError
+from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
+from lollms_server.core.pools.ray_actor import batched
+from lollms_server.core.pools.ray_cluster import ray_module, remote_error
 
 
 async def source(
@@ -109,9 +110,9 @@ def test_remote_errors_keep_lollms_errors_and_hide_the_rest() -> None:
         except BaseException as exc:  # noqa: BLE001
             return ray_exceptions.RayTaskError("call", "Traceback (most recent call last): secret", exc)
 
-    error = _remote_error(wrapped(NotFoundError("Model 'x' not found.")))
+    error = remote_error(wrapped(NotFoundError("Model 'x' not found.")))
     assert isinstance(error, NotFoundError) and error.message == "Model 'x' not found."
-    hidden = _remote_error(wrapped(RuntimeError("internal path /secret")))
+    hidden = remote_error(wrapped(RuntimeError("internal path /secret")))
     assert isinstance(hidden, BindingError)
     assert "secret" not in hidden.message and "RuntimeError" in hidden.message
 
@@ -119,7 +120,7 @@ def test_remote_errors_keep_lollms_errors_and_hide_the_rest() -> None:
 def test_missing_ray_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"lollms_server\[distributed\]"):
-        _ray()
+        ray_module()
 
 
 def test_pool_demands_in_ray_names() -> None:
@@ -139,10 +140,9 @@ def cluster_config(tmp_path: Path, **cluster: Any) -> Any:
 
 def test_cluster_config_checks(tmp_path: Path) -> None:
     config = cluster_config(tmp_path, mode="ray", pools={"gpu0": {"num_gpus": 1}})
-    assert config.remote_pools() == {"default": "ray", "gpu0": "ray"}
-    assert config.pool_host("gpu0") == "ray"
+    assert config.pool_host("default") == config.pool_host("gpu0") == "ray"
     assert config.cluster.pool("default").num_cpus == 1  # unlisted pools get the defaults
-    assert cluster_config(tmp_path).remote_pools() == {}
+    assert cluster_config(tmp_path).pool_host("gpu0") == "inprocess"
     with pytest.raises(ConfigError, match=r"cluster\.pools\.gpu9: unknown pool"):
         cluster_config(tmp_path, mode="ray", pools={"gpu9": {}})
     with pytest.raises(ConfigError, match=r"cluster\.mode"):
@@ -159,22 +159,8 @@ def test_cluster_config_checks(tmp_path: Path) -> None:
     assert list(reduced.resource_manager.pools) == ["gpu0"] and reduced.cluster.mode == "local"
 
 
-async def test_actor_bounds_its_generations_even_without_a_caller(tmp_path: Path) -> None:
-    from lollms_server.core.cluster import PoolActor
-
-    actor = PoolActor(cluster_config(tmp_path, mode="ray"), "default", "fingerprint")
-    actor.generation_timeout = 0.2  # the pool's timeout plus a margin, shortened for the test
-    closed: list[bool] = []
-    endless = source([(0.05, TextChunk("x")) for _ in range(1000)], closed)
-    started = time.monotonic()
-    with pytest.raises(GenerationTimeoutError):
-        async for _ in actor._bounded(endless):
-            pass
-    assert time.monotonic() - started < 1 and closed == [True]
-
-
 def test_fingerprint_covers_only_the_pools_own_instances(tmp_path: Path) -> None:
-    from lollms_server.core.cluster import fingerprint
+    from lollms_server.core.pools.ray_cluster import fingerprint
 
     def config(**bindings: Any) -> Any:
         data = {

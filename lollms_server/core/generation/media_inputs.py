@@ -1,4 +1,5 @@
-"""Media requests: parameter checks, decoding and validating inputs, standardizing outputs."""
+"""Media inputs: parameter checks and limits, decoding and validating input items, the
+MediaRequest."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lollms_server.core.bindings import MediaOutput, MediaRequest
+from lollms_server.core.bindings import MediaRequest
 from lollms_server.core.config import LimitsConfig
 from lollms_server.core.errors import BadRequestError
-from lollms_server.core.types import InputData, OutputData, checked_parameters
-from lollms_server.utils.media import AUDIO_FORMATS, audio_format, check_image, decode_base64, encode_base64
-
-PROMPT_ROLES = {"user_prompt", "user", "prompt"}
-IMAGE_ROLES = {"input_image", "image"}
-MASK_ROLES = {"mask_image", "mask"}
-AUDIO_ROLES = {"input_audio", "audio"}
-NEEDS_PROMPT = {"tti", "i2i", "ttv", "ttm", "tts"}
+from lollms_server.core.types import (
+    AUDIO_ROLES,
+    GENERATION_KINDS,
+    IMAGE_ROLES,
+    MASK_ROLES,
+    PROMPT_ROLES,
+    InputData,
+    checked_parameters,
+)
+from lollms_server.utils.media import AUDIO_FORMATS, audio_format, check_image, decode_base64
 
 
 class MediaParameters(BaseModel):
@@ -130,7 +133,7 @@ def build_media_request(
                 )
             request.audio, request.audio_format = data, found
     request.prompt = "\n".join(prompts)
-    if generation_type in NEEDS_PROMPT and not request.prompt.strip():
+    if GENERATION_KINDS[generation_type].needs_prompt and not request.prompt.strip():
         raise BadRequestError(
             f"generation_type '{generation_type}' needs a text user_prompt.", param="input_data"
         )
@@ -147,11 +150,3 @@ def _decoded(item: InputData, param: str, limit: int) -> bytes:
     if len(item.data) > limit * 4 // 3 + 8:  # refuse before decoding
         raise BadRequestError(f"{param} is larger than this server's limit of {limit} bytes.", param=param)
     return decode_base64(item.data, param=param)
-
-
-def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:
-    """A binding's output as API output: bytes become raw base64."""
-    data = encode_base64(bytes(output.data)) if isinstance(output.data, bytes | bytearray) else output.data
-    return OutputData(
-        type=output.type, data=data, mime_type=output.mime_type, metadata={**metadata, **output.metadata}
-    )

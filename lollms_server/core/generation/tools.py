@@ -5,6 +5,8 @@ llama.cpp's function-calling chat formats) get OpenAI-style tool definitions. Ot
 bindings get the JSON protocol below in their system message: to call a function the model
 answers with ``<tool_call>{"name": "module.function", "arguments": {...}}</tool_call>`` and
 receives ``<tool_result name="module.function">...</tool_result>`` as the next user turn.
+This module is the one place that writes and reads that protocol (the OpenAI API replays a
+client's tool turns through :func:`tool_call_text` and :func:`tool_result_text`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,29 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lollms_server.core.bindings import CancelToken, TextRequest, TextResult
+from lollms_server.core.functions import FunctionManager
+from lollms_server.core.generation.admission import Admission, TextJob
 from lollms_server.core.types import StreamChunk
 
-if TYPE_CHECKING:
-    from lollms_server.core.generation import Admission, GenerationService
-
 TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def tool_call_text(name: str, arguments: Any) -> str:
+    """A call written in the text protocol (how a model, or a replayed history, calls)."""
+    return (
+        "<tool_call>"
+        + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        + "</tool_call>"
+    )
+
+
+def tool_result_text(name: str, value: Any, ok: bool = True) -> str:
+    """A function's result written in the text protocol (the next user turn)."""
+    status = "" if ok else ' error="true"'
+    return f'<tool_result name="{name}"{status}>{_result_text(value)}</tool_result>'
 
 
 def protocol_prompt(tools: list[dict[str, Any]]) -> str:
@@ -61,30 +77,33 @@ class ToolLoop:
 
     def __init__(
         self,
-        service: GenerationService,
         admission: Admission,
+        job: TextJob,
+        functions: FunctionManager,
+        max_rounds: int,
         cancel: CancelToken,
         on_call: Callable[[StreamChunk], None] | None = None,
     ) -> None:
-        self.service = service
         self.admission = admission
+        self.job = job
+        self.functions = functions
+        self.max_rounds = max_rounds
         self.cancel = cancel
         self.on_call = on_call or (lambda event: None)
-        self.allowed = {spec.name for spec in admission.tools}
+        self.allowed = {spec.name for spec in job.tools}
 
     async def run(self) -> TextResult:
         admission = self.admission
         binding, model = admission.binding, admission.target.model
-        base = admission.text_request
-        assert base is not None
-        tools = [spec.tool() for spec in admission.tools]
+        base = self.job.request
+        tools = [spec.tool() for spec in self.job.tools]
         native = binding.supports_native_tools(model)
         messages = [dict(message) for message in base.messages]
         if not native:
             messages = _with_system(messages, protocol_prompt(tools))
         made: list[dict[str, Any]] = []
         usage: dict[str, int] = {}
-        max_rounds = self.service.config.functions.max_rounds
+        max_rounds = self.max_rounds
         parameters = dict(base.parameters)
         for round_index in range(max_rounds + 1):
             request = TextRequest(messages=messages, parameters=parameters, prompt_format=base.prompt_format)
@@ -130,7 +149,7 @@ class ToolLoop:
         elif name not in self.allowed:
             ok, value = False, f"function '{name}' is not available in this request"
         else:
-            ok, value = await self.service.functions.safe_call(name, call.get("arguments", {}))
+            ok, value = await self.functions.safe_call(name, call.get("arguments", {}))
         record = {
             "round": round_number,
             "name": name,
@@ -142,20 +161,14 @@ class ToolLoop:
         self.on_call(StreamChunk(type="function_call", content=record))
         if native:
             return {"role": "tool", "tool_call_id": call.get("id", name), "content": _result_text(value)}
-        status = "" if ok else ' error="true"'
-        return {
-            "role": "user",
-            "content": f'<tool_result name="{name}"{status}>{_result_text(value)}</tool_result>',
-        }
+        return {"role": "user", "content": tool_result_text(name, value, ok)}
 
 
 async def single_turn(
-    admission: Admission, tools: list[dict[str, Any]], cancel: CancelToken
+    admission: Admission, base: TextRequest, tools: list[dict[str, Any]], cancel: CancelToken
 ) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
     """One model turn offering ``tools``; the calls are returned, not executed (the caller runs them)."""
     binding, model = admission.binding, admission.target.model
-    base = admission.text_request
-    assert base is not None
     if binding.supports_native_tools(model):
         return await binding.chat_with_tools(model, base, tools, cancel)
     request = TextRequest(

@@ -1,0 +1,436 @@
+"""The ``/v1`` routes: each parses its OpenAI request, translates it (``translate``), runs it
+through the native GenerationService (same keys, personalities, pools and bindings as
+``/api/v1/generate``) and shapes the answer. Every route cancels its work when the client
+leaves (``api.cancellation``)."""
+
+from __future__ import annotations
+
+import array
+import base64
+import json
+import time
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import PlainTextResponse, Response
+
+from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, cancellable
+from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.models import ERROR_RESPONSES
+from lollms_server.api.openai_compat import translate
+from lollms_server.api.openai_compat.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ImageGenerationRequest,
+    SpeechRequest,
+)
+from lollms_server.api.sse import EventStreamResponse
+from lollms_server.core.errors import BadRequestError, LollmsError
+from lollms_server.core.generation import GenerationService
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, StreamChunk
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
+STREAMS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
+"""Responses of the routes that stream with ``stream: true``."""
+
+
+async def _generate(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+) -> GenerateResponse | None:
+    """The native answer, or None when the client left first (its generation is cancelled)."""
+    return await cancellable(
+        request, lambda cancel: generation.generate(native, principal, request_id, cancel)
+    )
+
+
+def _left() -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+# ---------------------------------------------------------------- models
+
+
+@router.get("/models")
+async def list_models(
+    principal: GenerateUser, bindings: BindingsDep, generation: GenerationDep
+) -> dict[str, Any]:
+    data: list[dict[str, Any]] = []
+    for instance in bindings.instances.values():
+        if not principal.can_use_binding(instance.name):
+            continue
+        owner = instance.card.type_name
+        data.append({"id": instance.name, "object": "model", "created": 0, "owned_by": owner})
+        try:
+            models = await generation.list_models(principal, instance.name)
+        except LollmsError:
+            continue  # an instance that cannot start is still listed by name
+        for model in models:
+            data.append(
+                {"id": f"{instance.name}/{model['name']}", "object": "model", "created": 0, "owned_by": owner}
+            )
+    return {"object": "list", "data": data}
+
+
+# ---------------------------------------------------------------- chat
+
+
+@router.post("/chat/completions", responses=STREAMS)
+async def chat_completions(
+    request: Request,
+    body: ChatCompletionRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    instance, model = translate.split_model(body.model)
+    native = GenerateRequest(
+        input_data=translate.chat_inputs(body.messages),
+        binding_name=instance,
+        model_name=model,
+        personality=body.personality,
+        parameters=translate.chat_parameters(body),
+        stream=body.stream,
+    )
+    head = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": body.model}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    if body.tools and body.tool_choice != "none":
+        return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)
+    if not body.stream:
+        response = await _generate(request, generation, native, principal, request_id)
+        if response is None:
+            return _left()
+        output = response.output[0]
+        message = {"role": "assistant", "content": output.data}
+        return translate.chat_completion(
+            head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
+        )
+    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
+    if stream is None:
+        return _left()
+    return EventStreamResponse(_chat_stream(stream.events(), head, include_usage), on_close=stream.aclose)
+
+
+async def _chat_stream(
+    events: AsyncGenerator[StreamChunk, None], head: dict[str, Any], include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    yield translate.chat_chunk(head, {"role": "assistant", "content": ""})
+    try:
+        async for event in events:
+            if event.type == "chunk":
+                yield translate.chat_chunk(head, {"content": event.content})
+            elif event.type == "final":
+                metadata = event.content[0]["metadata"]
+                yield translate.chat_chunk(head, {}, translate.finish_reason(metadata))
+                if include_usage:
+                    yield translate.usage_chunk(head, "chat.completion.chunk", translate.usage(metadata))
+            elif event.type == "error":
+                yield translate.stream_error(event)
+        yield translate.DONE
+    finally:
+        await events.aclose()
+
+
+async def _chat_with_tools(
+    request: Request,
+    body: ChatCompletionRequest,
+    native: GenerateRequest,
+    principal: Principal,
+    generation: GenerationService,
+    head: dict[str, Any],
+    include_usage: bool,
+) -> Any:
+    """One model turn offering the client's tools; tool calls go back to the client."""
+    tools = [tool for tool in body.tools or [] if tool.get("type") == "function" and tool.get("function")]
+    turn = await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
+    if turn is None:
+        return _left()
+    _, result, calls = turn
+    tool_calls = [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
+        }
+        for call in calls
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    counts = translate.usage({"usage": result.usage})
+    finish = "tool_calls" if tool_calls else "stop"
+    if not body.stream:
+        return translate.chat_completion(head, message, finish, counts)
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        delta: dict[str, Any] = {"role": "assistant", "content": message["content"]}
+        if tool_calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+        yield translate.chat_chunk(head, delta)
+        yield translate.chat_chunk(head, {}, finish)
+        if include_usage:
+            yield translate.usage_chunk(head, "chat.completion.chunk", counts)
+        yield translate.DONE
+
+    async def nothing() -> None:
+        return None
+
+    return EventStreamResponse(replay(), on_close=nothing)
+
+
+# ---------------------------------------------------------------- completions
+
+
+@router.post("/completions", responses=STREAMS)
+async def completions(
+    request: Request,
+    body: CompletionRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise BadRequestError("Send one prompt per request.", param="prompt")
+    instance, model = translate.split_model(body.model)
+    parameters: dict[str, Any] = {"raw_prompt": True}
+    for key, value in (
+        ("max_tokens", body.max_tokens),
+        ("temperature", body.temperature),
+        ("top_p", body.top_p),
+        ("seed", body.seed),
+        ("stop", body.stop),
+    ):
+        if value is not None:
+            parameters[key] = value
+    native = GenerateRequest(
+        input_data=[InputData(type="text", role="user_prompt", data=prompts[0])],
+        binding_name=instance,
+        model_name=model,
+        parameters=parameters,
+        stream=body.stream,
+    )
+    head = {
+        "id": f"cmpl-{request_id}",
+        "created": int(time.time()),
+        "model": body.model,
+        "object": "text_completion",
+    }
+    if not body.stream:
+        response = await _generate(request, generation, native, principal, request_id)
+        if response is None:
+            return _left()
+        output = response.output[0]
+        finish = translate.finish_reason(output.metadata)
+        return {
+            **head,
+            "choices": [translate.completion_choice(output.data, finish)],
+            "usage": translate.usage(output.metadata),
+        }
+    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
+    if stream is None:
+        return _left()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        source = stream.events()
+        try:
+            async for event in source:
+                if event.type == "chunk":
+                    yield translate.sse(
+                        {**head, "choices": [translate.completion_choice(event.content, None)]}
+                    )
+                elif event.type == "final":
+                    metadata = event.content[0]["metadata"]
+                    choice = translate.completion_choice("", translate.finish_reason(metadata))
+                    yield translate.sse({**head, "choices": [choice]})
+                    if include_usage:
+                        yield translate.usage_chunk(head, "text_completion", translate.usage(metadata))
+                elif event.type == "error":
+                    yield translate.stream_error(event)
+            yield translate.DONE
+        finally:
+            await source.aclose()
+
+    return EventStreamResponse(events(), on_close=stream.aclose)
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+@router.post("/embeddings")
+async def embeddings(
+    request: Request, body: EmbeddingRequest, principal: GenerateUser, generation: GenerationDep
+) -> Any:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts or len(texts) > 2048:
+        raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
+    instance, model = translate.split_model(body.model)
+    found = await cancellable(request, lambda _: generation.embed(principal, instance, model, texts))
+    if found is None:
+        return _left()
+    _, vectors = found
+    data = []
+    for index, vector in enumerate(vectors):
+        embedding: Any = vector
+        if body.encoding_format == "base64":
+            embedding = base64.b64encode(array.array("f", vector).tobytes()).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(len(text.split()) for text in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# ---------------------------------------------------------------- images
+
+
+@router.post("/images/generations")
+async def images_generations(
+    request: Request,
+    body: ImageGenerationRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    instance, model = translate.split_model(body.model)
+    native = GenerateRequest(
+        input_data=[InputData(type="text", role="user_prompt", data=body.prompt)],
+        generation_type="tti",
+        binding_name=instance,
+        model_name=model,
+        parameters={"num_images": body.n, **translate.size_parameters(body.size)},
+    )
+    response = await _generate(request, generation, native, principal, request_id)
+    if response is None:
+        return _left()
+    return translate.image_data(response.output, body.response_format, body.prompt)
+
+
+@router.post("/images/edits")
+async def images_edits(
+    request: Request,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+    image: Annotated[UploadFile, File(description="Image to edit (PNG, JPEG, WebP).")],
+    prompt: Annotated[str, Form(min_length=1, max_length=32_000)],
+    mask: Annotated[UploadFile | None, File(description="White where the image changes.")] = None,
+    model: Annotated[str | None, Form(max_length=512)] = None,
+    n: Annotated[int, Form(ge=1, le=10)] = 1,
+    size: Annotated[str | None, Form(max_length=16)] = None,
+    response_format: Annotated[str | None, Form(max_length=16)] = None,
+) -> Any:
+    instance, model_name = translate.split_model(model)
+    inputs = [
+        InputData(type="text", role="user_prompt", data=prompt),
+        InputData(type="image", role="input_image", data=base64.b64encode(await image.read()).decode()),
+    ]
+    if mask is not None:
+        inputs.append(
+            InputData(type="image", role="mask_image", data=base64.b64encode(await mask.read()).decode())
+        )
+    native = GenerateRequest(
+        input_data=inputs,
+        generation_type="i2i",
+        binding_name=instance,
+        model_name=model_name,
+        parameters={"num_images": n, **translate.size_parameters(size)},
+    )
+    response = await _generate(request, generation, native, principal, request_id)
+    if response is None:
+        return _left()
+    return translate.image_data(response.output, response_format, prompt)
+
+
+# ---------------------------------------------------------------- audio
+
+
+@router.post("/audio/speech")
+async def audio_speech(
+    request: Request,
+    body: SpeechRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Response:
+    if body.response_format not in ("wav", "pcm"):
+        raise BadRequestError("response_format must be 'wav' or 'pcm'.", param="response_format")
+    instance, model = translate.split_model(body.model)
+    parameters: dict[str, Any] = {}
+    if body.voice:
+        parameters["voice"] = body.voice
+    native = GenerateRequest(
+        input_data=[InputData(type="text", role="user_prompt", data=body.input)],
+        generation_type="tts",
+        binding_name=instance,
+        model_name=model,
+        parameters=parameters,
+    )
+    response = await _generate(request, generation, native, principal, request_id)
+    if response is None:
+        return _left()
+    audio = next(output for output in response.output if output.type == "audio")
+    data = base64.b64decode(audio.data)
+    if body.response_format == "pcm":
+        return Response(translate.wav_to_pcm(data), media_type="audio/pcm")
+    return Response(data, media_type="audio/wav")
+
+
+@router.post("/audio/transcriptions")
+async def audio_transcriptions(
+    request: Request,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+    file: Annotated[UploadFile, File(description="Audio: wav, mp3, ogg, webm or flac.")],
+    model: Annotated[str, Form(max_length=512)],
+    language: Annotated[str | None, Form(max_length=32)] = None,
+    prompt: Annotated[str | None, Form(max_length=4096)] = None,
+    response_format: Annotated[str, Form(max_length=16)] = "json",
+    temperature: Annotated[float | None, Form(ge=0, le=1)] = None,
+) -> Any:
+    if response_format not in ("json", "text", "verbose_json"):
+        raise BadRequestError("response_format must be json, text or verbose_json.", param="response_format")
+    instance, model_name = translate.split_model(model)
+    parameters: dict[str, Any] = {"timestamps": response_format == "verbose_json"}
+    if language:
+        parameters["language"] = language
+    data = await file.read()
+    if not data:
+        raise BadRequestError("file is empty.", param="file")
+    native = GenerateRequest(
+        input_data=[InputData(type="audio", role="input_audio", data=base64.b64encode(data).decode())],
+        generation_type="stt",
+        binding_name=instance,
+        model_name=model_name,
+        parameters=parameters,
+    )
+    response = await _generate(request, generation, native, principal, request_id)
+    if response is None:
+        return _left()
+    output = response.output[0]
+    text = str(output.data)
+    if response_format == "text":
+        return PlainTextResponse(text)
+    if response_format == "verbose_json":
+        metadata = output.metadata
+        return {
+            "task": "transcribe",
+            "language": language or "",
+            "duration": metadata.get("duration", 0.0),
+            "text": text,
+            "segments": [{"id": i, **segment} for i, segment in enumerate(metadata.get("segments", []))],
+        }
+    return {"text": text}

@@ -1,0 +1,199 @@
+"""OpenAI <-> native translation: OpenAI requests become native GenerateRequest inputs and
+parameters; native answers and stream events become OpenAI responses and chunks."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import wave
+from typing import Any
+
+from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, ChatMessage
+from lollms_server.core.errors import BadRequestError
+from lollms_server.core.generation.tools import tool_call_text, tool_result_text
+from lollms_server.core.types import InputData, OutputData, StreamChunk
+
+FINISH_REASONS = {"length": "length", "stop": "stop", "tool_calls": "tool_calls"}
+DONE = b"data: [DONE]\n\n"
+
+
+def split_model(model: str | None) -> tuple[str | None, str | None]:
+    """``instance`` or ``instance/model`` (the model part may itself contain slashes)."""
+    if not model:
+        return None, None
+    instance, _, rest = model.partition("/")
+    return instance, rest or None
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _content(message: ChatMessage, index: int) -> tuple[str, list[InputData]]:
+    content = message.content
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    texts: list[str] = []
+    images: list[InputData] = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            if not url.startswith("data:"):
+                raise BadRequestError(
+                    "Images must be sent inline as data: URLs.", param=f"messages[{index}].content"
+                )
+            mime = url[5:].split(";", 1)[0] or "image/png"
+            images.append(
+                InputData(type="image", role="input_image", data=url.split(",", 1)[-1], mime_type=mime)
+            )
+        else:
+            raise BadRequestError(
+                f"Unsupported content part '{str(kind)[:32]}'.", param=f"messages[{index}].content"
+            )
+    return "".join(texts), images
+
+
+def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
+    """OpenAI messages as native input items; tool turns use the server's text tool protocol."""
+    last_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=-1)
+    tool_names: dict[str, str] = {}
+    inputs: list[InputData] = []
+    for index, message in enumerate(messages):
+        text, images = _content(message, index)
+        if message.role in ("system", "developer"):
+            inputs.append(InputData(type="text", role="system_context", data=text))
+        elif message.role == "user":
+            inputs.append(
+                InputData(type="text", role="user_prompt" if index == last_user else "user", data=text)
+            )
+            inputs.extend(images)
+        elif message.role == "assistant":
+            calls = []
+            for call in message.tool_calls or []:
+                function = call.get("function") or {}
+                tool_names[str(call.get("id"))] = str(function.get("name", ""))
+                try:
+                    arguments = json.loads(function.get("arguments") or "{}")
+                except json.JSONDecodeError:
+                    arguments = {}
+                calls.append(tool_call_text(str(function.get("name")), arguments))
+            inputs.append(InputData(type="text", role="assistant", data="\n".join([text, *calls]).strip()))
+        else:  # tool result
+            name = tool_names.get(str(message.tool_call_id), message.name or "")
+            inputs.append(InputData(type="text", role="user", data=tool_result_text(name, text)))
+    return inputs
+
+
+def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    for key, value in (
+        ("max_tokens", max_tokens),
+        ("temperature", body.temperature),
+        ("top_p", body.top_p),
+        ("seed", body.seed),
+        ("stop", body.stop),
+        ("presence_penalty", body.presence_penalty),
+        ("frequency_penalty", body.frequency_penalty),
+    ):
+        if value is not None:
+            parameters[key] = value
+    if body.response_format and body.response_format.get("type") in ("json_object", "json_schema"):
+        parameters["system_message"] = "Answer with one valid JSON object and nothing else."
+    if isinstance(body.tool_choice, dict):
+        parameters["tool_choice"] = (body.tool_choice.get("function") or {}).get("name")
+    elif body.tool_choice in ("auto", "none"):
+        parameters["tool_choice"] = body.tool_choice
+    return parameters
+
+
+def size_parameters(size: str | None) -> dict[str, int]:
+    if size in (None, "", "auto"):
+        return {}
+    width, _, height = str(size).partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise BadRequestError("size must look like 512x512.", param="size")
+    return {"width": int(width), "height": int(height)}
+
+
+# ---------------------------------------------------------------- responses
+
+
+def usage(metadata: dict[str, Any]) -> dict[str, int]:
+    found = metadata.get("usage") or {}
+    prompt, completion = int(found.get("prompt_tokens", 0)), int(found.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def finish_reason(metadata: dict[str, Any]) -> str:
+    return FINISH_REASONS.get(metadata.get("finish_reason") or "stop", "stop")
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data).encode("utf-8") + b"\n\n"
+
+
+def stream_error(event: StreamChunk) -> bytes:
+    """A native ``error`` event as the one OpenAI stream error shape (chat and completions)."""
+    return sse(
+        {
+            "error": {
+                "message": event.content,
+                "type": event.metadata.get("type"),
+                "param": None,
+                "code": event.metadata.get("status"),
+            }
+        }
+    )
+
+
+def chat_completion(
+    head: dict[str, Any], message: dict[str, Any], finish: str, counts: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": counts,
+    }
+
+
+def chat_chunk(head: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return sse(
+        {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    )
+
+
+def usage_chunk(head: dict[str, Any], obj: str, counts: dict[str, int]) -> bytes:
+    return sse({**head, "object": obj, "choices": [], "usage": counts})
+
+
+def completion_choice(text: str, finish: str | None) -> dict[str, Any]:
+    return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+
+def image_data(outputs: list[OutputData], response_format: str | None, prompt: str) -> dict[str, Any]:
+    data = []
+    for output in outputs:
+        if output.type != "image":
+            continue
+        if response_format == "url":
+            data.append({"url": f"data:{output.mime_type};base64,{output.data}", "revised_prompt": prompt})
+        else:
+            data.append({"b64_json": output.data, "revised_prompt": prompt})
+    return {"created": int(time.time()), "data": data}
+
+
+def wav_to_pcm(data: bytes) -> bytes:
+    """The raw frames of a WAV file (OpenAI's ``pcm`` speech format)."""
+    with wave.open(io.BytesIO(data)) as reader:
+        return reader.readframes(reader.getnframes())

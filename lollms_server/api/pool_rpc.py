@@ -1,0 +1,171 @@
+"""The pool-lease API a worker process serves to its gateways (``/internal/pool``, on
+127.0.0.1 to the per-start token; see ``core/pools/process.py`` for the other side).
+
+- ``POST /leases {instance, model}``: an event stream: pings while the request waits in the
+  pool's FIFO queue and the model loads, then "admitted" ``{lease, queue_wait, load,
+  native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then pings
+  while the gateway holds the slot. The gateway closing it (or leaving while queued) leaves the
+  queue or gives the slot back; so does the lease's expiry (see ``core/pools/leases.py``).
+- ``POST /leases/{id}/stream_text | media``: event streams of ``{chunk}`` or
+  ``{step, total}`` / ``{outputs}``, ending with ``{end: true}`` or ``{error}``.
+- ``POST /leases/{id}/generate_text | call``, ``POST /instances/{name}/{method}``: JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from lollms_server.api.cancellation import cancellable
+from lollms_server.api.deps import AdminUser
+from lollms_server.api.sse import EventStreamResponse
+from lollms_server.core.errors import BindingError, LollmsError
+from lollms_server.core.pools import wire
+from lollms_server.core.pools.leases import LeaseTable
+
+PING_SECONDS = 1.0
+
+
+def get_leases(request: Request) -> LeaseTable:
+    leases: LeaseTable = request.app.state.leases
+    return leases
+
+
+LeasesDep = Annotated[LeaseTable, Depends(get_leases)]
+router = APIRouter(prefix="/internal/pool", tags=["pool worker"], include_in_schema=False)
+
+
+class LeaseRequest(BaseModel):
+    instance: str = Field(..., max_length=256)
+    model: str = Field(..., max_length=512)
+
+
+class CallRequest(BaseModel):
+    method: str = Field(..., max_length=64)
+    args: list[Any] = Field(default_factory=list)
+
+
+class WireRequest(BaseModel):
+    request: dict[str, Any]
+
+
+class PlainRequest(BaseModel):
+    args: list[Any] = Field(default_factory=list)
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode("utf-8") + b"\n\n"
+
+
+def _error_event(exc: BaseException) -> bytes:
+    if not isinstance(exc, LollmsError):
+        exc = BindingError(f"The binding failed during generation ({type(exc).__name__}).")
+    error = {"status": exc.status_code, "message": exc.message, "retry_after": exc.headers.get("Retry-After")}
+    return _event({"error": error})
+
+
+@router.post("/leases")
+async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Response:
+    """The lease stream: pings while the request waits in the queue and the model loads (so
+    a live worker is never taken for a hung one), then "admitted" or the pool's error, then
+    pings while the gateway holds the slot."""
+    admission = asyncio.ensure_future(leases.open(body.instance, body.model))
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        while True:
+            done, _ = await asyncio.wait({admission}, timeout=PING_SECONDS)
+            if done:
+                break
+            yield b": waiting\n\n"
+        if admission.exception() is not None:
+            yield _error_event(admission.exception())  # type: ignore[arg-type]
+            return
+        lease = admission.result()
+        yield _event(lease.admitted())
+        loop = asyncio.get_running_loop()
+        while not lease.closed.is_set():
+            remaining = lease.expires - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(lease.closed.wait(), min(PING_SECONDS, remaining))
+            except (TimeoutError, asyncio.TimeoutError):
+                yield b": held\n\n"
+
+    async def release() -> None:
+        """The gateway left (or the lease ended): leave the queue, or give the slot back."""
+        if not admission.done():
+            admission.cancel()
+        await asyncio.gather(admission, return_exceptions=True)
+        if not admission.cancelled() and admission.exception() is None:
+            await leases.close(admission.result().id)
+
+    return EventStreamResponse(events(), on_close=release)
+
+
+@router.post("/leases/{lease_id}/stream_text")
+async def stream_text(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
+    leases.get(lease_id)  # 404 before the stream starts
+    chunks = leases.stream_text(lease_id, wire.text_request_from_json(body.request))
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in chunks:
+                yield _event({"chunk": wire.chunk_to_json(chunk)})
+            yield _event({"end": True})
+        except Exception as exc:  # noqa: BLE001 - becomes an error event
+            yield _error_event(exc)
+        finally:
+            await chunks.aclose()
+
+    return EventStreamResponse(events(), on_close=chunks.aclose)
+
+
+@router.post("/leases/{lease_id}/media")
+async def media(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
+    leases.get(lease_id)
+    items = leases.media(lease_id, wire.media_request_from_json(body.request))
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        try:
+            async for item in items:
+                if isinstance(item, list):
+                    yield _event({"outputs": wire.outputs_to_json(item)})
+                else:
+                    yield _event({"step": item[0], "total": item[1]})
+            yield _event({"end": True})
+        except Exception as exc:  # noqa: BLE001 - becomes an error event
+            yield _error_event(exc)
+        finally:
+            await items.aclose()
+
+    return EventStreamResponse(events(), on_close=items.aclose)
+
+
+@router.post("/leases/{lease_id}/generate_text")
+async def generate_text(
+    request: Request, lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep
+) -> Any:
+    text_request = wire.text_request_from_json(body.request)
+    result = await cancellable(request, lambda _: leases.generate_text(lease_id, text_request))
+    return Response(status_code=499) if result is None else wire.result_to_json(result)
+
+
+@router.post("/leases/{lease_id}/call")
+async def call(request: Request, lease_id: str, body: CallRequest, _: AdminUser, leases: LeasesDep) -> Any:
+    args = list(body.args)
+    if body.method == "chat_with_tools" and args:
+        args[0] = wire.text_request_from_json(args[0])
+    result = await cancellable(request, lambda _: leases.call(lease_id, body.method, *args))
+    return Response(status_code=499) if result is None else result
+
+
+@router.post("/instances/{instance}/{method}")
+async def plain_call(instance: str, method: str, body: PlainRequest, _: AdminUser, leases: LeasesDep) -> Any:
+    return await leases.plain_call(instance, method, *body.args)

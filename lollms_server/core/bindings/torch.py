@@ -1,0 +1,199 @@
+"""Helpers for bindings built on PyTorch (transformers, diffusers): device, dtype, footprint,
+freeing memory, finding model folders. Part of the public API bindings may import; torch is
+imported only when a helper is called."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lollms_server.core.bindings.base import Binding, BindingContext
+from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError
+from lollms_server.utils.paths import safe_join
+
+__all__ = [
+    "DEVICE_OPTIONS",
+    "DTYPE_OPTIONS",
+    "pick_device",
+    "pick_dtype",
+    "module_footprint_mb",
+    "free_memory",
+    "folder_size_mb",
+    "locate_model_folder",
+    "LoadedTorchModel",
+    "TorchBinding",
+]
+
+logger = logging.getLogger(__name__)
+
+DEVICE_OPTIONS = ["auto", "cuda", "mps", "cpu"]
+DTYPE_OPTIONS = ["auto", "float32", "float16", "bfloat16"]
+
+
+def pick_device(setting: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(setting: str, device: str) -> Any:
+    """``auto`` is float16 on a GPU and float32 on the CPU."""
+    import torch
+
+    if setting == "auto":
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+    return getattr(torch, setting)
+
+
+def module_footprint_mb(*objects: Any) -> float:
+    """Bytes held by the parameters and buffers of torch modules (pipelines: their components)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    modules: list[Any] = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            modules.append(obj)
+        elif hasattr(obj, "components"):
+            modules.extend(value for value in obj.components.values() if isinstance(value, torch.nn.Module))
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def free_memory() -> None:
+    """Give memory back after unloading a model (Python objects, then the GPU cache)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def folder_size_mb(path: Path) -> float:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / 2**20
+
+
+def locate_model_folder(models_folder: Path, model_name: str, *, allow_download: bool, instance: str) -> str:
+    """A model folder inside ``models_folder`` (400 if the name escapes it), or a hub id
+    (``owner/name``) when downloads are allowed; 404 otherwise."""
+    path = safe_join(models_folder, model_name)
+    if path.is_dir():
+        return str(path)
+    if path.is_file():
+        raise BadRequestError(f"Model '{model_name}' must be a model folder.", param="model_name")
+    if allow_download and model_name.count("/") == 1:
+        return model_name  # from_pretrained downloads it (with a progress bar) on first use
+    raise NotFoundError(f"Model '{model_name}' not found for binding '{instance}'.", param="model_name")
+
+
+class LoadedTorchModel:
+    """One resident model: what holds its memory (for the footprint) and a lock for its calls."""
+
+    def __init__(self, modules: Any) -> None:
+        self.modules = modules
+        self.lock = threading.Lock()
+
+
+class TorchBinding(Binding):
+    """The shared lifecycle of in-process PyTorch bindings (diffusers, transformers, audio):
+    device and dtype from the ``device``/``dtype`` settings, model folders found with
+    ``locate_model_folder``, one :class:`LoadedTorchModel` per model, footprint, unload that
+    waits for a running call and frees memory. Subclasses implement :meth:`load_from`."""
+
+    def __init__(self, context: BindingContext) -> None:
+        super().__init__(context)
+        self.device = pick_device(self.settings.get("device") or "auto")
+        self.dtype = pick_dtype(self.settings.get("dtype") or "auto", self.device)
+        self._models: dict[str, Any] = {}
+
+    async def scan_models(
+        self, marker: str, describe: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Model folders below the models folder that hold the JSON file ``marker``, each as
+        ``{"name": <relative path>, **describe(<that JSON>)}`` (read in a worker thread)."""
+
+        def scan() -> list[dict[str, Any]]:
+            if not self.models_folder.is_dir():
+                return []
+            return [
+                {
+                    "name": str(found.parent.relative_to(self.models_folder)),
+                    **describe(json.loads(found.read_text())),
+                }
+                for found in sorted(self.models_folder.rglob(marker))
+            ]
+
+        return await self.run_blocking(scan)
+
+    def load_from(self, location: str) -> LoadedTorchModel:
+        """Build the model from a folder or hub id (runs in a worker thread)."""
+        raise NotImplementedError
+
+    async def load_model(self, model_name: str) -> None:
+        if model_name in self._models:
+            return
+        location = locate_model_folder(
+            self.models_folder,
+            model_name,
+            allow_download=bool(self.settings.get("allow_download")),
+            instance=self.instance_name,
+        )
+        try:
+            self._models[model_name] = await self.run_blocking(self.load_from, location)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.error("%s could not load %s: %s", self.card.type_name, model_name, exc)
+            raise BindingError(
+                f"Model '{model_name}' could not be loaded by {self.card.type_name}."
+            ) from None
+
+    async def unload_model(self, model_name: str) -> None:
+        loaded = self._models.pop(model_name, None)
+        if loaded is not None:
+
+            def release() -> None:
+                with loaded.lock:  # wait for a call still running on this model
+                    pass
+                free_memory()
+
+            await self.run_blocking(release)
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    def footprint_mb(self, model_name: str) -> float:
+        loaded = self._models.get(model_name)
+        return module_footprint_mb(loaded.modules) if loaded is not None else 0.0
+
+    async def estimate_footprint_mb(self, model_name: str) -> float | None:
+        path = self.models_folder / model_name
+        return await self.run_blocking(folder_size_mb, path) if path.is_dir() else None
+
+    def loaded(self, model_name: str) -> Any:
+        loaded = self._models.get(model_name)
+        if loaded is None:
+            raise BindingError(f"Model '{model_name}' is not loaded.")
+        return loaded
+
+    def base_info(self, model_name: str | None) -> dict[str, Any]:
+        return {"binding": self.instance_name, "model_name": model_name, "device": self.device}

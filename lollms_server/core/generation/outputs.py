@@ -1,0 +1,77 @@
+"""What a generation returns: OutputData for text and media, the stream's error event, and
+the metrics of a finished generation (one epilogue for answers and streams)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lollms_server.core.bindings import MediaOutput, TextResult
+from lollms_server.core.errors import BindingError, LollmsError
+from lollms_server.core.generation.admission import Admission
+from lollms_server.core.metrics import Metrics
+from lollms_server.core.types import OutputData, StreamChunk
+from lollms_server.utils.media import encode_base64
+
+
+def _metadata(admission: Admission) -> dict[str, Any]:
+    target, timings = admission.target, admission.timings
+    metadata: dict[str, Any] = {
+        "binding": target.name,
+        "model": target.model,
+        "generation_type": target.generation_type,
+        "parameters": admission.parameters,
+        "seed": admission.parameters.get("seed"),
+        "timings": timings.public(),
+    }
+    host_timings = admission.session.host_timings
+    if host_timings is not None:  # measured by the pool's worker process or Ray actor
+        metadata["worker_timings"] = {**host_timings, "compute_finished_at": timings.compute_finished_at}
+    return metadata
+
+
+def text_output(admission: Admission, result: TextResult) -> OutputData:
+    metadata = _metadata(admission)
+    metadata.update({"finish_reason": result.finish_reason, "usage": result.usage, **result.metadata})
+    return OutputData(type="text", data=result.text, mime_type="text/plain", metadata=metadata)
+
+
+def media_outputs(admission: Admission, outputs: list[MediaOutput]) -> list[OutputData]:
+    if not outputs:
+        raise BindingError(f"Binding '{admission.target.name}' returned no output.")
+    metadata = _metadata(admission)
+    return [to_output_data(output, metadata) for output in outputs]
+
+
+def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:
+    """A binding's output as API output: bytes become raw base64."""
+    data = encode_base64(bytes(output.data)) if isinstance(output.data, bytes | bytearray) else output.data
+    return OutputData(
+        type=output.type, data=data, mime_type=output.mime_type, metadata={**metadata, **output.metadata}
+    )
+
+
+def final_chunk(outputs: list[OutputData], request_id: str) -> StreamChunk:
+    return StreamChunk(
+        type="final",
+        content=[item.model_dump(mode="json") for item in outputs],
+        metadata={"request_id": request_id},
+    )
+
+
+def error_chunk(exc: LollmsError) -> StreamChunk:
+    return StreamChunk(
+        type="error", content=exc.message, metadata={"type": exc.error_type, "status": exc.status_code}
+    )
+
+
+def record(metrics: Metrics | None, admission: Admission, tokens: int = 0) -> None:
+    """Generation seconds and tokens, by binding and API key name."""
+    if metrics is not None:
+        target = admission.target
+        metrics.observe_generation(
+            target.name, admission.principal_name, target.generation_type, admission.timings.compute, tokens
+        )
+
+
+def tokens_of(result: TextResult) -> int:
+    return int(result.usage.get("completion_tokens", 0))

@@ -1,0 +1,264 @@
+"""The orchestrator: a GenerateRequest becomes a binding call (DESIGN §1 request path).
+
+``route -> GenerationService -> PoolRegistry (pool host) -> ResourceManager + binding``: it
+routes the request (``routing``), checks and builds its inputs (``text_inputs``,
+``media_inputs``), admits it into the binding's pool (a :class:`PoolSession` holds a slot and
+the loaded model for the whole generation, wherever the pool runs), runs it (whole, streamed,
+with tools, or a scripted personality's workflow) and standardizes the result (``outputs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from lollms_server.core.bindings import Binding, BindingManager, CancelToken, TextResult
+from lollms_server.core.config import AppConfig
+from lollms_server.core.errors import BadRequestError, BindingError, GenerationTimeoutError, LollmsError
+from lollms_server.core.functions import FunctionManager
+from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
+from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
+from lollms_server.core.generation.outputs import media_outputs, record, text_output, tokens_of
+from lollms_server.core.generation.routing import Target, merged_parameters, resolve
+from lollms_server.core.generation.stream import GenerationStream
+from lollms_server.core.generation.text_inputs import text_request
+from lollms_server.core.generation.tools import ToolLoop, single_turn
+from lollms_server.core.generation.workflows import WorkflowRun, WorkflowServices
+from lollms_server.core.metrics import Metrics
+from lollms_server.core.personalities import Personality, PersonalityManager
+from lollms_server.core.pools import PoolRegistry
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, GenerateResponse
+from lollms_server.utils.paths import validate_model_name
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class GenerationService:
+    """Runs generations for the API; built once per app and kept on ``app.state``."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        bindings: BindingManager,
+        pools: PoolRegistry,
+        personalities: PersonalityManager,
+        functions: FunctionManager,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.bindings = bindings
+        self.pools = pools
+        self.resources = pools.resources
+        self.personalities = personalities
+        self.functions = functions
+        self.metrics = metrics
+        self.timeout = config.resource_manager.generation_timeout
+
+    def personality_of(self, request: GenerateRequest) -> Personality | None:
+        """The request's personality, else the default one (404 for an unknown name)."""
+        name = request.personality or self.config.defaults.personality
+        return self.personalities.get(name) if name else None
+
+    def resolve(
+        self,
+        principal: Principal,
+        generation_type: str,
+        binding_name: str | None,
+        model_name: str | None,
+        personality: Personality | None = None,
+    ) -> Target:
+        return resolve(
+            self.config, self.bindings, principal, generation_type, binding_name, model_name, personality
+        )
+
+    def _workflow(
+        self,
+        personality: Personality,
+        request: GenerateRequest,
+        principal: Principal,
+        request_id: str,
+        cancel: CancelToken,
+    ) -> WorkflowRun:
+        services = WorkflowServices(
+            self.config, self.bindings, self.functions, self.resources, self.personalities, self.generate
+        )
+        return WorkflowRun(services, personality, request, principal, request_id, cancel)
+
+    # ---- whole answers ------------------------------------------------------
+    async def generate(
+        self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
+    ) -> GenerateResponse:
+        """Run one request to completion (the client leaving cancels it)."""
+        personality = self.personality_of(request)
+        if personality is not None and personality.scripted:
+            runner = self._workflow(personality, request, principal, request_id, cancel)
+            outputs = await self._bounded(runner.collect(), cancel)
+            return GenerateResponse(
+                personality=personality.name,
+                request_id=request_id,
+                output=outputs,
+                execution_time=round(time.monotonic() - runner.started, 6),
+            )
+        admission = await self.admit(request, principal, personality)
+        job, timings = admission.job, admission.timings
+        try:
+            started = time.monotonic()
+            if isinstance(job, MediaJob):
+                media = await self._bounded(
+                    admission.run_media(job.request, cancel, lambda step, total: None), cancel
+                )
+            elif job.tools:
+                loop = ToolLoop(admission, job, self.functions, self.config.functions.max_rounds, cancel)
+                result = await self._bounded(loop.run(), cancel)
+            else:
+                result = await self._bounded(
+                    admission.binding.generate_text(admission.target.model, job.request, cancel), cancel
+                )
+            timings.finished(started)
+        finally:
+            await admission.release()
+        if isinstance(job, MediaJob):
+            outputs = media_outputs(admission, media)
+            record(self.metrics, admission)
+        else:
+            outputs = [text_output(admission, result)]
+            record(self.metrics, admission, tokens_of(result))
+        return GenerateResponse(
+            personality=personality.name if personality is not None else None,
+            request_id=request_id,
+            output=outputs,
+            execution_time=round(time.monotonic() - timings.started, 6),
+        )
+
+    async def _bounded(self, awaitable: Awaitable[T], cancel: CancelToken) -> T:
+        """``awaitable`` within the generation timeout; a binding's unexpected failure is a 500."""
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout)
+        except asyncio.TimeoutError:
+            cancel.set()
+            raise GenerationTimeoutError(
+                f"The generation did not finish within {self.timeout:g} s."
+            ) from None
+        except LollmsError:
+            raise
+        except Exception as exc:
+            logger.exception("Binding failed during generation")
+            raise BindingError(f"The binding failed during generation ({type(exc).__name__}).") from exc
+
+    # ---- tokens, embeddings, tools -------------------------------------------
+    @asynccontextmanager
+    async def _resident(
+        self, principal: Principal, generation_type: str, binding_name: str | None, model_name: str | None
+    ) -> AsyncIterator[tuple[Target, Binding]]:
+        """A slot of the binding's pool and its model loaded, for calls outside /generate."""
+        target = self.resolve(principal, generation_type, binding_name, model_name)
+        session = await self.pools.admit(target.instance, target.model)
+        try:
+            yield target, session.binding
+        finally:
+            await session.aclose()
+
+    async def tokenize(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, text: str
+    ) -> list[int]:
+        async with self._resident(principal, "ttt", binding_name, model_name) as (target, binding):
+            return await self._bounded(binding.tokenize(target.model, text), CancelToken())
+
+    async def detokenize(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, tokens: list[int]
+    ) -> str:
+        async with self._resident(principal, "ttt", binding_name, model_name) as (target, binding):
+            return await self._bounded(binding.detokenize(target.model, tokens), CancelToken())
+
+    async def embed(
+        self, principal: Principal, binding_name: str | None, model_name: str | None, texts: list[str]
+    ) -> tuple[Target, list[list[float]]]:
+        """Embedding vectors of ``texts`` (holding a slot of the binding's pool)."""
+        async with self._resident(principal, "embed", binding_name, model_name) as (target, binding):
+            vectors = await self._bounded(binding.embed(target.model, texts), CancelToken())
+        return target, vectors
+
+    async def chat_turn(
+        self, request: GenerateRequest, principal: Principal, tools: list[dict[str, Any]], cancel: CancelToken
+    ) -> tuple[Target, TextResult, list[dict[str, Any]]]:
+        """One model turn offering client-side ``tools`` (OpenAI semantics: the client runs them)."""
+        admission = await self.admit(request, principal, self.personality_of(request))
+        assert isinstance(admission.job, TextJob), "chat turns are text"
+        try:
+            text, calls, usage = await self._bounded(
+                single_turn(admission, admission.job.request, tools, cancel), cancel
+            )
+        finally:
+            await admission.release()
+        finish = "tool_calls" if calls else "stop"
+        return admission.target, TextResult(text=text, finish_reason=finish, usage=usage), calls
+
+    # ---- listings -----------------------------------------------------------
+    async def list_models(self, principal: Principal, binding_name: str) -> list[dict[str, Any]]:
+        """The models an instance can load (403 when the key may not use it)."""
+        instance = self.bindings.instance(binding_name)
+        principal.require_binding(instance.name)
+        binding = await self.pools.host(instance).binding(instance.name)
+        return await binding.list_available_models()
+
+    async def model_info(
+        self, principal: Principal, binding_name: str, model_name: str | None
+    ) -> dict[str, Any]:
+        """What the binding tells about a model, with its residency (loading nothing)."""
+        instance = self.bindings.instance(binding_name)
+        principal.require_binding(instance.name)
+        model = model_name or instance.config.model_name
+        if model is not None:
+            validate_model_name(model)
+        return await self.pools.host(instance).model_info(instance.name, model)
+
+    # ---- streams ------------------------------------------------------------
+    async def open_stream(
+        self, request: GenerateRequest, principal: Principal, request_id: str
+    ) -> GenerationStream | WorkflowRun:
+        """Validate, route, wait for a slot and load the model *before* the response starts, so
+        that 4xx/5xx/503 answers stay plain HTTP errors, wherever the pool runs. A scripted
+        personality streams what its workflow yields."""
+        personality = self.personality_of(request)
+        if personality is not None and personality.scripted:
+            return self._workflow(personality, request, principal, request_id, CancelToken())
+        return GenerationStream(
+            await self.admit(request, principal, personality),
+            request_id,
+            timeout=self.timeout,
+            functions=self.functions,
+            max_rounds=self.config.functions.max_rounds,
+            metrics=self.metrics,
+        )
+
+    async def admit(
+        self, request: GenerateRequest, principal: Principal, personality: Personality | None = None
+    ) -> Admission:
+        """Route and check the request, then wait (FIFO) for a slot of its pool with the model resident."""
+        target = self.resolve(
+            principal, request.generation_type, request.binding_name, request.model_name, personality
+        )
+        check_inputs(request.input_data, self.config.limits)
+        parameters = merged_parameters(self.config, request.generation_type, request.parameters, personality)
+        tools = self.functions.require(request.functions) if request.functions else []
+        if tools and request.generation_type != "ttt":
+            raise BadRequestError("functions can only be used with generation_type 'ttt'.", param="functions")
+        job: Job
+        if request.generation_type == "ttt":
+            job = TextJob(text_request(request.input_data, dict(parameters), personality), tools)
+        else:
+            job = MediaJob(
+                build_media_request(
+                    request.generation_type, request.input_data, dict(parameters), self.config.limits
+                )
+            )
+        timings = Timings()
+        session = await self.pools.admit(target.instance, target.model)
+        timings.admitted(session)
+        return Admission(target, job, parameters, timings, session, personality, principal.name)

@@ -1,0 +1,78 @@
+"""A pool in this process: the resource manager's FIFO slots and residency over the binding
+manager's instances. Worker processes and Ray actors run exactly this inside."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+from lollms_server.core.bindings import Binding, BindingManager
+from lollms_server.core.config import AppConfig
+from lollms_server.core.pools.host import HostKind
+from lollms_server.core.resource_manager import Lease, ResourceManager
+
+
+class LocalSession:
+    """A held slot of an in-process pool with the model resident."""
+
+    def __init__(
+        self, binding: Binding, lease: Lease, residency: AsyncExitStack, load_seconds: float
+    ) -> None:
+        self.binding = binding
+        self.queue_wait = lease.wait_seconds
+        self.load_seconds = load_seconds
+        self.host_timings: dict[str, float] | None = None
+        self._lease = lease
+        self._residency = residency
+
+    async def aclose(self) -> None:
+        try:
+            await self._residency.aclose()
+        finally:
+            self._lease.release()
+
+
+class LocalPoolHost:
+    """Admission for one pool of this process."""
+
+    kind: HostKind = "inprocess"
+
+    def __init__(
+        self, config: AppConfig, pool: str, bindings: BindingManager, resources: ResourceManager
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.bindings = bindings
+        self.resources = resources
+
+    async def start(self) -> None:
+        return None
+
+    async def admit(self, instance: str, model: str) -> LocalSession:
+        binding = await self.bindings.get(instance)
+        lease = await self.resources.acquire(self.pool)
+        residency = AsyncExitStack()
+        try:
+            load_seconds = await residency.enter_async_context(
+                self.resources.use_model(binding, self.pool, model)
+            )
+        except BaseException:
+            lease.release()
+            raise
+        return LocalSession(binding, lease, residency, load_seconds)
+
+    async def binding(self, instance: str) -> Binding:
+        return await self.bindings.get(instance)
+
+    async def model_info(self, instance: str, model: str | None) -> dict[str, Any]:
+        binding = await self.bindings.get(instance)
+        return self.resources.with_residency(await binding.get_model_info(model), instance, model)
+
+    def snapshot(self) -> dict[str, Any]:
+        return next(item for item in self.resources.snapshot()["pools"] if item["name"] == self.pool)
+
+    async def refresh(self) -> dict[str, Any] | None:
+        return None
+
+    async def close(self) -> None:
+        return None

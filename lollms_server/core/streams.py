@@ -1,0 +1,58 @@
+"""Async-stream timing helpers with no domain knowledge: the next item before a deadline, a
+stream bounded by a deadline, and stopping a task the caller no longer waits for."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+async def next_before(iterator: AsyncGenerator[T, None], deadline: float) -> T:
+    """The next item of ``iterator``, or ``TimeoutError`` once the loop time passes ``deadline``.
+
+    The timeout wraps only the wait for one item (never a ``yield``), and costs one timer
+    handle per item rather than a task.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await iterator.__anext__()
+    remaining = deadline - asyncio.get_running_loop().time()  # pragma: no cover - Python 3.10
+    return await asyncio.wait_for(iterator.__anext__(), max(remaining, 0))  # pragma: no cover
+
+
+async def bounded(
+    items: AsyncGenerator[T, None], deadline: float, on_timeout: Callable[[], BaseException]
+) -> AsyncGenerator[T, None]:
+    """``items`` until the loop time passes ``deadline``; then ``on_timeout()`` is raised.
+    Closing this generator closes ``items``."""
+    try:
+        while True:
+            try:
+                item = await next_before(items, deadline)
+            except StopAsyncIteration:
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                raise on_timeout() from None
+            yield item
+    finally:
+        await items.aclose()
+
+
+async def stop_and_wait(work: asyncio.Future[Any], cancel: threading.Event | None = None) -> None:
+    """Stop a task the caller no longer waits for (setting ``cancel`` first, so a binding's
+    thread stops between steps) and wait until it has: a slot is never released under a busy
+    model. Shielded: it completes even when the caller is being cancelled."""
+    if work.done():
+        return
+    if cancel is not None:
+        cancel.set()
+    work.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait({work})
