@@ -142,3 +142,53 @@ def running_server(folder: Path, models_folder: Path, **sections: Any) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+# Tests marked `distributed` start a Ray cluster whose nodes must listen on 127.0.0.1 only, so they
+# run in a network namespace that has nothing but loopback (scripts/test.sh puts them there with
+# `unshare -n`) and skip anywhere else. scripts/test.sh sets LOLLMS_TEST_PART ("local": the other
+# tests only, "distributed": these only) and, when it cannot make the namespace, LOLLMS_TEST_NO_NETNS
+# (why not).
+
+
+def loopback_only_netns_missing() -> str | None:
+    """Why this process is not in a network namespace with only loopback, up; None when it is."""
+    import socket
+
+    reason = os.environ.get("LOLLMS_TEST_NO_NETNS")
+    if reason:
+        return reason
+    others = [name for _, name in socket.if_nameindex() if name != "lo"]
+    if others:
+        return (
+            f"not in a loopback-only network namespace (interfaces {', '.join(others)}): "
+            "scripts/test.sh runs these tests under `unshare -n`"
+        )
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            socket.create_connection(server.getsockname(), timeout=2).close()
+    except OSError as exc:
+        return f"loopback is down in this network namespace ({exc}): `ip link set lo up` first"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    part = os.environ.get("LOLLMS_TEST_PART")
+    if part not in ("local", "distributed"):
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        distributed = item.get_closest_marker("distributed") is not None
+        (kept if distributed == (part == "distributed") else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("distributed") is not None:
+        reason = loopback_only_netns_missing()
+        if reason:
+            pytest.skip(reason)

@@ -27,9 +27,8 @@ from lollms_server.api.deps import AdminUser
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import BindingError, LollmsError
 from lollms_server.core.pools import wire
-from lollms_server.core.pools.leases import LeaseTable
-
-PING_SECONDS = 1.0
+from lollms_server.core.pools.leases import LeaseTable, RemoteLease
+from lollms_server.core.pools.remote import PING_SECONDS
 
 
 def get_leases(request: Request) -> LeaseTable:
@@ -75,18 +74,20 @@ async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Res
     """The lease stream: pings while the request waits in the queue and the model loads (so
     a live worker is never taken for a hung one), then "admitted" or the pool's error, then
     pings while the gateway holds the slot."""
-    admission = asyncio.ensure_future(leases.open(body.instance, body.model))
+    admission = leases.open_with_pings(body.instance, body.model, PING_SECONDS)
+    opened: list[RemoteLease] = []
 
     async def events() -> AsyncGenerator[bytes, None]:
-        while True:
-            done, _ = await asyncio.wait({admission}, timeout=PING_SECONDS)
-            if done:
-                break
-            yield b": waiting\n\n"
-        if admission.exception() is not None:
-            yield _error_event(admission.exception())  # type: ignore[arg-type]
+        try:
+            async for lease in admission:
+                if lease is None:
+                    yield b": waiting\n\n"
+                else:
+                    opened.append(lease)
+        except Exception as exc:  # noqa: BLE001 - the pool's 503, a failed load...
+            yield _error_event(exc)
             return
-        lease = admission.result()
+        lease = opened[0]
         yield _event(lease.admitted())
         loop = asyncio.get_running_loop()
         while not lease.closed.is_set():
@@ -100,11 +101,9 @@ async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Res
 
     async def release() -> None:
         """The gateway left (or the lease ended): leave the queue, or give the slot back."""
-        if not admission.done():
-            admission.cancel()
-        await asyncio.gather(admission, return_exceptions=True)
-        if not admission.cancelled() and admission.exception() is None:
-            await leases.close(admission.result().id)
+        await admission.aclose()
+        for lease in opened:
+            await leases.close(lease.id)
 
     return EventStreamResponse(events(), on_close=release)
 

@@ -85,6 +85,28 @@ class LeaseTable:
         self.leases[lease.id] = lease
         return lease
 
+    async def open_with_pings(
+        self, instance: str, model: str, interval: float
+    ) -> AsyncGenerator[RemoteLease | None, None]:
+        """:meth:`open`, yielding ``None`` every ``interval`` seconds while the request waits in
+        the queue or the model loads (so the gateway can tell a long wait from a hung host),
+        then the lease. Closing it early leaves the queue (or gives back a slot just granted)."""
+        admission = asyncio.ensure_future(self.open(instance, model))
+        try:
+            while True:
+                done, _ = await asyncio.wait({admission}, timeout=interval)
+                if done:
+                    break
+                yield None
+            lease = admission.result()
+        finally:
+            if not admission.done():
+                admission.cancel()
+                await asyncio.gather(admission, return_exceptions=True)
+                if not admission.cancelled() and admission.exception() is None:
+                    await self.close(admission.result().id)
+        yield lease
+
     async def hold(self, lease: RemoteLease) -> None:
         """Wait until the lease is closed or expires, then close it (cancelling its calls)."""
         remaining = lease.expires - asyncio.get_running_loop().time()

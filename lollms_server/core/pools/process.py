@@ -35,11 +35,16 @@ from lollms_server.core.errors import BindingError, GenerationTimeoutError, Loll
 from lollms_server.core.pools import wire
 from lollms_server.core.pools.host import HostKind
 from lollms_server.core.pools.process_supervisor import WorkerSupervisor
-from lollms_server.core.pools.remote import ForwardingBinding, RemoteSession, ended_early, silent_too_long
+from lollms_server.core.pools.remote import (
+    HANG_MARGIN_SECONDS,
+    ForwardingBinding,
+    RemoteSession,
+    ended_early,
+    silent_too_long,
+)
 from lollms_server.core.resource_manager import ResourceManager
 
 logger = logging.getLogger(__name__)
-HANG_MARGIN_SECONDS = 2.0
 RPC = "/internal/pool"
 
 

@@ -34,7 +34,7 @@ from lollms_server.core.bindings import (
     TextResult,
 )
 from lollms_server.core.config import AppConfig, SecurityConfig
-from lollms_server.core.errors import BindingError, ServiceUnavailableError
+from lollms_server.core.errors import BindingError, GenerationTimeoutError, ServiceUnavailableError
 from lollms_server.core.pools.host import HostKind
 from lollms_server.core.pools.process import remote_snapshot
 from lollms_server.core.pools.ray_actor import PoolActor
@@ -47,7 +47,13 @@ from lollms_server.core.pools.ray_cluster import (
     ray_module,
     remote_error,
 )
-from lollms_server.core.pools.remote import ForwardingBinding, RemoteSession, ended_early, silent_too_long
+from lollms_server.core.pools.remote import (
+    HANG_MARGIN_SECONDS,
+    ForwardingBinding,
+    RemoteSession,
+    ended_early,
+    silent_too_long,
+)
 from lollms_server.core.resource_manager import ResourceManager
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,7 @@ class RayPoolHost:
         self.config = config
         self.bindings = bindings
         self._last_status: dict[str, Any] | None = None
+        self.hang_seconds = config.resource_manager.generation_timeout + HANG_MARGIN_SECONDS
         self.cluster = config.cluster
         self.pool = pool
         self.placement = config.cluster.pool(pool)
@@ -144,10 +151,14 @@ class RayPoolHost:
                 if self._actor is None:
                     self._actor = await asyncio.to_thread(self._get_or_create)
                 remaining = deadline - time.monotonic()
+                known_up = self._ready  # answering before: silence past the hang time is a hang
+                limit = min(remaining, self.hang_seconds) if known_up else remaining
                 try:
-                    info = await asyncio.wait_for(self._actor.ready.remote(), max(remaining, 0.1))
+                    info = await asyncio.wait_for(self._actor.ready.remote(), max(limit, 0.1))
                     break
                 except (TimeoutError, asyncio.TimeoutError):
+                    if known_up:
+                        raise await self.hung() from None
                     raise ServiceUnavailableError(
                         f"Pool '{self.pool}' did not start within {self.cluster.start_timeout:g} s.",
                         retry_after=self.cluster.retry_after,
@@ -207,12 +218,14 @@ class RayPoolHost:
             actor = await self.actor()
             refs = actor.lease.options(num_returns="streaming").remote(instance, model)
             try:
-                admitted: dict[str, Any] = await (await refs.__anext__())
-                self.heard()
+                admitted = await self._admitted(refs)
                 break
             except asyncio.CancelledError:  # the client left while queued: leave the queue
                 await asyncio.to_thread(ray_module().cancel, refs)
                 raise
+            except (TimeoutError, asyncio.TimeoutError):  # no "waiting" ping: the actor is hung
+                await asyncio.to_thread(ray_module().cancel, refs)
+                raise await self.hung() from None
             except StopAsyncIteration:
                 raise BindingError(f"The actor of pool '{self.pool}' ended the admission early.") from None
             except Exception as exc:
@@ -234,6 +247,19 @@ class RayPoolHost:
 
         binding = self.stand_in(instance, lease, bool(admitted.get("native_tools")))
         return RemoteSession(binding, admitted, release)
+
+    async def _admitted(self, refs: Any) -> dict[str, Any]:
+        """The "admitted" item of a lease call, skipping the actor's "waiting" pings; each item
+        must come within the hang time."""
+        while True:
+            item: dict[str, Any] = await asyncio.wait_for(_next_item(refs), self.hang_seconds)
+            self.heard()
+            if not item.get("waiting"):
+                return item
+
+    async def hung(self) -> GenerationTimeoutError:
+        await self.kill()
+        return GenerationTimeoutError(f"The actor of pool '{self.pool}' hung and was restarted.")
 
     async def binding(self, instance: str) -> RayBinding:
         return self.stand_in(instance)
@@ -401,3 +427,8 @@ class RayBinding(ForwardingBinding):
         if outputs is None:
             raise BindingError(f"The actor of pool '{self.host.pool}' returned no output.")
         return outputs
+
+
+async def _next_item(refs: Any) -> Any:
+    """The next item of a streaming actor call."""
+    return await (await refs.__anext__())

@@ -27,6 +27,7 @@ from lollms_server.core.config import AppConfig
 from lollms_server.core.pools.leases import LeaseTable
 from lollms_server.core.pools.local import LocalPoolHost
 from lollms_server.core.pools.ray_cluster import ray_module
+from lollms_server.core.pools.remote import PING_SECONDS
 from lollms_server.core.resource_manager import ResourceManager
 
 
@@ -124,9 +125,18 @@ class PoolActor:
         return {**self._identity(), **self.resources.snapshot()}
 
     async def lease(self, instance: str, model: str) -> AsyncGenerator[dict[str, Any], None]:
-        """Streaming: admit (FIFO wait, model load), yield "admitted", then hold the slot until
-        :meth:`release`, the caller cancelling this call, or the lease's expiry."""
-        lease = await self.leases.open(instance, model)
+        """Streaming: admit (FIFO wait, model load; ``{"waiting": True}`` every second
+        meanwhile), yield "admitted", then hold the slot until :meth:`release`, the caller
+        cancelling this call, or the lease's expiry."""
+        admission = self.leases.open_with_pings(instance, model, PING_SECONDS)
+        try:
+            async for opened in admission:
+                if opened is None:
+                    yield {"waiting": True}
+                else:
+                    lease = opened
+        finally:
+            await admission.aclose()
         try:
             yield lease.admitted()
             await self.leases.hold(lease)

@@ -18,6 +18,10 @@ from lollms_server.core.bindings import (
     Progress,
 )
 
+PING_SECONDS = 1.0
+"""How often a host says "still waiting" while a request queues or its model loads."""
+HANG_MARGIN_SECONDS = 2.0
+"""Past the generation timeout: a host silent that long (no ping, no item) is hung."""
 HUNG_SILENCE_SHARE = 0.9
 """Of the generation timeout: a host silent that long when the gateway's timeout ends is hung,
 not slow (the remote side bounds every call by the same timeout and would have answered 504)."""
