@@ -344,3 +344,42 @@ def test_cluster_stop_then_the_next_request_starts_the_actor_again(gateways: lis
     again = generate(gateway, body(stream=False))
     assert again.status_code == 200, again.text
     assert pool_status(gateway, "gpu0")["pid"] != pid
+
+
+def test_actor_pools_refuse_overflow_and_queue_timeout_with_503_before_the_stream(
+    nodes: TwoNodes, models_folder: Path, media_models_folder: Path, tmp_path: Path
+) -> None:
+    from tests.e2e.test_pool_hosts import Stream, hold, pool_status, refused_before_the_stream, wait_for
+
+    config = gateway_config(tmp_path, models_folder, media_models_folder, nodes.address)
+    config["resource_manager"]["pools"].update(
+        {
+            "tight": {"limit": 1, "queue_size": 1, "queue_timeout": 30},
+            "slow": {"limit": 1, "queue_size": 4, "queue_timeout": 0.5},
+        }
+    )
+    config["cluster"]["pools"].update({"tight": {"num_cpus": 0.25}, "slow": {"num_cpus": 0.25}})
+    for pool in ("tight", "slow"):
+        config["bindings"][f"echo_{pool}"] = {
+            "type": "scripted_binding",
+            "pool": pool,
+            "model_name": "echo",
+            "delay": 0.1,
+        }
+    gateway = start_lollms(config, tmp_path, tmp_path / "server.log")
+    try:
+        first = hold(gateway, "echo_tight", "tight")
+        queued = Stream(gateway, {"prompt": "queued behind", "binding_name": "echo_tight", "stream": True})
+        queued.start()
+        wait_for(lambda: pool_status(gateway, "tight")["queued"] == 1, 10, "the second stream queues")
+        refused_before_the_stream(gateway, "echo_tight")  # the actor's queue is full
+        first.join(30)
+        queued.join(30)
+        assert queued.events[-1]["type"] == "final", queued.events
+
+        first = hold(gateway, "echo_slow", "slow")
+        refused_before_the_stream(gateway, "echo_slow")  # no slot within the actor's queue timeout
+        first.join(30)
+        assert first.events[-1]["type"] == "final"
+    finally:
+        gateway.stop()
