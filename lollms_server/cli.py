@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from lollms_server import __version__
-from lollms_server.core.config import PACKAGE_ROOT, AppConfig, load_config
+from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import ConfigError
 from lollms_server.core.security import generate_key, hash_key
+from lollms_server.utils.paths import shipped
 
-EXAMPLE_CONFIG = PACKAGE_ROOT.parent / "config.toml.example"
+EXAMPLE_CONFIG = shipped("config.toml.example")
 KEYS_LINE = re.compile(r"^api_keys\s*=\s*\[\s*\]\s*$", re.MULTILINE)
 
 

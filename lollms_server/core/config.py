@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lollms_server.core.errors import ConfigError
 from lollms_server.core.types import GENERATION_TYPES
+from lollms_server.utils.paths import shipped
 
 ENV_PREFIX = "LOLLMS_SERVER__"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZOOS_FOLDER = PACKAGE_ROOT.parent / "zoos"
+DEFAULT_ZOOS_FOLDER = shipped("zoos")
 
 
 class StrictModel(BaseModel):

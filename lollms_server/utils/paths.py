@@ -7,6 +7,14 @@ from pathlib import Path
 from lollms_server.errors import BadRequestError
 
 _FORBIDDEN_CHARS = set('\x00\r\n\t:*?"<>|')
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped(name: str) -> Path:
+    """A file or folder shipped with the server (``zoos``, ``config.toml.example``): the copy
+    inside an installed wheel (``lollms_server/data/``), else the source tree's."""
+    installed = PACKAGE_ROOT / "data" / name
+    return installed if installed.exists() else PACKAGE_ROOT.parent / name
 
 
 def safe_join(root: Path, name: str, *, param: str = "model_name") -> Path:
