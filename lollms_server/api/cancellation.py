@@ -4,8 +4,9 @@ Uvicorn does not cancel a route when its client disconnects, so a long generatio
 in a pool's queue) would run for nobody, holding its place or its slot. :func:`cancellable`
 races the work against the client's ``http.disconnect``; when the client leaves first the work
 is cancelled (a queued waiter leaves the queue, a binding stops between steps, the slot is
-given back) and the route answers 499. Streams use :class:`~lollms_server.api.sse.EventStreamResponse`,
-which does the same while streaming; the admission before a stream goes through here.
+given back) and :class:`ClientDisconnected` ends the route with an empty 499 (see
+``api/errors.py``). Streams use :class:`~lollms_server.api.sse.EventStreamResponse`, which does
+the same while streaming; the admission before a stream goes through here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499
 
 
-async def cancellable(request: Request, run: Callable[[CancelToken], Awaitable[T]]) -> T | None:
-    """``await run(cancel)``, or ``None`` when the client disconnects first (the work is then
-    cancelled and ``cancel`` set, so a binding's thread stops too)."""
+class ClientDisconnected(Exception):
+    """The client left before its answer was ready (answered 499, which nobody reads)."""
+
+
+async def cancellable(request: Request, run: Callable[[CancelToken], Awaitable[T]]) -> T:
+    """``await run(cancel)``; when the client disconnects first, the work is cancelled and
+    ``cancel`` set (so a binding's thread stops too) and :class:`ClientDisconnected` raised."""
     cancel = CancelToken()
     work = asyncio.ensure_future(run(cancel))
 
@@ -45,5 +50,5 @@ async def cancellable(request: Request, run: Callable[[CancelToken], Awaitable[T
         await asyncio.gather(work, watcher, return_exceptions=True)
         cancel.set()
     if work.cancelled():
-        return None
+        raise ClientDisconnected()
     return work.result()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server import __version__
-from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, cancellable
+from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import (
     AdminUser,
     BindingsDep,
@@ -145,14 +145,11 @@ async def generate(
 ) -> Response | GenerateResponse:
     """Generate; with ``stream: true`` the answer is Server-Sent Events of StreamChunk JSON."""
     if body.stream:
+        # admitted (a slot, the model loaded) before the response starts; a client that leaves
+        # while it waits leaves the queue
         stream = await cancellable(request, lambda _: generation.open_stream(body, principal, request_id))
-        if stream is None:  # the client left while it waited for a slot
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return EventStreamResponse(_sse_events(stream), on_close=stream.aclose)
-    response = await cancellable(
-        request, lambda cancel: generation.generate(body, principal, request_id, cancel)
-    )
-    return Response(status_code=CLIENT_CLOSED_REQUEST) if response is None else response
+    return await cancellable(request, lambda cancel: generation.generate(body, principal, request_id, cancel))
 
 
 async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[bytes, None]:
@@ -167,34 +164,28 @@ async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[
 @router.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(
     request: Request, body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> TokenizeResponse | Response:
+) -> TokenizeResponse:
     tokens = await cancellable(
         request, lambda _: generation.tokenize(principal, body.binding_name, body.model_name, body.text)
     )
-    if tokens is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(
     request: Request, body: DetokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> DetokenizeResponse | Response:
+) -> DetokenizeResponse:
     text = await cancellable(
         request, lambda _: generation.detokenize(principal, body.binding_name, body.model_name, body.tokens)
     )
-    if text is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return DetokenizeResponse(text=text)
 
 
 @router.post("/count_tokens", response_model=CountTokensResponse)
 async def count_tokens(
     request: Request, body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
-) -> CountTokensResponse | Response:
+) -> CountTokensResponse:
     tokens = await cancellable(
         request, lambda _: generation.tokenize(principal, body.binding_name, body.model_name, body.text)
     )
-    if tokens is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return CountTokensResponse(count=len(tokens))

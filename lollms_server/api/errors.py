@@ -2,7 +2,7 @@
 
 ``LollmsError`` carries its status; FastAPI's validation errors become 422 (400 on ``/v1``,
 as OpenAI clients expect); Starlette's HTTP errors (404 route, 405 method...) keep their
-status with our shape.
+status with our shape; a client that left gets an empty 499.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, ClientDisconnected
 from lollms_server.errors import LollmsError, error_body
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers: dict[str, Any] | None = getattr(exc, "headers", None)
         return JSONResponse(error_body(error_type, message), status_code=exc.status_code, headers=headers)
 
+    async def client_disconnected(request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     app.add_exception_handler(LollmsError, lollms_error)
+    app.add_exception_handler(ClientDisconnected, client_disconnected)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

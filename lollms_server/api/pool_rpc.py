@@ -3,7 +3,7 @@
 
 - ``POST /leases {instance, model}``: an event stream: pings while the request waits in the
   pool's FIFO queue and the model loads, then "admitted" ``{lease, queue_wait, load,
-  native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then pings
+  slot_granted_at, native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then pings
   while the gateway holds the slot. The gateway closing it (or leaving while queued) leaves the
   queue or gives the slot back; so does the lease's expiry (see ``core/pools/leases.py``).
 - ``POST /leases/{id}/stream_text | media``: event streams of ``{chunk}`` or
@@ -152,8 +152,9 @@ async def generate_text(
     request: Request, lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep
 ) -> Any:
     text_request = wire.text_request_from_json(body.request)
-    result = await cancellable(request, lambda _: leases.generate_text(lease_id, text_request))
-    return Response(status_code=499) if result is None else wire.result_to_json(result)
+    return wire.result_to_json(
+        await cancellable(request, lambda _: leases.generate_text(lease_id, text_request))
+    )
 
 
 @router.post("/leases/{lease_id}/call")
@@ -161,8 +162,7 @@ async def call(request: Request, lease_id: str, body: CallRequest, _: AdminUser,
     args = list(body.args)
     if body.method == "chat_with_tools" and args:
         args[0] = wire.text_request_from_json(args[0])
-    result = await cancellable(request, lambda _: leases.call(lease_id, body.method, *args))
-    return Response(status_code=499) if result is None else result
+    return await cancellable(request, lambda _: leases.call(lease_id, body.method, *args))
 
 
 @router.post("/instances/{instance}/{method}")

@@ -18,6 +18,7 @@ from lollms_server.core.errors import (
     ConfigError,
     PermissionDeniedError,
 )
+from lollms_server.utils.paths import printable
 
 ALL_SCOPES = frozenset({"generate", "admin"})
 HASH_PREFIX = "sha256:"
@@ -40,7 +41,7 @@ class Principal:
 
     def require_binding(self, instance: str) -> None:
         if not self.can_use_binding(instance):
-            raise PermissionDeniedError(f"This API key may not use binding '{instance}'.")
+            raise PermissionDeniedError(f"This API key may not use binding '{printable(instance)}'.")
 
 
 ANONYMOUS = Principal(name="anonymous-localhost", scopes=ALL_SCOPES)

@@ -45,14 +45,34 @@ async def bounded(
         await items.aclose()
 
 
+async def wait_through_cancellation(work: asyncio.Future[Any], timeout: float | None = None) -> bool:
+    """Wait until ``work`` is done (at most ``timeout`` seconds), even while the waiting task
+    is being cancelled (by asyncio or by an anyio scope); a cancellation that came meanwhile is
+    raised once the wait is over. Returns whether ``work`` is done."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not work.done():
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                await asyncio.wait({work}, timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled = True  # keep waiting: the work must stop first
+    if cancelled:
+        raise asyncio.CancelledError()
+    return work.done()
+
+
 async def stop_and_wait(work: asyncio.Future[Any], cancel: threading.Event | None = None) -> None:
     """Stop a task the caller no longer waits for (setting ``cancel`` first, so a binding's
     thread stops between steps) and wait until it has: a slot is never released under a busy
-    model. Shielded: it completes even when the caller is being cancelled."""
+    model. It completes even when the caller is being cancelled (then re-raises that)."""
     if work.done():
         return
     if cancel is not None:
         cancel.set()
     work.cancel()
-    with anyio.CancelScope(shield=True):
-        await asyncio.wait({work})
+    await wait_through_cancellation(work)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
-from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, cancellable
+from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_compat import translate
@@ -45,15 +45,11 @@ async def _generate(
     native: GenerateRequest,
     principal: Principal,
     request_id: str,
-) -> GenerateResponse | None:
-    """The native answer, or None when the client left first (its generation is cancelled)."""
+) -> GenerateResponse:
+    """The native answer (a client that leaves first cancels it: see ``api.cancellation``)."""
     return await cancellable(
         request, lambda cancel: generation.generate(native, principal, request_id, cancel)
     )
-
-
-def _left() -> Response:
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 # ---------------------------------------------------------------- models
@@ -106,16 +102,12 @@ async def chat_completions(
         return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)
     if not body.stream:
         response = await _generate(request, generation, native, principal, request_id)
-        if response is None:
-            return _left()
         output = response.output[0]
         message = {"role": "assistant", "content": output.data}
         return translate.chat_completion(
             head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
         )
     stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
-    if stream is None:
-        return _left()
     return EventStreamResponse(_chat_stream(stream.events(), head, include_usage), on_close=stream.aclose)
 
 
@@ -151,8 +143,6 @@ async def _chat_with_tools(
     """One model turn offering the client's tools; tool calls go back to the client."""
     tools = [tool for tool in body.tools or [] if tool.get("type") == "function" and tool.get("function")]
     turn = await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
-    if turn is None:
-        return _left()
     _, result, calls = turn
     tool_calls = [
         {
@@ -226,8 +216,6 @@ async def completions(
     }
     if not body.stream:
         response = await _generate(request, generation, native, principal, request_id)
-        if response is None:
-            return _left()
         output = response.output[0]
         finish = translate.finish_reason(output.metadata)
         return {
@@ -236,8 +224,6 @@ async def completions(
             "usage": translate.usage(output.metadata),
         }
     stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
-    if stream is None:
-        return _left()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncGenerator[bytes, None]:
@@ -275,8 +261,6 @@ async def embeddings(
         raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
     instance, model = translate.split_model(body.model)
     found = await cancellable(request, lambda _: generation.embed(principal, instance, model, texts))
-    if found is None:
-        return _left()
     _, vectors = found
     data = []
     for index, vector in enumerate(vectors):
@@ -313,8 +297,6 @@ async def images_generations(
         parameters={"num_images": body.n, **translate.size_parameters(body.size)},
     )
     response = await _generate(request, generation, native, principal, request_id)
-    if response is None:
-        return _left()
     return translate.image_data(response.output, body.response_format, body.prompt)
 
 
@@ -349,8 +331,6 @@ async def images_edits(
         parameters={"num_images": n, **translate.size_parameters(size)},
     )
     response = await _generate(request, generation, native, principal, request_id)
-    if response is None:
-        return _left()
     return translate.image_data(response.output, response_format, prompt)
 
 
@@ -379,8 +359,6 @@ async def audio_speech(
         parameters=parameters,
     )
     response = await _generate(request, generation, native, principal, request_id)
-    if response is None:
-        return _left()
     audio = next(output for output in response.output if output.type == "audio")
     data = base64.b64decode(audio.data)
     if body.response_format == "pcm":
@@ -418,8 +396,6 @@ async def audio_transcriptions(
         parameters=parameters,
     )
     response = await _generate(request, generation, native, principal, request_id)
-    if response is None:
-        return _left()
     output = response.output[0]
     text = str(output.data)
     if response_format == "text":

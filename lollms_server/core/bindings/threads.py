@@ -11,10 +11,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import anyio
-
 from lollms_server.core.bindings.contract import CancelToken, MediaOutput, Progress
-from lollms_server.core.streams import stop_and_wait
+from lollms_server.core.streams import stop_and_wait, wait_through_cancellation
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,10 +34,11 @@ async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: An
         return await asyncio.shield(work)
     except asyncio.CancelledError:
         cancel.set()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(120):
-            await asyncio.wait({work})
-        if work.done() and not work.cancelled():
-            work.exception()  # retrieved: a GenerationCancelled here is expected
+        try:
+            await wait_through_cancellation(work, timeout=120)
+        finally:
+            if work.done() and not work.cancelled():
+                work.exception()  # retrieved: a GenerationCancelled here is expected
         raise
 
 
@@ -116,8 +115,8 @@ async def stream_from_thread(
     finally:
         if not completed:  # the consumer left early: stop the producer
             cancel.set()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-            await finished.wait()  # a slot is never released under a busy producer
+        # a slot is never released under a busy producer
+        await wait_through_cancellation(asyncio.ensure_future(finished.wait()), timeout=30)
 
 
 async def with_progress(

@@ -58,8 +58,8 @@ def resolve(
             f"or set [defaults] {generation_type}_binding.",
             param="binding_name",
         )
+    principal.require_binding(name)  # before the lookup: a limited key learns no other names
     instance = bindings.instance(name)
-    principal.require_binding(instance.name)
     card_types = instance.card.generation_types
     if generation_type not in card_types and not (generation_type == "i2i" and "tti" in card_types):
         raise BadRequestError(
@@ -96,7 +96,7 @@ def merged_parameters(
         if personality is not None and personality.config.anti_prompts:
             stop = parameters.get("stop") or []
             stop = [stop] if isinstance(stop, str) else list(stop)
-            parameters["stop"] = [*stop, *(p for p in personality.config.anti_prompts if p not in stop)]
+            parameters["stop"] = list(dict.fromkeys([*stop, *personality.config.anti_prompts]))
     else:
         parameters = validate_media_parameters(request_parameters)
     parameters.setdefault("seed", secrets.randbelow(2**31))

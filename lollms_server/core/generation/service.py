@@ -202,8 +202,8 @@ class GenerationService:
     # ---- listings -----------------------------------------------------------
     async def list_models(self, principal: Principal, binding_name: str) -> list[dict[str, Any]]:
         """The models an instance can load (403 when the key may not use it)."""
+        principal.require_binding(binding_name)  # before the lookup: no other names leak
         instance = self.bindings.instance(binding_name)
-        principal.require_binding(instance.name)
         binding = await self.pools.host(instance).binding(instance.name)
         return await binding.list_available_models()
 
@@ -211,8 +211,8 @@ class GenerationService:
         self, principal: Principal, binding_name: str, model_name: str | None
     ) -> dict[str, Any]:
         """What the binding tells about a model, with its residency (loading nothing)."""
+        principal.require_binding(binding_name)  # before the lookup: no other names leak
         instance = self.bindings.instance(binding_name)
-        principal.require_binding(instance.name)
         model = model_name or instance.config.model_name
         if model is not None:
             validate_model_name(model)

@@ -3,6 +3,7 @@ returns (text, OutputData-like dicts, or an async generator of StreamChunk dicts
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -77,7 +78,7 @@ class WorkflowRun:
             model_name: str | None = None,
             parameters: dict[str, Any] | None = None,
         ) -> list[OutputData]:
-            """Run a sub-generation through the resource manager (with this request's key)."""
+            """Run a sub-generation through the server's pools (with this request's key)."""
             sub = GenerateRequest(
                 input_data=[InputData(type="text", role="user_prompt", data=prompt)],
                 generation_type=generation_type,  # type: ignore[arg-type]
@@ -110,7 +111,8 @@ class WorkflowRun:
 
     async def chunks(self) -> AsyncGenerator[StreamChunk, None]:
         """What the workflow produces, as StreamChunks ending with ``final``."""
-        workflow = self.service.personalities.workflow(self.personality)
+        # the first call imports the script (and may install its requirements): off the loop
+        workflow = await asyncio.to_thread(self.service.personalities.workflow, self.personality)
         name = self.personality.name
         try:
             result = workflow(self._prompt(), dict(self.request.parameters), self.context())

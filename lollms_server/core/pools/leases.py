@@ -11,11 +11,15 @@ the same clock, so a call answers 504 here at about the time the gateway's own t
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from lollms_server.core.bindings import (
     MEDIA_METHODS,
@@ -31,9 +35,11 @@ from lollms_server.core.errors import BindingError, GenerationTimeoutError, Loll
 from lollms_server.core.pools.local import LocalPoolHost, LocalSession
 from lollms_server.core.streams import bounded
 
+logger = logging.getLogger(__name__)
 LEASE_MARGIN_SECONDS = 5.0  # past the generation timeout, for the gateway to hand the lease back
 RESIDENT_CALLS = {"tokenize", "detokenize", "embed", "chat_with_tools"}  # on a lease
 PLAIN_CALLS = {"list_available_models", "get_model_info"}  # without one
+CALLS_STOP_SECONDS = 30.0  # how long a closing lease waits for its calls to stop
 
 
 @dataclass
@@ -45,7 +51,11 @@ class RemoteLease:
     deadline: float  # loop time when calls on it stop (the generation timeout from admission)
     expires: float  # loop time when it is closed whatever the gateway does
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    cancels: set[CancelToken] = field(default_factory=set)
+    cancels: set[CancelToken] = field(default_factory=set)  # of the calls running on it
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no call runs
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
     def admitted(self) -> dict[str, Any]:
         """What the gateway learns at admission."""
@@ -92,20 +102,21 @@ class LeaseTable:
         the queue or the model loads (so the gateway can tell a long wait from a hung host),
         then the lease. Closing it early leaves the queue (or gives back a slot just granted)."""
         admission = asyncio.ensure_future(self.open(instance, model))
+        delivered = False
         try:
             while True:
                 done, _ = await asyncio.wait({admission}, timeout=interval)
                 if done:
                     break
                 yield None
-            lease = admission.result()
+            delivered = True  # from here the caller holds the lease and closes it
+            yield admission.result()
         finally:
-            if not admission.done():
+            if not delivered:  # closed while waiting: leave the queue, or give back a fresh slot
                 admission.cancel()
                 await asyncio.gather(admission, return_exceptions=True)
                 if not admission.cancelled() and admission.exception() is None:
                     await self.close(admission.result().id)
-        yield lease
 
     async def hold(self, lease: RemoteLease) -> None:
         """Wait until the lease is closed or expires, then close it (cancelling its calls)."""
@@ -118,13 +129,20 @@ class LeaseTable:
             await self.close(lease.id)
 
     async def close(self, lease_id: str) -> None:
+        """Stop the lease's calls, wait until they have stopped (a slot is never released under
+        a busy model), then give back the model and the slot."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
         for cancel in lease.cancels:
             cancel.set()
         lease.closed.set()
-        await lease.session.aclose()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CALLS_STOP_SECONDS):
+                await lease.idle.wait()
+            if not lease.idle.is_set():  # pragma: no cover - a binding that ignores its token
+                logger.error("A call on a lease of %s/%s did not stop in time", lease.instance, lease.model)
+            await lease.session.aclose()
 
     def get(self, lease_id: str) -> RemoteLease:
         lease = self.leases.get(lease_id)
@@ -138,20 +156,29 @@ class LeaseTable:
 
     # ---- calls on a lease -----------------------------------------------------------
     def _cancel_token(self, lease: RemoteLease) -> CancelToken:
+        """The cancel token of a call starting on ``lease`` (the lease waits for it to end)."""
         cancel = CancelToken()
         lease.cancels.add(cancel)
+        lease.idle.clear()
         return cancel
+
+    @staticmethod
+    def _ended(lease: RemoteLease, cancel: CancelToken) -> None:
+        cancel.set()
+        lease.cancels.discard(cancel)
+        if not lease.cancels:
+            lease.idle.set()
 
     async def stream_text(self, lease_id: str, request: TextRequest) -> AsyncGenerator[TextChunk, None]:
         lease = self.get(lease_id)
         cancel = self._cancel_token(lease)
         try:
             chunks = lease.session.binding.stream_text(lease.model, request, cancel)
-            async for chunk in bounded(chunks, lease.deadline, _timeout):
-                yield chunk
+            async with aclosing(bounded(chunks, lease.deadline, _timeout)) as items:
+                async for chunk in items:
+                    yield chunk
         finally:
-            cancel.set()
-            lease.cancels.discard(cancel)
+            self._ended(lease, cancel)
 
     async def generate_text(self, lease_id: str, request: TextRequest) -> TextResult:
         lease = self.get(lease_id)
@@ -174,11 +201,11 @@ class LeaseTable:
             items = with_progress(
                 lambda token, progress: method(lease.model, request, token, progress), cancel
             )
-            async for item in bounded(items, lease.deadline, _timeout):
-                yield item
+            async with aclosing(bounded(items, lease.deadline, _timeout)) as bounded_items:
+                async for item in bounded_items:
+                    yield item
         finally:
-            cancel.set()
-            lease.cancels.discard(cancel)
+            self._ended(lease, cancel)
 
     async def call(self, lease_id: str, method: str, *args: Any) -> Any:
         """tokenize / detokenize / embed / chat_with_tools on the lease's model."""
@@ -210,5 +237,4 @@ class LeaseTable:
         except (TimeoutError, asyncio.TimeoutError):
             raise _timeout() from None
         finally:
-            cancel.set()
-            lease.cancels.discard(cancel)
+            self._ended(lease, cancel)

@@ -34,7 +34,12 @@ from lollms_server.core.bindings import (
     TextResult,
 )
 from lollms_server.core.config import AppConfig, SecurityConfig
-from lollms_server.core.errors import BindingError, GenerationTimeoutError, ServiceUnavailableError
+from lollms_server.core.errors import (
+    BindingError,
+    GenerationTimeoutError,
+    LollmsError,
+    ServiceUnavailableError,
+)
 from lollms_server.core.pools.host import HostKind
 from lollms_server.core.pools.process import remote_snapshot
 from lollms_server.core.pools.ray_actor import PoolActor
@@ -229,13 +234,9 @@ class RayPoolHost:
             except StopAsyncIteration:
                 raise BindingError(f"The actor of pool '{self.pool}' ended the admission early.") from None
             except Exception as exc:
-                if not actor_unavailable(exc):
-                    raise remote_error(exc) from None
-                self.lost(gone=actor_gone(exc))
-                if attempt == 2:
-                    raise ServiceUnavailableError(
-                        f"Pool '{self.pool}' is restarting.", retry_after=self.cluster.retry_after
-                    ) from None
+                error = self._failed(exc, retry=attempt == 1)
+                if error is not None:
+                    raise error from None
         lease = str(admitted["lease"])
 
         async def release() -> None:
@@ -282,14 +283,29 @@ class RayPoolHost:
                 await asyncio.to_thread(ray_module().cancel, ref)
                 raise
             except Exception as exc:
-                if not actor_unavailable(exc):
-                    raise remote_error(exc) from None
-                self.lost(gone=actor_gone(exc))
-                if attempt == 2:
-                    raise ServiceUnavailableError(
-                        f"Pool '{self.pool}' is restarting.", retry_after=self.cluster.retry_after
-                    ) from None
+                error = self._failed(exc, retry=attempt == 1)
+                if error is not None:
+                    raise error from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, exc: BaseException, retry: bool) -> LollmsError | None:
+        """What a failed actor call outside a lease means: the error to raise, or ``None`` to
+        send it again (the actor was found restarting and nothing reached the client yet)."""
+        if not actor_unavailable(exc):
+            return remote_error(exc)
+        self.lost(gone=actor_gone(exc))
+        if retry:
+            return None
+        return ServiceUnavailableError(
+            f"Pool '{self.pool}' is restarting.", retry_after=self.cluster.retry_after
+        )
+
+    def failed_on_lease(self, exc: BaseException) -> LollmsError:
+        """What a failed call on a lease means (never retried: the lease lived in the actor)."""
+        if not actor_unavailable(exc):
+            return remote_error(exc)
+        self.lost(gone=actor_gone(exc))
+        return BindingError(f"The actor of pool '{self.pool}' stopped during the generation.")
 
     async def status(self) -> dict[str, Any] | None:
         """The actor's identity and pool snapshot, or ``None`` when it does not answer soon."""
@@ -345,12 +361,7 @@ class RayBinding(ForwardingBinding):
             await asyncio.to_thread(ray_module().cancel, ref)
             raise
         except Exception as exc:
-            if not actor_unavailable(exc):
-                raise remote_error(exc) from None
-            self.host.lost(gone=actor_gone(exc))
-            raise BindingError(
-                f"The actor of pool '{self.host.pool}' stopped during the generation."
-            ) from None
+            raise self.host.failed_on_lease(exc) from None
         self.host.heard()
         return result
 
@@ -395,12 +406,7 @@ class RayBinding(ForwardingBinding):
                 await self.host.kill()
             raise
         except Exception as exc:
-            if not actor_unavailable(exc):
-                raise remote_error(exc) from None
-            self.host.lost(gone=actor_gone(exc))
-            raise BindingError(
-                f"The actor of pool '{self.host.pool}' stopped during the generation."
-            ) from None
+            raise self.host.failed_on_lease(exc) from None
         finally:
             if not finished:
                 await asyncio.to_thread(ray_module().cancel, refs)
