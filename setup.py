@@ -22,7 +22,10 @@ class BuildWithData(build_py):
             source = Path(name)
             if source.is_dir():
                 shutil.copytree(
-                    source, target / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    source,
+                    target / name,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                 )
             else:
                 shutil.copy2(source, target / name)
