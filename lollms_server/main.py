@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
-from lollms_server.api.middleware import RequestGuardMiddleware
+from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
 from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
@@ -80,11 +80,15 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
                 await app.state.leases.close_all()
             await pools.close()
 
+    docs = config.server.docs
     app = FastAPI(
         title="lollms_server",
         version=__version__,
         description="Multi-modal generation server with pluggable bindings.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.config = config
     app.state.keys = keys
@@ -98,6 +102,14 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
 
         app.include_router(pool_rpc_router)
     install_error_handlers(app)
+    public_paths = {"/health"}
+    if config.server.public_metrics:
+        public_paths.add("/metrics")
+    if docs:
+        public_paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    # the last added is the outermost: request id and size limit, then CORS (preflights need no
+    # key; a 401 carries CORS headers), then the key gate, before any route reads a body
+    app.add_middleware(KeyGateMiddleware, keys=keys, public_paths=public_paths)
     if config.server.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

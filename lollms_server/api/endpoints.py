@@ -148,7 +148,7 @@ async def generate(
         # admitted (a slot, the model loaded) before the response starts; a client that leaves
         # while it waits leaves the queue
         stream = await cancellable(request, lambda _: generation.open_stream(body, principal, request_id))
-        return EventStreamResponse(_sse_events(stream), on_close=stream.aclose)
+        return EventStreamResponse(_sse_events(stream), on_close=stream.aclose, deadline=stream.deadline)
     return await cancellable(request, lambda cancel: generation.generate(body, principal, request_id, cancel))
 
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, request size limit, and the last-resort 500."""
+"""Pure ASGI middleware: the key gate (401 before any body is read), request ids, request
+size limit, and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -10,27 +11,77 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lollms_server.core.errors import error_body
+from lollms_server.core.errors import AuthenticationError, error_body
 from lollms_server.core.metrics import Metrics
+from lollms_server.core.security import KeyStore, extract_key, loopback_host_header, same_machine_origin
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("lollms_server.access")
 
 
-async def send_json_error(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
+async def send_json_error(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
     payload = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if request_id is not None:
+        raw.append((b"x-request-id", request_id.encode()))
+    raw.extend((name.lower().encode(), value.encode()) for name, value in (headers or {}).items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class KeyGateMiddleware:
+    """Refuses a request without a valid key (401) before the app reads or parses its body, so
+    an anonymous caller cannot make the server parse megabytes of JSON. Routes without a key:
+    ``public_paths`` (``/health``; ``/metrics`` when public; the OpenAPI pages when on). Routes
+    check the key's scopes again as a dependency.
+
+    In ``allow_unauthenticated_localhost`` mode there is no key: only requests whose ``Host`` is
+    this machine's loopback and whose ``Origin`` (if any) is too get through (403 otherwise), so
+    a web page cannot reach the server by DNS rebinding or a cross-site request.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyStore, public_paths: set[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        if self.keys.allow_anonymous:
+            if not (
+                loopback_host_header(_header(scope, b"host"))
+                and same_machine_origin(_header(scope, b"origin"))
+            ):
+                body = error_body(
+                    "permission_error",
+                    "Without API keys this server answers only requests to localhost from this machine.",
+                )
+                await send_json_error(send, 403, body)
+                return
+        else:
+            try:
+                self.keys.authenticate(
+                    extract_key(_header(scope, b"x-api-key"), _header(scope, b"authorization"))
+                )
+            except AuthenticationError as exc:
+                await send_json_error(send, exc.status_code, exc.to_dict(), headers=exc.headers)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestGuardMiddleware:

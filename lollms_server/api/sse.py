@@ -12,10 +12,17 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 
 import anyio
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+DEADLINE_GRACE_SECONDS = 1.0  # past a stream's deadline, for its own timeout event to go out
 
 
 class EventStreamResponse(Response):
+    """An event stream that ends (and calls ``on_close``, which frees the slot) when the client
+    leaves, when a send cannot progress for ``send_timeout`` seconds (a client that stopped
+    reading: default ``server.send_timeout`` of the app's config), or at ``deadline`` (loop time:
+    the generation timeout bounds the whole life of a slot, sends included)."""
+
     media_type = "text/event-stream"
 
     def __init__(
@@ -23,17 +30,28 @@ class EventStreamResponse(Response):
         events: AsyncGenerator[bytes, None],
         on_close: Callable[[], Coroutine[None, None, None]],
         headers: dict[str, str] | None = None,
+        *,
+        send_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(content=None, headers=headers, media_type=self.media_type)
         self.events = events
         self.on_close = on_close
+        self.send_timeout = send_timeout
+        self.deadline = deadline
         del self.headers["content-length"]  # streamed: the length is not known
         self.headers["cache-control"] = "no-cache"
         self.headers["x-accel-buffering"] = "no"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.send_timeout is None:
+            app = scope.get("app")
+            config = getattr(getattr(app, "state", None), "config", None)
+            self.send_timeout = config.server.send_timeout if config is not None else None
         try:
             async with anyio.create_task_group() as group:
+                if self.deadline is not None:
+                    group.cancel_scope.deadline = self.deadline + DEADLINE_GRACE_SECONDS
 
                 async def watch_disconnect() -> None:
                     while True:
@@ -45,7 +63,7 @@ class EventStreamResponse(Response):
                 group.start_soon(watch_disconnect)
                 try:
                     await self._stream(send)
-                except OSError:  # the connection broke while sending
+                except (OSError, TimeoutError):  # the connection broke, or the client stopped reading
                     pass
                 group.cancel_scope.cancel()
         finally:
@@ -56,7 +74,17 @@ class EventStreamResponse(Response):
                     await self.on_close()
 
     async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await self._send(
+            send, {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
         async for data in self.events:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send(send, {"type": "http.response.body", "body": data, "more_body": True})
+        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send(self, send: Send, message: Message) -> None:
+        """One send, given up (``TimeoutError``) when it cannot progress for ``send_timeout``."""
+        if self.send_timeout is None:
+            await send(message)
+            return
+        with anyio.fail_after(self.send_timeout):
+            await send(message)

@@ -38,8 +38,19 @@ class ServerConfig(StrictModel):
         default_factory=list, description="CORS origins allowed to call the API (none by default)."
     )
     max_request_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Request bodies larger than this get 413 before being read."
+        40 * 1024 * 1024,
+        ge=1024,
+        description="Request bodies larger than this get 413 before being read (40 MiB: one 25 MiB "
+        "audio file or image, base64-encoded, with room to spare).",
     )
+    send_timeout: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="A streamed answer whose client does not take the next piece for this long is "
+        "ended, and its slot given back.",
+    )
+    docs: bool = Field(True, description="Serve the OpenAPI pages (/docs, /redoc, /openapi.json).")
     auto_install_requirements: bool = Field(
         True, description="Install a binding's requirements with pipmaster when it is first used."
     )
@@ -110,6 +121,10 @@ class SecurityConfig(StrictModel):
     allow_unauthenticated_localhost: bool = Field(
         False, description="Allow running with no keys, only when the server binds to loopback."
     )
+    anonymous_scopes: list[Scope] = Field(
+        default_factory=lambda: list[Scope](["generate"]),
+        description="Scopes of the anonymous caller in allow_unauthenticated_localhost mode.",
+    )
 
 
 class DefaultsConfig(StrictModel):
@@ -168,7 +183,7 @@ class LimitsConfig(StrictModel):
     max_input_items: int = Field(256, ge=1, description="input_data items in a request.")
     max_image_bytes: int = Field(20 * 2**20, ge=1, description="Size of one input image.")
     max_image_pixels: int = Field(16_000_000, ge=1, description="Width x height of one input image.")
-    max_audio_bytes: int = Field(100 * 2**20, ge=1, description="Size of one input audio file.")
+    max_audio_bytes: int = Field(25 * 2**20, ge=1, description="Size of one input audio file.")
     max_image_side: int = Field(2048, ge=16, description="Largest width or height a request may ask for.")
     max_images: int = Field(8, ge=1, description="Images one request may ask for.")
     max_steps: int = Field(150, ge=1, description="Largest number of denoising steps.")

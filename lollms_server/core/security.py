@@ -44,7 +44,8 @@ class Principal:
             raise PermissionDeniedError(f"This API key may not use binding '{printable(instance)}'.")
 
 
-ANONYMOUS = Principal(name="anonymous-localhost", scopes=ALL_SCOPES)
+ANONYMOUS = Principal(name="anonymous-localhost", scopes=frozenset({"generate"}))
+"""The caller in ``allow_unauthenticated_localhost`` mode (scopes from ``anonymous_scopes``)."""
 
 
 def hash_key(key: str) -> str:
@@ -83,9 +84,12 @@ def _digest_of(entry: ApiKeyConfig) -> bytes:
 class KeyStore:
     """Authenticates presented keys against the configured ones."""
 
-    def __init__(self, entries: list[tuple[bytes, Principal]], allow_anonymous: bool) -> None:
+    def __init__(
+        self, entries: list[tuple[bytes, Principal]], allow_anonymous: bool, anonymous: Principal = ANONYMOUS
+    ) -> None:
         self._entries = entries
         self.allow_anonymous = allow_anonymous
+        self.anonymous = anonymous
 
     @classmethod
     def from_config(cls, config: AppConfig) -> KeyStore:
@@ -115,7 +119,8 @@ class KeyStore:
                     f"loopback address, not '{config.server.host}'"
                 )
             allow_anonymous = True
-        return cls(entries, allow_anonymous)
+        anonymous = Principal(name=ANONYMOUS.name, scopes=frozenset(config.security.anonymous_scopes))
+        return cls(entries, allow_anonymous, anonymous)
 
     @property
     def api_key_required(self) -> bool:
@@ -124,7 +129,7 @@ class KeyStore:
     def authenticate(self, presented: str | None) -> Principal:
         """Return the Principal of a presented key, or raise 401."""
         if self.allow_anonymous:
-            return ANONYMOUS
+            return self.anonymous
         if not presented:
             raise AuthenticationError("Missing API key: send 'X-API-Key' or 'Authorization: Bearer'.")
         digest = hashlib.sha256(presented.encode("utf-8")).digest()
@@ -146,3 +151,25 @@ def extract_key(x_api_key: str | None, authorization: str | None) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return None
+
+
+def loopback_host_header(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.0.0.1``,
+    ``[::1]``, with any port): in anonymous mode anything else may be DNS rebinding."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return is_loopback(name)
+
+
+def same_machine_origin(origin: str | None) -> bool:
+    """Whether an ``Origin`` header is absent (not a browser's cross-site call) or a page served
+    from this machine's loopback."""
+    if origin is None:
+        return True
+    scheme, _, rest = origin.partition("://")
+    return scheme in ("http", "https") and loopback_host_header(rest.partition("/")[0])

@@ -95,7 +95,64 @@ async def test_key_limited_to_bindings(app_client: Any, path: str) -> None:
         assert info.status_code == 403
 
 
+LOCAL = {"Host": "127.0.0.1:9601"}
+
+
 async def test_unauthenticated_localhost_mode(app_client: Any) -> None:
     async with app_client(security={"api_keys": [], "allow_unauthenticated_localhost": True}) as client:
         assert (await client.get("/health")).json()["api_key_required"] is False
-        assert (await client.get("/api/v1/list_bindings")).status_code == 200
+        assert (await client.get("/api/v1/list_bindings", headers=LOCAL)).status_code == 200
+        for host in ("localhost:9601", "[::1]:9601", "127.0.0.1"):
+            assert (await client.get("/api/v1/list_bindings", headers={"Host": host})).status_code == 200
+        # the anonymous caller generates but is no admin unless configured
+        assert (await client.get("/api/v1/status", headers=LOCAL)).status_code == 403
+
+
+async def test_anonymous_mode_refuses_foreign_hosts_and_cross_site_origins(app_client: Any) -> None:
+    """DNS rebinding: a page of attacker.example resolving to 127.0.0.1 sends its own Host."""
+    async with app_client(
+        security={
+            "api_keys": [],
+            "allow_unauthenticated_localhost": True,
+            "anonymous_scopes": ["generate", "admin"],
+        }
+    ) as client:
+        assert (await client.get("/api/v1/status", headers=LOCAL)).status_code == 200
+        for headers in (
+            {"Host": "attacker.example:9601"},
+            {"Host": "127.0.0.1.attacker.example"},
+            {**LOCAL, "Origin": "http://attacker.example"},
+            {**LOCAL, "Origin": "null"},
+        ):
+            response = await client.get("/api/v1/status", headers=headers)
+            assert response.status_code == 403, headers
+            assert response.json()["error"]["type"] == "permission_error"
+        page = {**LOCAL, "Origin": "http://localhost:3000"}
+        assert (await client.get("/api/v1/list_bindings", headers=page)).status_code == 200
+
+
+async def test_a_body_without_a_key_is_refused_before_it_is_read(app_client: Any) -> None:
+    """16 MB of JSON without a key: 401 without the app parsing (or even receiving) the body."""
+    async with app_client() as client:
+        received: list[int] = []
+
+        async def body() -> Any:
+            for _ in range(16):
+                received.append(1)
+                yield b"[" + b"{}," * 350_000 + b"{}]"
+
+        response = await client.post(
+            "/api/v1/generate", content=body(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["type"] == "authentication_error"
+        assert len(received) <= 1, "the body was read before the key was checked"
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_docs_can_be_switched_off(app_client: Any) -> None:
+    async with app_client() as client:
+        assert (await client.get("/openapi.json")).status_code == 200  # public while on
+    async with app_client(server={"docs": False}) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await client.get(path, headers={"X-API-Key": ADMIN_KEY})).status_code == 404, path

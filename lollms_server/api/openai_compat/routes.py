@@ -108,7 +108,9 @@ async def chat_completions(
             head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
         )
     stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
-    return EventStreamResponse(_chat_stream(stream.events(), head, include_usage), on_close=stream.aclose)
+    return EventStreamResponse(
+        _chat_stream(stream.events(), head, include_usage), on_close=stream.aclose, deadline=stream.deadline
+    )
 
 
 async def _chat_stream(
@@ -246,7 +248,7 @@ async def completions(
         finally:
             await source.aclose()
 
-    return EventStreamResponse(events(), on_close=stream.aclose)
+    return EventStreamResponse(events(), on_close=stream.aclose, deadline=stream.deadline)
 
 
 # ---------------------------------------------------------------- embeddings

@@ -52,6 +52,8 @@ class GenerationStream:
         self.max_rounds = max_rounds
         self.metrics = metrics
         self.cancel = CancelToken()
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        """Loop time when the generation times out (from admission: it bounds the slot's life)."""
 
     async def aclose(self) -> None:
         """Stop the generation and give back the model and the slot (idempotent)."""
@@ -61,7 +63,7 @@ class GenerationStream:
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """info, chunk... (text) or info progress events (media), then final; or error.
         Always releases the slot."""
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        deadline = self.deadline
         job = self.admission.job
         try:
             yield StreamChunk(

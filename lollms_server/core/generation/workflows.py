@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 class WorkflowRun:
     """One run of a scripted personality; usable as a JSON answer (``collect``) or a stream."""
 
+    deadline: float | None = None  # its sub-generations are bounded one by one
+
     def __init__(
         self,
         service: WorkflowServices,
