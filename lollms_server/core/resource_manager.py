@@ -22,14 +22,18 @@ from typing import Any, Protocol
 
 from lollms_server.core.config import PoolConfig, ResourceManagerConfig
 from lollms_server.core.errors import BindingError, LollmsError, NotFoundError, ServiceUnavailableError
+from lollms_server.core.streams import wait_through_cancellation
 
 logger = logging.getLogger(__name__)
 
 
 class ModelOwner(Protocol):
-    """What residency needs of a binding: load, unload and measure its models."""
+    """What residency needs of a binding: load, unload and measure its models.
+    ``resident_models`` is false for a binding whose models live elsewhere (a remote API): the
+    pool then tracks no residency for it (nothing here grows with the model names asked for)."""
 
     instance_name: str
+    resident_models: bool
 
     async def load_model(self, model_name: str) -> None: ...
 
@@ -135,6 +139,35 @@ class Pool:
         self.active -= 1
 
 
+class KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it (keys chosen by requests
+    must not pile up)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def busy(self, key: tuple[str, str]) -> bool:
+        """Whether someone holds or waits for the lock of ``key`` (a load or an unload runs)."""
+        return key in self._locks
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 @dataclass
 class LoadedModel:
     instance: str
@@ -174,7 +207,7 @@ class ResourceManager:
         }
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._owners: dict[str, ModelOwner] = {}
-        self._model_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._model_locks = KeyedLocks()
         self._housekeeper: asyncio.Task[None] | None = None
 
     def pool(self, name: str) -> Pool:
@@ -203,15 +236,20 @@ class ResourceManager:
         Call it while holding a slot of ``pool_name``.
         """
         self.pool(pool_name)  # 404 for an unknown pool
+        if not getattr(binding, "resident_models", True):  # a remote API: nothing to track here
+            started = time.monotonic()
+            await binding.load_model(model)
+            yield time.monotonic() - started
+            return
         key = (binding.instance_name, model)
-        lock = self._model_locks.setdefault(key, asyncio.Lock())
         load_seconds = 0.0
-        async with lock:
+        async with self._model_locks.hold(key):
             entry = self.models.get(key)
             if entry is None:
-                load_seconds = await self._load(binding, pool_name, model)
+                load_seconds = await self._load(binding, pool_name, model)  # in use by us already
                 entry = self.models[key]
-            entry.in_use += 1
+            else:
+                entry.in_use += 1
         try:
             yield load_seconds
         finally:
@@ -229,26 +267,46 @@ class ResourceManager:
                 )
             await self._make_room(pool_name, budget, estimate, exclude=(binding.instance_name, model))
         started = time.monotonic()
+        # a load runs to its end even if its caller is cancelled (client gone): the slot and the
+        # model lock stay held until it has, so a pool never loads the same model twice at once
+        load = asyncio.ensure_future(binding.load_model(model))
+        cancelled = False
         try:
-            await binding.load_model(model)
+            await wait_through_cancellation(load)
+        except asyncio.CancelledError:
+            cancelled = True
+        try:
+            load.result()
         except LollmsError:
+            if cancelled:
+                raise asyncio.CancelledError() from None
             raise
         except Exception as exc:
             logger.exception("Loading %s/%s failed", binding.instance_name, model)
+            if cancelled:
+                raise asyncio.CancelledError() from None
             raise BindingError(f"Loading model '{model}' failed ({type(exc).__name__}).") from exc
         elapsed = time.monotonic() - started
         self._owners[binding.instance_name] = binding
         footprint = float(binding.footprint_mb(model))
-        self.models[(binding.instance_name, model)] = LoadedModel(
+        entry = LoadedModel(
             instance=binding.instance_name,
             model=model,
             pool=pool_name,
             footprint_mb=footprint,
             load_seconds=elapsed,
+            in_use=0 if cancelled else 1,  # in use by the caller: no concurrent load evicts it
         )
+        self.models[(binding.instance_name, model)] = entry
         logger.info("Loaded %s/%s in %.3f s (%.1f MB)", binding.instance_name, model, elapsed, footprint)
+        if cancelled:
+            raise asyncio.CancelledError()
         if budget is not None:
-            await self._make_room(pool_name, budget, 0.0, exclude=(binding.instance_name, model))
+            try:
+                await self._make_room(pool_name, budget, 0.0, exclude=(binding.instance_name, model))
+            except BaseException:
+                entry.in_use -= 1
+                raise
         return elapsed
 
     def with_residency(self, info: dict[str, Any], instance: str, model: str | None) -> dict[str, Any]:
@@ -267,7 +325,11 @@ class ResourceManager:
             idle = [
                 entry
                 for key, entry in self.models.items()
-                if entry.pool == pool_name and entry.in_use == 0 and key != exclude
+                # never one being loaded or unloaded: waiting on its lock could deadlock
+                if entry.pool == pool_name
+                and entry.in_use == 0
+                and key != exclude
+                and not self._model_locks.busy(key)
             ]
             if not idle:
                 if needed > 0:
@@ -285,8 +347,7 @@ class ResourceManager:
     async def unload(self, instance: str, model: str) -> bool:
         """Unload a model that nobody uses; returns whether it was unloaded."""
         key = (instance, model)
-        lock = self._model_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._model_locks.hold(key):
             entry = self.models.get(key)
             binding = self._owners.get(instance)
             if entry is None or binding is None or entry.in_use:
@@ -306,7 +367,7 @@ class ResourceManager:
             limit = self.pools[entry.pool].config.idle_unload_seconds
             if limit is None or entry.in_use or now - entry.last_used < limit:
                 continue
-            if self._model_locks.get(key) is not None and self._model_locks[key].locked():
+            if self._model_locks.busy(key):
                 continue
             if await self.unload(*key):
                 logger.info("Unloaded idle model %s/%s", *key)

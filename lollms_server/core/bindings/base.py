@@ -50,6 +50,10 @@ class Binding:
     :meth:`stream_from_thread` so the event loop never waits on a model.
     """
 
+    resident_models: bool = True
+    """False for a binding whose models live elsewhere (a remote API): its pool then tracks no
+    residency (footprint, idle unload, eviction) for it."""
+
     def __init__(self, context: BindingContext) -> None:
         self.context = context
         self.instance_name = context.instance_name

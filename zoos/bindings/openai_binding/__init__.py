@@ -45,6 +45,8 @@ class RemoteError(Exception):
 
 
 class OpenAIBinding(Binding):
+    resident_models = False  # the models live in the remote server
+
     def __init__(self, context: BindingContext) -> None:
         super().__init__(context)
         settings = self.settings
