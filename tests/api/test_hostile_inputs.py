@@ -3,6 +3,7 @@ binding give clean errors, free the slot, and the next request succeeds."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from typing import Any
@@ -186,3 +187,91 @@ async def test_hang_past_the_generation_timeout(app_client: Any) -> None:
         assert status["active"] == 0
         ok = await client.post(GEN, json={"prompt": "quick", "binding_name": "echo"}, headers=AUTH)
         assert ok.status_code == 200
+
+
+async def test_a_scripted_default_personality_does_not_run_itself_again(app_client: Any) -> None:
+    """Finding #5: [defaults] personality = artbot made its sub-generations re-enter artbot."""
+    async with app_client(
+        defaults={
+            "ttt_binding": "echo",
+            "ttt_model": "echo",
+            "tti_binding": "paint",
+            "personality": "artbot",
+        },
+        bindings={
+            "echo": {"type": "scripted_binding"},
+            "paint": {"type": "scripted_media_binding", "model_name": "steps", "steps": 1, "step_seconds": 0},
+        },
+    ) as client:
+        response = await asyncio.wait_for(
+            client.post("/api/v1/generate", json={"prompt": "a cat"}, headers=AUTH), timeout=30
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["personality"] == "artbot"
+        assert [item["type"] for item in body["output"]] == ["text", "image"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "function": "x"}]}
+                ]
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": 5}}],
+                    },
+                ]
+            },
+        ),
+        ("/v1/chat/completions", {"model": "x" * 300, "messages": [{"role": "user", "content": "hi"}]}),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": "data:" + "a" * 200 + ";base64,AAAA"}],
+                    }
+                ]
+            },
+        ),
+        ("/v1/images/generations", {"model": "x" * 300, "prompt": "a cat"}),
+        ("/v1/completions", {"model": "x" * 300, "prompt": "a cat"}),
+    ],
+)
+async def test_schema_valid_v1_bodies_that_used_to_answer_500_get_400(
+    app_client: Any, path: str, body: dict[str, Any]
+) -> None:
+    """Finding #15: each of these answered 500 internal_error with a traceback in the log."""
+    async with app_client() as client:
+        response = await client.post(path, json={"model": "echo", **body}, headers=AUTH)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_tool_call_with_object_arguments_is_accepted(app_client: Any) -> None:
+    async with app_client() as client:
+        messages = [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": {"a": 1}}}],
+            },
+            {"role": "tool", "tool_call_id": "1", "content": "done"},
+            {"role": "user", "content": "thanks"},
+        ]
+        body = {"model": "echo", "messages": messages}
+        response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+        assert response.status_code == 200, response.text

@@ -88,7 +88,8 @@ async def chat_completions(
     request_id: RequestIdDep,
 ) -> Any:
     instance, model = translate.split_model(body.model)
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=translate.chat_inputs(body.messages),
         binding_name=instance,
         model_name=model,
@@ -203,7 +204,8 @@ async def completions(
     ):
         if value is not None:
             parameters[key] = value
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=[InputData(type="text", role="user_prompt", data=prompts[0])],
         binding_name=instance,
         model_name=model,
@@ -291,7 +293,8 @@ async def images_generations(
     request_id: RequestIdDep,
 ) -> Any:
     instance, model = translate.split_model(body.model)
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=[InputData(type="text", role="user_prompt", data=body.prompt)],
         generation_type="tti",
         binding_name=instance,
@@ -325,7 +328,8 @@ async def images_edits(
         inputs.append(
             InputData(type="image", role="mask_image", data=base64.b64encode(await mask.read()).decode())
         )
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=inputs,
         generation_type="i2i",
         binding_name=instance,
@@ -353,7 +357,8 @@ async def audio_speech(
     parameters: dict[str, Any] = {}
     if body.voice:
         parameters["voice"] = body.voice
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=[InputData(type="text", role="user_prompt", data=body.input)],
         generation_type="tts",
         binding_name=instance,
@@ -390,7 +395,8 @@ async def audio_transcriptions(
     data = await file.read()
     if not data:
         raise BadRequestError("file is empty.", param="file")
-    native = GenerateRequest(
+    native = translate.native(
+        GenerateRequest,
         input_data=[InputData(type="audio", role="input_audio", data=base64.b64encode(data).decode())],
         generation_type="stt",
         binding_name=instance,

@@ -7,7 +7,9 @@ import io
 import json
 import time
 import wave
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, ChatMessage
 from lollms_server.core.errors import BadRequestError
@@ -42,14 +44,17 @@ def _content(message: ChatMessage, index: int) -> tuple[str, list[InputData]]:
         if kind == "text":
             texts.append(str(part.get("text", "")))
         elif kind == "image_url":
-            url = str((part.get("image_url") or {}).get("url", ""))
+            image_url = part.get("image_url")
+            url = str(image_url.get("url", "") if isinstance(image_url, dict) else image_url or "")
             if not url.startswith("data:"):
                 raise BadRequestError(
                     "Images must be sent inline as data: URLs.", param=f"messages[{index}].content"
                 )
             mime = url[5:].split(";", 1)[0] or "image/png"
             images.append(
-                InputData(type="image", role="input_image", data=url.split(",", 1)[-1], mime_type=mime)
+                native(
+                    InputData, type="image", role="input_image", data=url.split(",", 1)[-1], mime_type=mime
+                )
             )
         else:
             raise BadRequestError(
@@ -69,24 +74,56 @@ def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
             inputs.append(InputData(type="text", role="system_context", data=text))
         elif message.role == "user":
             inputs.append(
-                InputData(type="text", role="user_prompt" if index == last_user else "user", data=text)
+                native(
+                    InputData, type="text", role="user_prompt" if index == last_user else "user", data=text
+                )
             )
             inputs.extend(images)
         elif message.role == "assistant":
             calls = []
             for call in message.tool_calls or []:
-                function = call.get("function") or {}
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    raise BadRequestError(
+                        "A tool call needs a 'function' object.", param=f"messages[{index}].tool_calls"
+                    )
                 tool_names[str(call.get("id"))] = str(function.get("name", ""))
-                try:
-                    arguments = json.loads(function.get("arguments") or "{}")
-                except json.JSONDecodeError:
-                    arguments = {}
-                calls.append(tool_call_text(str(function.get("name")), arguments))
+                calls.append(tool_call_text(str(function.get("name")), _arguments(function.get("arguments"))))
             inputs.append(InputData(type="text", role="assistant", data="\n".join([text, *calls]).strip()))
         else:  # tool result
             name = tool_names.get(str(message.tool_call_id), message.name or "")
             inputs.append(InputData(type="text", role="user", data=tool_result_text(name, text)))
     return inputs
+
+
+def _arguments(raw: Any) -> Any:
+    """A tool call's arguments: a JSON string (OpenAI's form) or already an object."""
+    if isinstance(raw, dict | list):
+        return raw
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        raise BadRequestError("Tool call arguments must be a JSON string.", param="messages")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def native(model: type[M], **fields: Any) -> M:
+    """A native request shape built from translated fields; what it refuses is the client's
+    400 (a name too long, a mime type too long...), never a 500."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem.get("loc", ())) or None
+        raise BadRequestError(
+            f"Invalid request: {where or 'body'}: {problem.get('msg', 'invalid')}", param=where
+        ) from None
 
 
 def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:

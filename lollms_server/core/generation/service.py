@@ -86,16 +86,23 @@ class GenerationService:
         cancel: CancelToken,
     ) -> WorkflowRun:
         services = WorkflowServices(
-            self.config, self.bindings, self.functions, self.resources, self.personalities, self.generate
+            self.config, self.bindings, self.functions, self.resources, self.personalities, self._sub_generate
         )
         return WorkflowRun(services, personality, request, principal, request_id, cancel)
 
     # ---- whole answers ------------------------------------------------------
     async def generate(
-        self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
+        self,
+        request: GenerateRequest,
+        principal: Principal,
+        request_id: str,
+        cancel: CancelToken,
+        *,
+        personalities: bool = True,
     ) -> GenerateResponse:
-        """Run one request to completion (the client leaving cancels it)."""
-        personality = self.personality_of(request)
+        """Run one request to completion (the client leaving cancels it). ``personalities``
+        false: no personality at all, not even the default one (a workflow's sub-generations)."""
+        personality = self.personality_of(request) if personalities else None
         if personality is not None and personality.scripted:
             runner = self._workflow(personality, request, principal, request_id, cancel)
             outputs = await self._bounded(runner.collect(), cancel)
@@ -135,6 +142,13 @@ class GenerationService:
             output=outputs,
             execution_time=round(time.monotonic() - timings.started, 6),
         )
+
+    async def _sub_generate(
+        self, request: GenerateRequest, principal: Principal, request_id: str, cancel: CancelToken
+    ) -> GenerateResponse:
+        """A workflow's sub-generation: never a personality (a scripted default personality would
+        otherwise run itself again, without end)."""
+        return await self.generate(request, principal, request_id, cancel, personalities=False)
 
     async def _bounded(self, awaitable: Awaitable[T], cancel: CancelToken) -> T:
         """``awaitable`` within the generation timeout; a binding's unexpected failure is a 500."""

@@ -8,6 +8,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,10 @@ from lollms_server.core.types import (
     OutputData,
     StreamChunk,
 )
+
+MAX_WORKFLOW_DEPTH = 3
+_depth: ContextVar[int] = ContextVar("lollms_workflow_depth", default=0)
+"""How many workflows run around the current task (a guard against any recursion)."""
 
 Generate = Callable[[GenerateRequest, Principal, str, CancelToken], Awaitable[GenerateResponse]]
 
@@ -113,6 +118,21 @@ class WorkflowRun:
 
     async def chunks(self) -> AsyncGenerator[StreamChunk, None]:
         """What the workflow produces, as StreamChunks ending with ``final``."""
+        depth = _depth.get() + 1
+        if depth > MAX_WORKFLOW_DEPTH:
+            raise BindingError(f"Scripted personalities nest deeper than {MAX_WORKFLOW_DEPTH} levels.")
+        token = _depth.set(depth)
+        try:
+            async for chunk in self._chunks():
+                yield chunk
+        finally:
+            try:
+                _depth.reset(token)
+            except ValueError:  # closed from another context (garbage collection)
+                pass
+
+    async def _chunks(self) -> AsyncGenerator[StreamChunk, None]:
+        """The workflow's own chunks (see :meth:`chunks`)."""
         # the first call imports the script (and may install its requirements): off the loop
         workflow = await asyncio.to_thread(self.service.personalities.workflow, self.personality)
         name = self.personality.name
