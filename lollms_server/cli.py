@@ -156,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             stopped = stop_actors(config)
             sys.stdout.write(f"Stopped the actors of pools: {', '.join(stopped) or 'none was running'}\n")
             return 0
+        from lollms_server.core.bindings import BindingManager
         from lollms_server.core.security import KeyStore
 
-        KeyStore.from_config(config)  # refuse to start unsecured, before uvicorn starts
+        # refuse a bad configuration before uvicorn starts: keys, and every binding instance
+        # against its card (reading the cards imports no binding code)
+        KeyStore.from_config(config)
+        try:
+            BindingManager(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{config.config_path}: {exc.message}") from None
         serve(config)
         return 0
     except ConfigError as exc:

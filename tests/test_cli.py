@@ -57,6 +57,22 @@ def test_refuses_to_start_without_keys(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no API key" in capsys.readouterr().err
 
 
+def test_a_wrong_binding_setting_is_a_one_line_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 12: it was a traceback from the app's lifespan and exit 3."""
+    monkeypatch.setattr("lollms_server.cli.serve", lambda config: pytest.fail("the server started"))
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[security]\napi_keys = ["a-key-long-enough"]\n'
+        '[bindings.llm]\ntype = "llamacpp_binding"\nn_thread = 2\n'
+    )
+    assert main(["--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and "bindings.llm.n_thread" in error and "unknown setting" in error
+    assert "Traceback" not in error and error.count("\n") == 1
+
+
 @pytest.mark.e2e
 def test_console_script_serves_and_stops(tmp_path: Path) -> None:
     executable = shutil.which("lollms-server", path=str(Path(sys.executable).parent))

@@ -55,16 +55,22 @@ async def health(request: Request) -> HealthPublic:
 
 
 @router.get("/list_bindings", response_model=BindingsPublic)
-async def list_bindings(_: GenerateUser, bindings: BindingsDep) -> BindingsPublic:
+async def list_bindings(principal: GenerateUser, bindings: BindingsDep) -> BindingsPublic:
+    """Binding types, and the instances this key may use."""
     return BindingsPublic(
         binding_types={name: card.public() for name, card in bindings.cards.items()},
-        binding_instances={name: instance.public() for name, instance in bindings.instances.items()},
+        binding_instances={
+            name: instance.public()
+            for name, instance in bindings.instances.items()
+            if principal.can_use_binding(name)
+        },
     )
 
 
 @router.get("/list_active_bindings")
-async def list_active_bindings(_: GenerateUser, bindings: BindingsDep) -> dict[str, Any]:
-    return {"active_bindings": {instance.name: instance.public() for instance in bindings.active()}}
+async def list_active_bindings(principal: GenerateUser, bindings: BindingsDep) -> dict[str, Any]:
+    active = [instance for instance in bindings.active() if principal.can_use_binding(instance.name)]
+    return {"active_bindings": {instance.name: instance.public() for instance in active}}
 
 
 @router.get("/list_available_models/{binding_name}")
@@ -76,8 +82,12 @@ async def list_available_models(
 
 
 @router.get("/list_models", response_model=ModelsPublic)
-async def list_models(_: GenerateUser, bindings: BindingsDep) -> ModelsPublic:
-    return ModelsPublic(models=await anyio.to_thread.run_sync(bindings.model_files))
+async def list_models(principal: GenerateUser, bindings: BindingsDep) -> ModelsPublic:
+    """Model files per models sub-folder (for a key limited to some bindings: their folders)."""
+    allowed = None
+    if principal.allowed_bindings is not None:
+        allowed = [name for name in bindings.instances if principal.can_use_binding(name)]
+    return ModelsPublic(models=await anyio.to_thread.run_sync(bindings.model_files, allowed))
 
 
 @router.get("/list_personalities")

@@ -6,6 +6,7 @@ They live in ``core`` because the orchestrator consumes them and ``core`` never 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +91,11 @@ def checked_parameters(
     for legacy, current in aliases.items():
         if legacy in parameters and current not in parameters:
             parameters = {**parameters, current: parameters[legacy]}
+    for name, value in parameters.items():  # the pass-through ones too: NaN breaks every sampler
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadRequestError(
+                f"Invalid parameter '{name}': it must be a finite number.", param=f"parameters.{name}"
+            )
     try:
         checked = model.model_validate(parameters)
     except ValidationError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lollms_server.errors import BadRequestError
@@ -56,3 +57,12 @@ def validate_model_name(name: str, *, param: str = "model_name") -> None:
         raise BadRequestError(f"Invalid {param}: '{printable(name)}'.", param=param)
     if name.startswith("/") or any(part == ".." for part in name.split("/")):
         raise BadRequestError(f"Invalid {param}: it must stay inside its folder.", param=param)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with the credentials of any URL in it masked (``http://user:pw@host`` becomes
+    ``http://***@host``), for listings and messages."""
+    return _USERINFO.sub(lambda match: match.group("scheme") + "***@", text)

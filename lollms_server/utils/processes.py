@@ -26,3 +26,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def process_args(pid: int) -> list[str] | None:
+    """The command line of ``pid`` (``/proc/<pid>/cmdline``); None where it cannot be read
+    (no ``/proc``, another user's process hidden, the process gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1]] if raw else []

@@ -30,7 +30,7 @@ from lollms_server.core.bindings.text import StopTextBuffer
 from lollms_server.core.bindings.threads import with_progress
 from lollms_server.errors import BadRequestError, BindingError, NotFoundError, error_for_status
 from lollms_server.utils.media import png_bytes, wav_bytes
-from lollms_server.utils.paths import safe_join
+from lollms_server.utils.paths import safe_join, without_userinfo
 
 __all__ = [  # the public API bindings build on
     "BadRequestError",
@@ -53,6 +53,7 @@ __all__ = [  # the public API bindings build on
     "png_bytes",
     "safe_join",
     "wav_bytes",
+    "without_userinfo",
     # for the server itself
     "BindingInstance",
     "BindingManager",

@@ -21,7 +21,7 @@ from lollms_server.core.config import AppConfig, BindingInstanceConfig
 from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
 from lollms_server.core.types import GENERATION_KINDS
 from lollms_server.utils.modules import import_file
-from lollms_server.utils.paths import is_safe_name, printable
+from lollms_server.utils.paths import is_safe_name, printable, without_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,13 @@ class BindingInstance:
     def public(self) -> dict[str, Any]:
         """Description for list endpoints, with secret settings masked."""
         settings = {
-            key: (SECRET_MASK if self.card.instance_schema[key].secret and value not in (None, "") else value)
+            key: (
+                SECRET_MASK
+                if self.card.instance_schema[key].secret and value not in (None, "")
+                else without_userinfo(value)
+                if isinstance(value, str)
+                else value
+            )
             for key, value in self.settings.items()
         }
         return {
@@ -212,14 +218,20 @@ class BindingManager:
             except Exception:  # noqa: BLE001
                 logger.warning("Closing binding %s failed at shutdown", instance.name)
 
-    def model_files(self) -> dict[str, list[str]]:
+    def model_files(self, instances: list[str] | None = None) -> dict[str, list[str]]:
         """Model files and folders under ``paths.models_folder``, per sub-folder (blocking: scans
-        the disk)."""
+        the disk); with ``instances``, only the sub-folders those instances use."""
         root = self.config.paths.models_folder
         found: dict[str, list[str]] = {}
         if not root.is_dir():
             return found
-        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        folders = sorted(path for path in root.iterdir() if path.is_dir())
+        if instances is not None:
+            used = {
+                self.instances[name].models_folder.resolve() for name in instances if name in self.instances
+            }
+            folders = [folder for folder in folders if folder.resolve() in used]
+        for folder in folders:
             found[folder.name] = sorted(
                 str(path.relative_to(folder))
                 for path in folder.rglob("*")

@@ -178,9 +178,16 @@ class GenerationService:
         finally:
             await session.aclose()
 
+    def _check_text(self, size: int, param: str) -> None:
+        """The prompt limit applies to every route that takes text (400 before any slot)."""
+        limit = self.config.limits.max_prompt_chars
+        if size > limit:
+            raise BadRequestError(f"The text holds {size} characters; the limit is {limit}.", param=param)
+
     async def tokenize(
         self, principal: Principal, binding_name: str | None, model_name: str | None, text: str
     ) -> list[int]:
+        self._check_text(len(text), "text")
         async with self._resident(principal, "ttt", binding_name, model_name) as (target, binding):
             return await self._bounded(binding.tokenize(target.model, text), CancelToken())
 
@@ -194,6 +201,7 @@ class GenerationService:
         self, principal: Principal, binding_name: str | None, model_name: str | None, texts: list[str]
     ) -> tuple[Target, list[list[float]]]:
         """Embedding vectors of ``texts`` (holding a slot of the binding's pool)."""
+        self._check_text(sum(len(text) for text in texts), "input")
         async with self._resident(principal, "embed", binding_name, model_name) as (target, binding):
             vectors = await self._bounded(binding.embed(target.model, texts), CancelToken())
         return target, vectors

@@ -193,3 +193,24 @@ def test_raw_prompt_false_builds_chat_messages() -> None:
 def test_text_request_needs_a_user_turn() -> None:
     with pytest.raises(BadRequestError):
         text_request([text("ctx", "system_context")], {})
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"seed": 2**80},
+        {"seed": -1},
+        {"temperature": float("nan")},
+        {"min_p": float("nan")},
+        {"min_p": 2.0},
+        {"presence_penalty": 5.0},
+        {"custom_float": float("inf")},
+    ],
+)
+def test_text_parameters_out_of_range_or_not_finite_are_a_400(parameters: dict[str, Any]) -> None:
+    """Finding #26: a seed of 2**80 crashed torch (500); NaN passed through to the samplers."""
+    from lollms_server.core.generation.text_inputs import validate_text_parameters
+
+    with pytest.raises(BadRequestError) as excinfo:
+        validate_text_parameters(parameters)
+    assert excinfo.value.param == f"parameters.{next(iter(parameters))}"

@@ -25,6 +25,7 @@ from lollms_server.core.bindings import (
     TextChunk,
     TextRequest,
     error_for_status,
+    without_userinfo,
 )
 
 logger = logging.getLogger("lollms_bindings.ollama_binding")
@@ -59,9 +60,8 @@ class OllamaBinding(Binding):
         try:
             response = await self.client.post(path, json=body)
         except httpx.TransportError as exc:
-            raise BindingError(
-                f"Ollama at '{self.settings['base_url']}' is unreachable ({type(exc).__name__})."
-            ) from None
+            where = without_userinfo(self.settings["base_url"])
+            raise BindingError(f"Ollama at '{where}' is unreachable ({type(exc).__name__}).") from None
         self._check(response)
         data: dict[str, Any] = response.json()
         return data

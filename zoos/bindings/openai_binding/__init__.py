@@ -31,6 +31,7 @@ from lollms_server.core.bindings import (
     TextChunk,
     TextRequest,
     error_for_status,
+    without_userinfo,
 )
 
 logger = logging.getLogger("lollms_bindings.openai_binding")
@@ -105,7 +106,11 @@ class OpenAIBinding(Binding):
         return sorted(self._models)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
-        return {"binding": self.instance_name, "model_name": model_name, "remote": self.base_url}
+        return {
+            "binding": self.instance_name,
+            "model_name": model_name,
+            "remote": without_userinfo(self.base_url),
+        }
 
     async def health_check(self) -> dict[str, Any]:
         try:
