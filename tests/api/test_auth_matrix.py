@@ -156,3 +156,40 @@ async def test_docs_can_be_switched_off(app_client: Any) -> None:
     async with app_client(server={"docs": False}) as client:
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert (await client.get(path, headers={"X-API-Key": ADMIN_KEY})).status_code == 404, path
+
+
+async def test_listings_show_a_limited_key_only_its_bindings(app_client: Any) -> None:
+    """Finding #23: list_bindings and list_models listed every instance whatever the allow-list."""
+    async with app_client(
+        bindings={
+            "echo": {"type": "scripted_binding"},
+            "remote": {"type": "openai_binding", "base_url": "http://user:secret-pw@127.0.0.1:9/v1"},
+        }
+    ) as client:
+        limited = {"X-API-Key": LIMITED_KEY}
+        listed = (await client.get("/api/v1/list_bindings", headers=limited)).json()
+        assert set(listed["binding_instances"]) == {"echo"}
+        everything = (await client.get("/api/v1/list_bindings", headers={"X-API-Key": ADMIN_KEY})).json()
+        assert "secret-pw" not in str(everything), "URL credentials were shown"
+        assert (
+            everything["binding_instances"]["remote"]["settings"]["base_url"] == "http://***@127.0.0.1:9/v1"
+        )
+        info = await client.get("/api/v1/get_model_info/remote", headers={"X-API-Key": ADMIN_KEY})
+        assert "secret-pw" not in info.text
+        models = (await client.get("/api/v1/list_models", headers=limited)).json()["models"]
+        assert set(models) <= {"scripted_binding"}, models
+        assert (await client.get("/api/v1/get_model_info/remote", headers=limited)).status_code == 403
+        assert (await client.get("/api/v1/get_model_info/nothing", headers=limited)).status_code == 403
+
+
+async def test_tokenize_obeys_the_prompt_limit(app_client: Any) -> None:
+    """Finding #16: /api/v1/tokenize took 12 M characters and answered 34 MiB."""
+    async with app_client(limits={"max_prompt_chars": 1000}) as client:
+        body = {"text": "x" * 1001, "binding_name": "echo", "model_name": "echo"}
+        for path in ("/api/v1/tokenize", "/api/v1/count_tokens"):
+            response = await client.post(path, json=body, headers={"X-API-Key": ADMIN_KEY})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "text", path
+        ok = await client.post(
+            "/api/v1/tokenize", json={**body, "text": "x" * 1000}, headers={"X-API-Key": ADMIN_KEY}
+        )
+        assert ok.status_code == 200
