@@ -86,7 +86,7 @@ class GenerationService:
         cancel: CancelToken,
     ) -> WorkflowRun:
         services = WorkflowServices(
-            self.config, self.bindings, self.functions, self.resources, self.personalities, self._sub_generate
+            self.config, self.bindings, self.functions, self.personalities, self._sub_generate
         )
         return WorkflowRun(services, personality, request, principal, request_id, cancel)
 
@@ -275,11 +275,15 @@ class GenerationService:
         if request.generation_type == "ttt":
             job = TextJob(text_request(request.input_data, dict(parameters), personality), tools)
         else:
-            job = MediaJob(
-                build_media_request(
-                    request.generation_type, request.input_data, dict(parameters), self.config.limits
-                )
+            # decoding and checking images and audio takes CPU: off the event loop
+            media_request = await asyncio.to_thread(
+                build_media_request,
+                request.generation_type,
+                request.input_data,
+                dict(parameters),
+                self.config.limits,
             )
+            job = MediaJob(media_request)
         timings = Timings()
         session = await self.pools.admit(target.instance, target.model)
         timings.admitted(session)

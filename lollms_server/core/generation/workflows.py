@@ -20,7 +20,6 @@ from lollms_server.core.errors import BindingError, LollmsError
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.outputs import error_chunk
 from lollms_server.core.personalities import Personality, PersonalityManager
-from lollms_server.core.resource_manager import ResourceManager
 from lollms_server.core.security import Principal
 from lollms_server.core.types import (
     PROMPT_ROLES,
@@ -40,12 +39,12 @@ Generate = Callable[[GenerateRequest, Principal, str, CancelToken], Awaitable[Ge
 
 @dataclass
 class WorkflowServices:
-    """What a workflow may use: the managers and the server's ``generate`` for sub-generations."""
+    """What runs a workflow: the managers behind its facade and the server's ``generate`` for
+    sub-generations (scripts see only :meth:`WorkflowRun.context`)."""
 
     config: AppConfig
     bindings: BindingManager
     functions: FunctionManager
-    resources: ResourceManager
     personalities: PersonalityManager
     generate: Generate
 
@@ -96,18 +95,26 @@ class WorkflowRun:
             response = await service.generate(sub, self.principal, self.request_id, self.cancel)
             return response.output
 
+        async def call_function(name: str, arguments: dict[str, Any] | None = None) -> tuple[bool, Any]:
+            """Run one of the server's functions: (ok, result or error message)."""
+            return await service.functions.safe_call(name, arguments or {})
+
         binding_name = self.request.binding_name or self.personality.config.recommended_binding
         binding_name = binding_name or service.config.defaults.binding_for("ttt")
+        # a narrow facade: no manager, no configuration beyond defaults and limits (it may hold
+        # keys in clear); everything goes through generate/call_function with the caller's key
         return {
             "binding": binding_name,
-            "binding_manager": service.bindings,
-            "function_manager": service.functions,
-            "resource_manager": service.resources,
+            "bindings": [name for name in service.bindings.instances if self.principal.can_use_binding(name)],
             "personality": self.personality,
-            "config": service.config,
+            "config": {
+                "defaults": service.config.defaults.model_dump(mode="json"),
+                "limits": service.config.limits.model_dump(mode="json"),
+            },
             "input_data": self.request.input_data,
             "request_info": {"request_id": self.request_id, "api_key_name": self.principal.name},
             "generate": generate,
+            "call_function": call_function,
             "cancel": self.cancel,
         }
 
