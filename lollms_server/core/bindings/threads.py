@@ -1,15 +1,24 @@
 """Thread bridges: blocking library calls run off the event loop (Starlette's concurrency.py
 role). A slot is never released while the model is still busy: every bridge waits for its
-thread or task to stop before it returns or raises."""
+thread or task to stop before it returns or raises, however long that takes (a thread cannot
+be killed; it is logged when it overstays).
+
+Blocking calls run in executors of their own, one per kind of work, bounded, so that slow
+generations (``run_cancellable``) cannot starve short calls (``run_blocking``: loads,
+tokenize...) nor the server's own thread work (the default executor).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 from lollms_server.core.bindings.contract import CancelToken, MediaOutput, Progress
 from lollms_server.core.streams import stop_and_wait, wait_through_cancellation
@@ -17,10 +26,48 @@ from lollms_server.core.streams import stop_and_wait, wait_through_cancellation
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+WorkKind = Literal["generate", "blocking"]
+EXECUTOR_THREADS: dict[WorkKind, int] = {"generate": 32, "blocking": 16}
+OVERSTAY_LOG_SECONDS = 60.0
+_executors: dict[WorkKind, ThreadPoolExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def executor(kind: WorkKind) -> ThreadPoolExecutor:
+    """The process's executor for ``kind`` of work (created on first use; threads are a
+    process resource, like the event loop's default executor)."""
+    with _executors_lock:
+        if kind not in _executors:
+            _executors[kind] = ThreadPoolExecutor(EXECUTOR_THREADS[kind], thread_name_prefix=f"lollms-{kind}")
+        return _executors[kind]
+
+
+def _in_thread(kind: WorkKind, func: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, func, *args, **kwargs)
+    return asyncio.get_running_loop().run_in_executor(executor(kind), call)
+
+
+async def _wait_for_thread(work: asyncio.Future[T], cancel: CancelToken | None) -> None:
+    """The caller was cancelled: stop the call (``cancel``) and wait until its thread ends."""
+    if cancel is not None:
+        cancel.set()
+    try:
+        while not await wait_through_cancellation(work, timeout=OVERSTAY_LOG_SECONDS):
+            logger.warning("A binding call still runs %g s after its caller left", OVERSTAY_LOG_SECONDS)
+    finally:
+        if work.done() and not work.cancelled():
+            work.exception()  # retrieved: a GenerationCancelled here is expected
+
 
 async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking call in a worker thread."""
-    return await asyncio.to_thread(func, *args, **kwargs)
+    """Run a short blocking call in a worker thread; a cancelled caller waits until it ends."""
+    work = _in_thread("blocking", func, *args, **kwargs)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await _wait_for_thread(work, None)
+        raise
 
 
 async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: Any, **kwargs: Any) -> T:
@@ -29,16 +76,11 @@ async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: An
     If the awaiting task is cancelled (client gone, timeout), the token is set and this waits
     until the call has really stopped, so the pool slot is never freed under a busy model.
     """
-    work = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    work = _in_thread("generate", func, *args, **kwargs)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        cancel.set()
-        try:
-            await wait_through_cancellation(work, timeout=120)
-        finally:
-            if work.done() and not work.cancelled():
-                work.exception()  # retrieved: a GenerationCancelled here is expected
+        await _wait_for_thread(work, cancel)
         raise
 
 
@@ -116,7 +158,9 @@ async def stream_from_thread(
         if not completed:  # the consumer left early: stop the producer
             cancel.set()
         # a slot is never released under a busy producer
-        await wait_through_cancellation(asyncio.ensure_future(finished.wait()), timeout=30)
+        stopped = asyncio.ensure_future(finished.wait())
+        while not await wait_through_cancellation(stopped, timeout=OVERSTAY_LOG_SECONDS):
+            logger.warning("A producer thread still runs %g s after its consumer left", OVERSTAY_LOG_SECONDS)
 
 
 async def with_progress(
