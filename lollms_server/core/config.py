@@ -193,6 +193,15 @@ class LimitsConfig(StrictModel):
     )
 
 
+class DownloadsConfig(StrictModel):
+    allowed_sources: list[str] = Field(
+        default_factory=list,
+        description="Hub owners ('owner') or repositories ('owner/repo') a binding with "
+        "allow_download may fetch from on first use; none by default.",
+    )
+    max_download_mb: float = Field(20480.0, gt=0, description="Largest download (a file, or a whole model).")
+
+
 class FunctionsConfig(StrictModel):
     max_rounds: int = Field(5, ge=1, le=50, description="Tool-calling rounds before the loop gives up.")
     call_timeout: float = Field(30.0, gt=0, description="Seconds one function call may run.")
@@ -311,6 +320,9 @@ class AppConfig(StrictModel):
         default_factory=dict, description="Binding instances by name."
     )
     functions: FunctionsConfig = Field(default_factory=FunctionsConfig, description="Function calling.")
+    downloads: DownloadsConfig = Field(
+        default_factory=DownloadsConfig, description="What bindings may download on first use."
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sizes and maxima of requests.")
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="Scaling out: pools as Ray actors."

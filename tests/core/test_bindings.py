@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lollms_server.core.bindings import BindingManager, CancelToken, TextRequest
+from lollms_server.core.bindings import Binding, BindingManager, CancelToken, TextRequest
 from lollms_server.core.config import config_from_dict
 from lollms_server.core.errors import ConfigError, NotFoundError
 from tests.conftest import USER_BINDINGS
@@ -161,3 +161,36 @@ async def test_requirements_are_checked_with_pipmaster_when_allowed(tmp_path: Pa
     )
     binding = await BindingManager(config).get("n")  # httpx is installed: nothing to do, no network
     assert binding.instance_name == "n"
+
+
+def test_downloads_need_an_allowed_source_and_fit_the_size_cap(tmp_path: Path) -> None:
+    """Finding #24: with allow_download any 'a/b' name went to the hub, of any size."""
+    from lollms_server.core.bindings.torch import locate_model_folder
+    from lollms_server.core.errors import BadRequestError, PermissionDeniedError
+
+    config = config_from_dict(
+        {
+            "security": {"api_keys": ["a-key-long-enough"]},
+            "downloads": {"allowed_sources": ["trusted", "other/one-repo"], "max_download_mb": 100},
+            "bindings": {"llm": {"type": "llamacpp_binding", "allow_download": True}},
+        },
+        base=tmp_path,
+        environ={},
+    )
+    instance = BindingManager(config).instance("llm")
+    binding = Binding(instance.context())
+    binding.check_download("trusted/any-model")
+    binding.check_download("other/one-repo", size_mb=99)
+    for refused in ("stranger/model", "other/another-repo"):
+        with pytest.raises(PermissionDeniedError):
+            binding.check_download(refused)
+    with pytest.raises(BadRequestError):
+        binding.check_download("trusted/huge", size_mb=101)
+    with pytest.raises(PermissionDeniedError):
+        locate_model_folder(
+            tmp_path,
+            "stranger/model",
+            allow_download=True,
+            instance="llm",
+            check_download=binding.check_download,
+        )

@@ -24,7 +24,7 @@ from lollms_server.core.bindings.contract import (
     TextRequest,
     TextResult,
 )
-from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError
+from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError, PermissionDeniedError
 from lollms_server.utils.paths import safe_join
 
 T = TypeVar("T")
@@ -40,6 +40,9 @@ class BindingContext:
     models_folder: Path
     pool: str
     default_model: str | None = None
+    allowed_downloads: tuple[str, ...] = ()
+    """Hub owners or ``owner/repo`` this instance may download from (``[downloads]``)."""
+    max_download_mb: float = 20480.0
 
 
 class Binding:
@@ -174,6 +177,22 @@ class Binding:
         if not path.exists():
             raise NotFoundError(f"Model '{model_name}' not found for binding '{self.instance_name}'.")
         return path
+
+    def check_download(self, repo_id: str, size_mb: float | None = None) -> None:
+        """Refuse a download the server does not allow: 403 unless ``repo_id``'s owner or the
+        repository is in ``[downloads] allowed_sources``; 400 past ``max_download_mb``."""
+        owner = repo_id.split("/", 1)[0]
+        if owner not in self.context.allowed_downloads and repo_id not in self.context.allowed_downloads:
+            raise PermissionDeniedError(
+                f"Downloading '{repo_id}' is not allowed on this server "
+                "(an administrator lists allowed sources in [downloads] allowed_sources)."
+            )
+        if size_mb is not None and size_mb > self.context.max_download_mb:
+            raise BadRequestError(
+                f"'{repo_id}' is {size_mb:.0f} MB; this server downloads at most "
+                f"{self.context.max_download_mb:.0f} MB.",
+                param="model_name",
+            )
 
     # ---- thread bridges (see core.bindings.threads) ------------------------
     @staticmethod

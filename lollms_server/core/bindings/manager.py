@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from lollms_server.core.bindings.base import Binding, BindingContext
 from lollms_server.core.bindings.cards import BindingCard, discover_cards, validate_settings
-from lollms_server.core.config import AppConfig, BindingInstanceConfig
+from lollms_server.core.config import AppConfig, BindingInstanceConfig, DownloadsConfig
 from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
 from lollms_server.core.types import GENERATION_KINDS
 from lollms_server.utils.modules import import_file
@@ -40,6 +40,7 @@ class BindingInstance:
     pool: str
     models_folder: Path
     binding: Binding | None = None
+    downloads: DownloadsConfig = field(default_factory=DownloadsConfig)
 
     def context(self) -> BindingContext:
         """What the binding object of this instance (or its stand-in) is built with."""
@@ -50,6 +51,8 @@ class BindingInstance:
             models_folder=self.models_folder,
             pool=self.pool,
             default_model=self.config.model_name,
+            allowed_downloads=tuple(self.downloads.allowed_sources),
+            max_download_mb=self.downloads.max_download_mb,
         )
 
     def public(self) -> dict[str, Any]:
@@ -112,6 +115,7 @@ class BindingManager:
             settings=settings,
             pool=instance_config.pool or self.config.resource_manager.default_pool,
             models_folder=Path(models_folder),
+            downloads=self.config.downloads,
         )
 
     def instance(self, name: str) -> BindingInstance:

@@ -94,15 +94,27 @@ def folder_size_mb(path: Path) -> float:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / 2**20
 
 
-def locate_model_folder(models_folder: Path, model_name: str, *, allow_download: bool, instance: str) -> str:
+def locate_model_folder(
+    models_folder: Path,
+    model_name: str,
+    *,
+    allow_download: bool,
+    instance: str,
+    check_download: Callable[[str], None] | None = None,
+) -> str:
     """A model folder inside ``models_folder`` (400 if the name escapes it), or a hub id
-    (``owner/name``) when downloads are allowed; 404 otherwise."""
+    (``owner/name``) when downloads are on and ``check_download`` lets it through; 404
+    otherwise."""
     path = safe_join(models_folder, model_name)
     if path.is_dir():
         return str(path)
     if path.is_file():
         raise BadRequestError(f"Model '{model_name}' must be a model folder.", param="model_name")
     if allow_download and model_name.count("/") == 1:
+        if check_download is not None:
+            check_download(model_name)
+        if Path(model_name).exists():  # from_pretrained would take ./owner/name of the server's cwd
+            raise BadRequestError(f"Model '{model_name}' is ambiguous on this server.", param="model_name")
         return model_name  # from_pretrained downloads it (with a progress bar) on first use
     raise NotFoundError(f"Model '{model_name}' not found for binding '{instance}'.", param="model_name")
 
@@ -158,6 +170,7 @@ class TorchBinding(Binding):
             model_name,
             allow_download=bool(self.settings.get("allow_download")),
             instance=self.instance_name,
+            check_download=self.check_download,
         )
         try:
             self._models[model_name] = await self.run_blocking(self.load_from, location)
