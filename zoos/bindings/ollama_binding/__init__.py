@@ -46,8 +46,6 @@ OPTION_NAMES = {
 
 
 class OllamaBinding(Binding):
-    resident_models = False  # the models live in the remote server
-
     def __init__(self, context: BindingContext) -> None:
         super().__init__(context)
         self.client = httpx.AsyncClient(
