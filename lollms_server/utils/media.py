@@ -37,8 +37,12 @@ def encode_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def check_image(data: bytes, *, param: str, max_pixels: int = 64_000_000) -> tuple[str, int, int]:
-    """The mime type and size of an image; 400 if the bytes are not a complete image."""
+def check_image(
+    data: bytes, *, param: str, max_pixels: int = 64_000_000, max_side: int | None = None
+) -> tuple[str, int, int]:
+    """The mime type and size of an image; 400 if the bytes are not a complete image, or if it
+    has more than ``max_pixels`` pixels or a side longer than ``max_side`` (both told by the
+    header, before the pixels are decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -46,6 +50,12 @@ def check_image(data: bytes, *, param: str, max_pixels: int = 64_000_000) -> tup
             width, height = image.size
             if width * height > max_pixels:
                 raise BadRequestError(f"{param} is too large ({width}x{height}).", param=param)
+            if max_side is not None and max(width, height) > max_side:
+                raise BadRequestError(
+                    f"{param} is {width}x{height}; this server's limit is {max_side} pixels "
+                    "a side (limits.max_image_side).",
+                    param=param,
+                )
             image.load()  # a truncated file fails here
             mime = Image.MIME.get(image.format or "", "application/octet-stream")
     except BadRequestError:

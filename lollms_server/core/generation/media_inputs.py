@@ -94,24 +94,42 @@ def _declared_mime_matches(declared: str | None, actual: str) -> bool:
     return declared == actual or declared == "application/octet-stream"
 
 
+IMAGE_INPUTS = frozenset({"i2i"})
+"""Generation types that read input images and a mask; the others never decode them."""
+AUDIO_INPUTS = frozenset({"stt"})
+"""Generation types that read an input audio file; the others never decode it."""
+
+
 def build_media_request(
     generation_type: str,
     inputs: list[InputData],
     parameters: dict[str, Any],
     limits: LimitsConfig | None = None,
 ) -> MediaRequest:
-    """Decode and check the inputs a media generation needs (400 with the reason otherwise)."""
+    """Decode and check the inputs a media generation needs (400 with the reason otherwise).
+
+    Only the items the generation type reads are decoded: input images and a mask for ``i2i``,
+    the audio for ``stt``; other image or audio items are ignored without being decoded. An
+    input image or mask wider or taller than ``limits.max_image_side`` is refused (the output of
+    an edit has the input's size). Synchronous and free of shared state: callers may run it in a
+    worker thread."""
     limits = limits or LimitsConfig()
     check_limits(parameters, limits)
     request = MediaRequest(generation_type=generation_type, parameters=parameters)
+    reads_images = generation_type in IMAGE_INPUTS
+    reads_audio = generation_type in AUDIO_INPUTS
     prompts: list[str] = []
     for index, item in enumerate(inputs):
         param = f"input_data[{index}]"
         if item.type == "text" and item.role in PROMPT_ROLES:
             prompts.append(item.data)
         elif item.role in MASK_ROLES or item.type == "image" or item.role in IMAGE_ROLES:
+            if not reads_images:
+                continue  # not used by this generation type: not decoded
             data = _decoded(item, param, limits.max_image_bytes)
-            mime, _, _ = check_image(data, param=param, max_pixels=limits.max_image_pixels)
+            mime, _, _ = check_image(
+                data, param=param, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side
+            )
             if not _declared_mime_matches(item.mime_type, mime):
                 raise BadRequestError(
                     f"{param}: mime_type says {item.mime_type} but the data is {mime}.", param=param
@@ -121,6 +139,8 @@ def build_media_request(
             else:
                 request.images.append(data)
         elif item.type == "audio" or item.role in AUDIO_ROLES:
+            if not reads_audio:
+                continue  # not used by this generation type: not decoded
             data = _decoded(item, param, limits.max_audio_bytes)
             found = audio_format(data)
             if found is None:
