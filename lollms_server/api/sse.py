@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Coroutine
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -79,6 +80,9 @@ class EventStreamResponse(Response):
         )
         async for data in self.events:
             await self._send(send, {"type": "http.response.body", "body": data, "more_body": True})
+            # a send to a client that has gone returns at once, and buffered events are ready at
+            # once: let the disconnect watcher (and everyone else) run between events
+            await anyio.lowlevel.checkpoint()
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, send: Send, message: Message) -> None:
