@@ -5,14 +5,28 @@ module overrides a zoo module of the same name). Every public ``async def`` *def
 module is a function named ``module.function``; its JSON schema comes from the type hints and
 the docstring (``Args:`` section). Calls are validated against the signature and run with a
 timeout; a failing function returns an error the model can read, never a crash.
+
+How the timeout (``call_timeout``) works, and what it cannot do:
+
+* A synchronous function (a plain ``def`` given to :func:`build_spec`; modules export only
+  ``async def``) runs in its own daemon thread, never on the event loop. At the timeout the caller
+  stops waiting and the model is told; the thread itself cannot be killed and runs to its end.
+  At most :data:`MAX_RUNNING_THREADS` such threads run at once: a call beyond that is refused at
+  once rather than queued, so a runaway function cannot pile up threads.
+* An ``async def`` function runs on the server's event loop under ``asyncio.wait_for``. The
+  timeout cancels it at its next ``await``; code that never awaits (CPU-bound work, blocking I/O)
+  cannot be interrupted and stalls the whole server meanwhile, so such work belongs in a thread
+  (``await asyncio.to_thread(...)``), as ``utilities.calculate`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +41,17 @@ from lollms_server.utils.paths import is_safe_name
 logger = logging.getLogger(__name__)
 
 ARG_LINE = re.compile(r"^\s{2,}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+MAX_RUNNING_THREADS = 16  # synchronous function calls running at once (timed-out ones included)
 
 
 @dataclass
 class FunctionSpec:
-    """One callable function: its name, description, JSON schema and the coroutine itself."""
+    """One callable function: its name, description, JSON schema and the function itself."""
 
     name: str
     description: str
     parameters: dict[str, Any]
-    call: Callable[..., Awaitable[Any]]
+    call: Callable[..., Awaitable[Any]] | Callable[..., Any]
     validator: Any
 
     def public(self) -> dict[str, Any]:
@@ -75,8 +90,11 @@ def _describe(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     return summary, arguments
 
 
-def build_spec(name: str, function: Callable[..., Awaitable[Any]]) -> FunctionSpec:
-    """Schema and validator from the signature: every parameter needs a type hint."""
+def build_spec(name: str, function: Callable[..., Awaitable[Any]] | Callable[..., Any]) -> FunctionSpec:
+    """Schema and validator from the signature: every parameter needs a type hint.
+
+    ``function`` is an ``async def`` (run on the event loop) or a plain ``def`` (run in a thread).
+    """
     description, argument_docs = _describe(function)
     hints = get_type_hints(function)
     fields: dict[str, Any] = {}
@@ -104,6 +122,7 @@ class FunctionManager:
 
     def __init__(self, folders: list[Path], call_timeout: float = 30.0) -> None:
         self.call_timeout = call_timeout
+        self._threads = threading.BoundedSemaphore(MAX_RUNNING_THREADS)
         self.functions: dict[str, FunctionSpec] = {}
         modules: dict[str, Path] = {}
         for folder in folders:  # later folders (the user's) win
@@ -142,7 +161,11 @@ class FunctionManager:
         return [self.get(name) for name in names]
 
     async def call(self, name: str, arguments: Any) -> Any:
-        """Validate and run one call; raises BadRequestError for bad arguments."""
+        """Validate and run one call; raises BadRequestError for bad arguments.
+
+        Raises ``asyncio.TimeoutError`` after ``call_timeout`` seconds; a synchronous function's
+        thread keeps running after that (see the module docstring), the event loop never waits on it.
+        """
         spec = self.get(name)
         if not isinstance(arguments, dict):
             raise BadRequestError(f"Arguments of '{name}' must be a JSON object.")
@@ -153,7 +176,49 @@ class FunctionManager:
             where = ".".join(str(part) for part in first["loc"]) or "arguments"
             raise BadRequestError(f"Invalid arguments for '{name}': {where}: {first['msg']}.") from None
         values = {key: getattr(checked, key) for key in type(checked).model_fields}
-        return await asyncio.wait_for(spec.call(**values), self.call_timeout)
+        if inspect.iscoroutinefunction(spec.call):
+            return await asyncio.wait_for(spec.call(**values), self.call_timeout)
+        return await asyncio.wait_for(self._in_thread(name, spec.call, values), self.call_timeout)
+
+    async def _in_thread(self, name: str, function: Callable[..., Any], values: dict[str, Any]) -> Any:
+        """Run a synchronous function in a daemon thread; the caller may stop waiting at any time.
+
+        A daemon thread (not an executor's) so that a function still running at shutdown does not
+        hold the process, and a bounded number of them so that runaway calls cannot pile up.
+        """
+        if not self._threads.acquire(blocking=False):
+            raise RuntimeError(f"{MAX_RUNNING_THREADS} earlier function calls are still running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def deliver(ok: bool, value: Any) -> None:
+            if not future.done():  # the caller may have stopped waiting (timeout, cancellation)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        def work() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, context.run(function, **values))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who reports it
+                outcome = (False, RuntimeError(repr(exc)) if isinstance(exc, StopIteration) else exc)
+            except BaseException as exc:  # SystemExit and the like must not reach the event loop
+                outcome = (False, RuntimeError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._threads.release()
+            try:
+                loop.call_soon_threadsafe(deliver, *outcome)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        try:
+            threading.Thread(target=work, name=f"lollms-function-{name}"[:60], daemon=True).start()
+        except BaseException:
+            self._threads.release()
+            raise
+        return await future
 
     async def safe_call(self, name: str, arguments: Any) -> tuple[bool, Any]:
         """(ok, result or error message): what a model is told, whatever happened."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lollms_server.core.bindings import CancelToken, TextRequest, TextResult
@@ -21,7 +21,15 @@ from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, TextJob
 from lollms_server.core.types import StreamChunk
 
-TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+MAX_TOOL_CALLS = 32  # calls read from one answer; later ones are ignored
+MAX_SCAN_CHARS = 1 << 20  # characters of an answer searched for calls (and stripped of them)
+MAX_RESULT_CHARS = 64 * 1024  # a function result longer than this is cut before the model reads it
+# A call is ``<tool_call>`` + whitespace + a JSON object ``{...}`` + whitespace + ``</tool_call>``,
+# the object ending at the first "}" that only whitespace separates from a closing tag (what the
+# former regex ``<tool_call>\s*(\{.*?\})\s*</tool_call>`` matched, which took quadratic time on
+# many unclosed ``<tool_call>{``). Both patterns are searched forward only, so a scan is linear.
+_OPEN = re.compile(r"<tool_call>\s*\{")
+_CLOSE = re.compile(r"\}\s*</tool_call>")
 
 
 def tool_call_text(name: str, arguments: Any) -> str:
@@ -33,10 +41,13 @@ def tool_call_text(name: str, arguments: Any) -> str:
     )
 
 
-def tool_result_text(name: str, value: Any, ok: bool = True) -> str:
-    """A function's result written in the text protocol (the next user turn)."""
+def tool_result_text(name: str, value: Any, ok: bool = True, limit: int | None = None) -> str:
+    """A function's result written in the text protocol (the next user turn).
+
+    ``limit`` cuts a longer result text (the tool loop passes :data:`MAX_RESULT_CHARS`).
+    """
     status = "" if ok else ' error="true"'
-    return f'<tool_result name="{name}"{status}>{_result_text(value)}</tool_result>'
+    return f'<tool_result name="{name}"{status}>{_result_text(value, limit)}</tool_result>'
 
 
 def protocol_prompt(tools: list[dict[str, Any]]) -> str:
@@ -52,13 +63,37 @@ def protocol_prompt(tools: list[dict[str, Any]]) -> str:
     )
 
 
+def _call_spans(text: str, limit: int) -> Iterator[tuple[int, int, int, int]]:
+    """(call start, call end, JSON start, JSON end) of the first ``limit`` calls, left to right.
+
+    Linear in ``len(text)`` (at most :data:`MAX_SCAN_CHARS` of it): every search starts where the
+    previous one of the same pattern stopped, and a failed search ends the scan.
+    """
+    end = min(len(text), MAX_SCAN_CHARS)
+    position = found = 0
+    while found < limit:
+        opening = _OPEN.search(text, position, end)
+        if opening is None:
+            return
+        brace = opening.end() - 1
+        close = _CLOSE.search(text, brace + 1, end)
+        if close is None:  # no call can end after this point: the scan is over
+            return
+        yield opening.start(), close.end(), brace, close.start() + 1
+        found += 1
+        position = close.end()
+
+
 def parse_tool_calls(text: str) -> list[dict[str, Any]]:
-    """The calls in a model's answer (malformed ones become calls with an ``error``)."""
+    """The calls in a model's answer (malformed ones become calls with an ``error``).
+
+    At most :data:`MAX_TOOL_CALLS` calls are read, from the first :data:`MAX_SCAN_CHARS` characters.
+    """
     calls: list[dict[str, Any]] = []
-    for match in TOOL_CALL.finditer(text):
+    for _, _, start, stop in _call_spans(text, MAX_TOOL_CALLS):
         try:
-            data = json.loads(match.group(1))
-        except json.JSONDecodeError:
+            data = json.loads(text[start:stop])
+        except (ValueError, RecursionError):  # JSONDecodeError, or an absurdly deep nesting
             calls.append({"name": "", "arguments": {}, "error": "the call is not valid JSON"})
             continue
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
@@ -68,8 +103,48 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
     return calls
 
 
-def _result_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+def strip_tool_calls(text: str) -> str:
+    """``text`` without its calls (all those in the first :data:`MAX_SCAN_CHARS` characters)."""
+    pieces: list[str] = []
+    kept = 0
+    for start, stop, _, _ in _call_spans(text, len(text)):
+        pieces.append(text[kept:start])
+        kept = stop
+    pieces.append(text[kept:])
+    return "".join(pieces)
+
+
+def _json_safe(value: Any) -> tuple[bool, Any]:
+    """(True, value) for a result JSON can carry, with non-JSON objects (dates...) as their ``str``;
+    (False, message) for one it cannot (a >4300-digit int, a cycle...). Never raises."""
+    if isinstance(value, str):
+        return True, value
+    try:
+        json.dumps(value, ensure_ascii=False)
+        return True, value
+    except Exception:  # noqa: BLE001 - not plain JSON: try the str() fallback below
+        pass
+    try:
+        return True, json.loads(json.dumps(value, ensure_ascii=False, default=str))
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the message the model reads
+        return False, f"the result ({type(value).__name__}) cannot be written as JSON ({type(exc).__name__})"
+
+
+def _result_text(value: Any, limit: int | None = None) -> str:
+    """A result as text for the model: JSON, or ``str`` for a string; never raises.
+
+    A text longer than ``limit`` characters is cut, with a note saying so.
+    """
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except Exception as exc:  # noqa: BLE001 - huge ints, cycles, bad keys, a failing __str__
+            text = f"[the result ({type(value).__name__}) cannot be written as text: {type(exc).__name__}]"
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"\n[result cut: {len(text)} characters, only the first {limit} are shown]"
+    return text
 
 
 class ToolLoop:
@@ -150,6 +225,8 @@ class ToolLoop:
             ok, value = False, f"function '{name}' is not available in this request"
         else:
             ok, value = await self.functions.safe_call(name, call.get("arguments", {}))
+            if ok:  # the result goes into the response as JSON: one that cannot be is an error
+                ok, value = _json_safe(value)
         record = {
             "round": round_number,
             "name": name,
@@ -160,8 +237,9 @@ class ToolLoop:
         made.append(record)
         self.on_call(StreamChunk(type="function_call", content=record))
         if native:
-            return {"role": "tool", "tool_call_id": call.get("id", name), "content": _result_text(value)}
-        return {"role": "user", "content": tool_result_text(name, value, ok)}
+            content = _result_text(value, MAX_RESULT_CHARS)
+            return {"role": "tool", "tool_call_id": call.get("id", name), "content": content}
+        return {"role": "user", "content": tool_result_text(name, value, ok, MAX_RESULT_CHARS)}
 
 
 async def single_turn(
@@ -180,7 +258,7 @@ async def single_turn(
     calls = [call for call in parse_tool_calls(result.text) if not call.get("error")]
     for index, call in enumerate(calls):
         call["id"] = f"call_{index}_{call['name'].replace('.', '_')}"
-    text = TOOL_CALL.sub("", result.text).strip() if calls else result.text
+    text = strip_tool_calls(result.text).strip() if calls else result.text
     return text, calls, result.usage
 
 
