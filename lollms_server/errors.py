@@ -9,6 +9,7 @@ Every error the server returns looks like::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "PayloadTooLargeError",
+    "RateLimitError",
     "ServiceUnavailableError",
     "BindingError",
     "GenerationTimeoutError",
@@ -106,6 +108,31 @@ class ServiceUnavailableError(LollmsError):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
         self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["retry_after"] = max(1, int(self.retry_after))
+        return body
+
+
+class RateLimitError(LollmsError):
+    """A key is over one of its limits (concurrency, queue, requests or tokens per minute)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, limit: int, remaining: int, reset_seconds: float) -> None:
+        reset = max(1, math.ceil(reset_seconds))
+        super().__init__(
+            message,
+            headers={
+                "Retry-After": str(reset),
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(max(0, remaining)),
+                "X-RateLimit-Reset": str(reset),
+            },
+        )
+        self.retry_after = reset
 
 
 class BindingError(LollmsError):

@@ -114,4 +114,6 @@ def test_error_body_shape_with_param() -> None:
 def test_an_error_serialises_to_the_error_body() -> None:
     error = NotFoundError("No such model.", param="model_name")
     assert error.to_dict() == error_body("not_found_error", "No such model.", "model_name")
-    assert ServiceUnavailableError("busy").to_dict() == error_body("service_unavailable", "busy")
+    busy = error_body("service_unavailable", "busy")
+    busy["error"]["retry_after"] = 5  # a 503 says when to come back in its body too
+    assert ServiceUnavailableError("busy").to_dict() == busy

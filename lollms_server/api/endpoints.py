@@ -38,6 +38,7 @@ from lollms_server.api.models import (
 )
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.generation import GenerationStream
+from lollms_server.core.generation.queued import QueuedStream
 from lollms_server.core.generation.workflows import WorkflowRun
 from lollms_server.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lollms_server.core.types import GENERATION_TYPES
@@ -136,6 +137,19 @@ async def status(_: AdminUser, pools: PoolsDep, request: Request) -> dict[str, A
     }
 
 
+@router.get("/queue")
+async def queue(_: AdminUser, pools: PoolsDep, generation: GenerationDep) -> dict[str, Any]:
+    """Per pool: the waiting requests in the order they will be served (key name, priority,
+    seconds waited, position) and each key's running count and usage; per key: its quotas'
+    use (running, waiting, requests and tokens of the last minute)."""
+    await pools.refresh()
+    fields = ("name", "isolation", "limit", "active", "queued", "waiting", "keys")
+    return {
+        "pools": [{key: pool.get(key) for key in fields} for pool in pools.snapshot()["pools"]],
+        "keys": generation.quotas.usage(),
+    }
+
+
 @health_router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
 async def metrics(request: Request, _: MetricsReader, pools: PoolsDep) -> PlainTextResponse:
     """Prometheus metrics (admin scope, unless ``server.public_metrics``)."""
@@ -158,11 +172,13 @@ async def generate(
         # admitted (a slot, the model loaded) before the response starts; a client that leaves
         # while it waits leaves the queue
         stream = await cancellable(request, lambda _: generation.open_stream(body, principal, request_id))
-        return EventStreamResponse(_sse_events(stream), on_close=stream.aclose, deadline=stream.deadline)
+        return EventStreamResponse(
+            _sse_events(stream), on_close=stream.aclose, deadline=lambda: stream.deadline
+        )
     return await cancellable(request, lambda cancel: generation.generate(body, principal, request_id, cancel))
 
 
-async def _sse_events(stream: GenerationStream | WorkflowRun) -> AsyncGenerator[bytes, None]:
+async def _sse_events(stream: GenerationStream | QueuedStream | WorkflowRun) -> AsyncGenerator[bytes, None]:
     events = stream.events()
     try:
         async for event in events:

@@ -1,8 +1,9 @@
 """The pool-lease API a worker process serves to its gateways (``/internal/pool``, on
 127.0.0.1 to the per-start token; see ``core/pools/process.py`` for the other side).
 
-- ``POST /leases {instance, model}``: an event stream: pings while the request waits in the
-  pool's FIFO queue and the model loads, then "admitted" ``{lease, queue_wait, load,
+- ``POST /leases {instance, model, ticket}``: an event stream: ``{waiting, position, eta}``
+  every second while the request waits in the pool's queue (``ticket``: key name, weight,
+  priority) and the model loads, then "admitted" ``{lease, queue_wait, load,
   slot_granted_at, native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then pings
   while the gateway holds the slot. The gateway closing it (or leaving while queued) leaves the
   queue or gives the slot back; so does the lease's expiry (see ``core/pools/leases.py``).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -29,6 +30,7 @@ from lollms_server.core.errors import BindingError, LollmsError
 from lollms_server.core.pools import wire
 from lollms_server.core.pools.leases import LeaseTable, RemoteLease
 from lollms_server.core.pools.remote import PING_SECONDS
+from lollms_server.core.resource_manager import Ticket
 
 
 def get_leases(request: Request) -> LeaseTable:
@@ -40,9 +42,16 @@ LeasesDep = Annotated[LeaseTable, Depends(get_leases)]
 router = APIRouter(prefix="/internal/pool", tags=["pool worker"], include_in_schema=False)
 
 
+class TicketModel(BaseModel):
+    key: str = Field("anonymous", max_length=256)
+    weight: float = Field(1.0, gt=0, le=1000)
+    priority: Literal["interactive", "batch"] = "interactive"
+
+
 class LeaseRequest(BaseModel):
     instance: str = Field(..., max_length=256)
     model: str = Field(..., max_length=512)
+    ticket: TicketModel = Field(default_factory=TicketModel)
 
 
 class CallRequest(BaseModel):
@@ -74,16 +83,17 @@ async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Res
     """The lease stream: pings while the request waits in the queue and the model loads (so
     a live worker is never taken for a hung one), then "admitted" or the pool's error, then
     pings while the gateway holds the slot."""
-    admission = leases.open_with_pings(body.instance, body.model, PING_SECONDS)
+    ticket = Ticket(body.ticket.key, body.ticket.weight, body.ticket.priority)
+    admission = leases.open_with_pings(body.instance, body.model, PING_SECONDS, ticket)
     opened: list[RemoteLease] = []
 
     async def events() -> AsyncGenerator[bytes, None]:
         try:
-            async for lease in admission:
-                if lease is None:
-                    yield b": waiting\n\n"
+            async for item in admission:
+                if isinstance(item, dict):  # still waiting: its place in the queue
+                    yield _event(item)
                 else:
-                    opened.append(lease)
+                    opened.append(item)
         except Exception as exc:  # noqa: BLE001 - the pool's 503, a failed load...
             yield _error_event(exc)
             return

@@ -21,8 +21,9 @@ DEADLINE_GRACE_SECONDS = 1.0  # past a stream's deadline, for its own timeout ev
 class EventStreamResponse(Response):
     """An event stream that ends (and calls ``on_close``, which frees the slot) when the client
     leaves, when a send cannot progress for ``send_timeout`` seconds (a client that stopped
-    reading: default ``server.send_timeout`` of the app's config), or at ``deadline`` (loop time:
-    the generation timeout bounds the whole life of a slot, sends included)."""
+    reading: default ``server.send_timeout`` of the app's config), or at ``deadline`` (loop time,
+    or a callable giving it once known: the generation timeout bounds the whole life of a slot,
+    sends included)."""
 
     media_type = "text/event-stream"
 
@@ -33,7 +34,7 @@ class EventStreamResponse(Response):
         headers: dict[str, str] | None = None,
         *,
         send_timeout: float | None = None,
-        deadline: float | None = None,
+        deadline: float | Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__(content=None, headers=headers, media_type=self.media_type)
         self.events = events
@@ -51,8 +52,18 @@ class EventStreamResponse(Response):
             self.send_timeout = config.server.send_timeout if config is not None else None
         try:
             async with anyio.create_task_group() as group:
+
+                async def watch_deadline() -> None:
+                    """The deadline, once known (a queued stream learns it at admission)."""
+                    while True:
+                        deadline = self.deadline() if callable(self.deadline) else self.deadline
+                        if deadline is not None:
+                            group.cancel_scope.deadline = deadline + DEADLINE_GRACE_SECONDS
+                            return
+                        await anyio.sleep(0.5)
+
                 if self.deadline is not None:
-                    group.cancel_scope.deadline = self.deadline + DEADLINE_GRACE_SECONDS
+                    group.start_soon(watch_deadline)
 
                 async def watch_disconnect() -> None:
                     while True:

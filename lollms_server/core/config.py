@@ -111,6 +111,20 @@ class ApiKeyConfig(StrictModel):
     allowed_bindings: list[str] | None = Field(
         None, description="Binding instances this key may use (all when omitted)."
     )
+    weight: float = Field(
+        1.0, gt=0, le=1000, description="Share of a busy pool against other keys (fair policy)."
+    )
+    priority: Literal["interactive", "batch"] = Field(
+        "interactive", description="batch: served only when no interactive request waits (with aging)."
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Running generations of this key, all pools together."
+    )
+    max_queued: int | None = Field(
+        None, ge=0, description="Waiting requests of this key, all pools together."
+    )
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests of this key per minute.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Generated tokens of this key per minute.")
 
 
 class SecurityConfig(StrictModel):
@@ -159,6 +173,17 @@ class PoolConfig(StrictModel):
     limit: int = Field(1, ge=1, description="Generations and loads running at once in this pool.")
     queue_size: int = Field(64, ge=0, description="Requests allowed to wait; more get 503.")
     queue_timeout: float = Field(120.0, gt=0, description="Seconds a request may wait before 503.")
+    policy: Literal["fair", "fifo"] = Field(
+        "fair",
+        description="Who gets a freed slot: fair: the waiting API key with the least weighted "
+        "slot-seconds (FIFO within a key, batch after interactive); fifo: strict arrival order.",
+    )
+    batch_max_wait: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a batch request waits behind interactive ones before it competes "
+        "as interactive (fair policy).",
+    )
     memory_budget_mb: float | None = Field(
         None, gt=0, description="Memory budget; idle models are evicted (LRU) to fit a new one."
     )

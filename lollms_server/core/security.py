@@ -25,12 +25,25 @@ HASH_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """A key's quotas (None: no limit), kept by the gateway across all pools (``core/quotas.py``)."""
+
+    max_concurrent: int | None = None
+    max_queued: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: a key's name, its scopes and the binding instances it may use."""
 
     name: str
     scopes: frozenset[str] = field(default_factory=lambda: frozenset({"generate"}))
     allowed_bindings: frozenset[str] | None = None
+    weight: float = 1.0
+    priority: str = "interactive"
+    limits: KeyLimits = field(default_factory=lambda: KeyLimits())
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -104,6 +117,14 @@ class KeyStore:
                 allowed_bindings=None
                 if entry.allowed_bindings is None
                 else frozenset(entry.allowed_bindings),
+                weight=entry.weight,
+                priority=entry.priority,
+                limits=KeyLimits(
+                    max_concurrent=entry.max_concurrent,
+                    max_queued=entry.max_queued,
+                    requests_per_minute=entry.requests_per_minute,
+                    tokens_per_minute=entry.tokens_per_minute,
+                ),
             )
             entries.append((_digest_of(entry), principal))
         allow_anonymous = False

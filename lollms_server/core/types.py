@@ -150,6 +150,9 @@ class GenerateRequest(RequestModel):
     stream: bool = Field(False, description="Stream Server-Sent Events (StreamChunk JSON).")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Generation parameters.")
     functions: list[str] | None = Field(None, description="Functions the model may call.")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, description="batch: wait behind interactive requests (a key's priority is never raised)."
+    )
 
     @model_validator(mode="after")
     def _has_input(self) -> GenerateRequest:

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ADMIN_KEY, GOOD_KEY, LIMITED_KEY, ONLY_ADMIN_KEY
 
 PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-ADMIN_ONLY = {"/api/v1/status", "/metrics"}
+ADMIN_ONLY = {"/api/v1/status", "/api/v1/queue", "/metrics"}
 BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/generate": {"prompt": "hello world", "binding_name": "echo", "model_name": "echo"},
     "/api/v1/tokenize": {"text": "hi", "binding_name": "echo", "model_name": "echo"},

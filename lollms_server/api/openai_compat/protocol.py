@@ -44,6 +44,9 @@ class ChatCompletionRequest(OpenAIModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     personality: str | None = Field(None, max_length=256, description="lollms personality (extension).")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, description="batch: wait behind interactive requests (extension; never raises a key's)."
+    )
 
 
 class CompletionRequest(OpenAIModel):
@@ -57,6 +60,7 @@ class CompletionRequest(OpenAIModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
+    priority: Literal["interactive", "batch"] | None = Field(None, description="See the chat request.")
 
 
 class EmbeddingRequest(OpenAIModel):

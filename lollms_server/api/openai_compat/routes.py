@@ -96,6 +96,7 @@ async def chat_completions(
         personality=body.personality,
         parameters=translate.chat_parameters(body),
         stream=body.stream,
+        priority=body.priority,
     )
     head = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -110,7 +111,9 @@ async def chat_completions(
         )
     stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
     return EventStreamResponse(
-        _chat_stream(stream.events(), head, include_usage), on_close=stream.aclose, deadline=stream.deadline
+        _chat_stream(stream.events(), head, include_usage),
+        on_close=stream.aclose,
+        deadline=lambda: stream.deadline,
     )
 
 
@@ -211,6 +214,7 @@ async def completions(
         model_name=model,
         parameters=parameters,
         stream=body.stream,
+        priority=body.priority,
     )
     head = {
         "id": f"cmpl-{request_id}",
@@ -250,7 +254,7 @@ async def completions(
         finally:
             await source.aclose()
 
-    return EventStreamResponse(events(), on_close=stream.aclose, deadline=stream.deadline)
+    return EventStreamResponse(events(), on_close=stream.aclose, deadline=lambda: stream.deadline)
 
 
 # ---------------------------------------------------------------- embeddings

@@ -4,6 +4,7 @@ its job (text or media) and its timings."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,10 @@ class Admission:
     session: PoolSession
     personality: Personality | None = None
     principal_name: str = ""
+    on_tokens: Callable[[int], None] = lambda tokens: None
+    """Counts generated tokens against the key's tokens_per_minute."""
+    on_release: Callable[[], None] = lambda: None
+    """Ends the key's running count (its max_concurrent)."""
 
     @property
     def binding(self) -> Binding:
@@ -93,7 +98,10 @@ class Admission:
 
     async def release(self) -> None:
         """Give back the model and the slot (idempotent)."""
-        await self.session.aclose()
+        try:
+            await self.session.aclose()
+        finally:
+            self.on_release()
 
     def info(self, request_id: str) -> dict[str, Any]:
         """The metadata of a stream's first event."""

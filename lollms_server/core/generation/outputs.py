@@ -65,7 +65,8 @@ def error_chunk(exc: LollmsError) -> StreamChunk:
 
 
 def record(metrics: Metrics | None, admission: Admission, tokens: int = 0) -> None:
-    """Generation seconds and tokens, by binding and API key name."""
+    """Generation seconds and tokens, by binding and API key name (and the key's token quota)."""
+    admission.on_tokens(tokens)
     if metrics is not None:
         target = admission.target
         metrics.observe_generation(

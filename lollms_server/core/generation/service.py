@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
 from lollms_server.core.generation.outputs import media_outputs, record, text_output, tokens_of
+from lollms_server.core.generation.queued import QueuedStream
 from lollms_server.core.generation.routing import Target, merged_parameters, resolve
 from lollms_server.core.generation.stream import GenerationStream
 from lollms_server.core.generation.text_inputs import text_request
@@ -30,7 +31,9 @@ from lollms_server.core.generation.tools import ToolLoop, single_turn
 from lollms_server.core.generation.workflows import WorkflowRun, WorkflowServices
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
-from lollms_server.core.pools import PoolRegistry
+from lollms_server.core.pools import PoolRegistry, PoolSession
+from lollms_server.core.quotas import KeyQuotas
+from lollms_server.core.resource_manager import Ticket
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
 from lollms_server.utils.paths import validate_model_name
@@ -59,6 +62,7 @@ class GenerationService:
         self.functions = functions
         self.metrics = metrics
         self.timeout = config.resource_manager.generation_timeout
+        self.quotas = KeyQuotas()
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
         """The request's personality, else the default one (404 for an unknown name)."""
@@ -172,11 +176,14 @@ class GenerationService:
     ) -> AsyncIterator[tuple[Target, Binding]]:
         """A slot of the binding's pool and its model loaded, for calls outside /generate."""
         target = self.resolve(principal, generation_type, binding_name, model_name)
-        session = await self.pools.admit(target.instance, target.model)
+        session, ended = await self._admitted(principal, target)
         try:
             yield target, session.binding
         finally:
-            await session.aclose()
+            try:
+                await session.aclose()
+            finally:
+                ended()
 
     def _check_text(self, size: int, param: str) -> None:
         """The prompt limit applies to every route that takes text (400 before any slot)."""
@@ -243,15 +250,39 @@ class GenerationService:
     # ---- streams ------------------------------------------------------------
     async def open_stream(
         self, request: GenerateRequest, principal: Principal, request_id: str
-    ) -> GenerationStream | WorkflowRun:
+    ) -> GenerationStream | QueuedStream | WorkflowRun:
         """Validate, route, wait for a slot and load the model *before* the response starts, so
-        that 4xx/5xx/503 answers stay plain HTTP errors, wherever the pool runs. A scripted
-        personality streams what its workflow yields."""
+        that 4xx/5xx/503 answers stay plain HTTP errors, wherever the pool runs. A request that
+        has to wait in its pool's queue gets its stream at once (a :class:`QueuedStream`: its
+        place and an ETA, then the generation). A scripted personality streams what its
+        workflow yields."""
         personality = self.personality_of(request)
         if personality is not None and personality.scripted:
             return self._workflow(personality, request, principal, request_id, CancelToken())
+        positions: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+        def moved(position: int, eta: float) -> None:
+            positions.put_nowait((position, eta))
+
+        admission = asyncio.ensure_future(self.admit(request, principal, personality, on_position=moved))
+        first = asyncio.ensure_future(positions.get())
+        try:
+            await asyncio.wait({admission, first}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the client left: leave the queue
+            admission.cancel()
+            first.cancel()
+            await asyncio.gather(admission, first, return_exceptions=True)
+            raise
+        if admission.done():
+            first.cancel()
+            return self._stream(admission.result(), request_id)
+        return QueuedStream(
+            admission, first.result(), positions, lambda admitted: self._stream(admitted, request_id)
+        )
+
+    def _stream(self, admission: Admission, request_id: str) -> GenerationStream:
         return GenerationStream(
-            await self.admit(request, principal, personality),
+            admission,
             request_id,
             timeout=self.timeout,
             functions=self.functions,
@@ -260,7 +291,11 @@ class GenerationService:
         )
 
     async def admit(
-        self, request: GenerateRequest, principal: Principal, personality: Personality | None = None
+        self,
+        request: GenerateRequest,
+        principal: Principal,
+        personality: Personality | None = None,
+        on_position: Callable[[int, float], None] | None = None,
     ) -> Admission:
         """Route and check the request, then wait (FIFO) for a slot of its pool with the model resident."""
         target = self.resolve(
@@ -285,6 +320,32 @@ class GenerationService:
             )
             job = MediaJob(media_request)
         timings = Timings()
-        session = await self.pools.admit(target.instance, target.model)
+        session, ended = await self._admitted(principal, target, request.priority, on_position)
         timings.admitted(session)
-        return Admission(target, job, parameters, timings, session, personality, principal.name)
+        return Admission(
+            target,
+            job,
+            parameters,
+            timings,
+            session,
+            personality,
+            principal.name,
+            on_tokens=lambda tokens: self.quotas.add_tokens(principal, tokens),
+            on_release=ended,
+        )
+
+    async def _admitted(
+        self,
+        principal: Principal,
+        target: Target,
+        priority: str | None = None,
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> tuple[PoolSession, Callable[[], None]]:
+        """The key's quotas (429), then a slot of the target's pool with its model resident;
+        returns the session and the end of the key's running count."""
+        self.quotas.check(principal)
+        batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
+        ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
+        with self.quotas.waiting(principal):
+            session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+        return session, self.quotas.started(principal)

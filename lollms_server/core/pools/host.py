@@ -11,9 +11,11 @@ host answers a full queue with a plain HTTP 503 before a stream starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from lollms_server.core.bindings import Binding
+from lollms_server.core.resource_manager import Ticket
 
 HostKind = Literal["inprocess", "process", "ray"]
 
@@ -39,8 +41,16 @@ class PoolHost(Protocol):
     async def start(self) -> None:
         """Prepare what the host needs before the first request (join a cluster...)."""
 
-    async def admit(self, instance: str, model: str) -> PoolSession:
-        """Wait (FIFO) for a slot and load ``model`` of ``instance``; 503 when the pool is busy."""
+    async def admit(
+        self,
+        instance: str,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> PoolSession:
+        """Wait for a slot (the pool's policy orders ``ticket`` among the waiters; ``on_position``
+        hears the place in the queue and an ETA) and load ``model`` of ``instance``; 503 when the
+        pool is busy."""
 
     async def binding(self, instance: str) -> Binding:
         """The instance's binding for listings (no slot held, no model loaded)."""

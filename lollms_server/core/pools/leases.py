@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from lollms_server.core.bindings import (
 )
 from lollms_server.core.errors import BindingError, GenerationTimeoutError, LollmsError, NotFoundError
 from lollms_server.core.pools.local import LocalPoolHost, LocalSession
+from lollms_server.core.resource_manager import Ticket
 from lollms_server.core.streams import bounded
 
 logger = logging.getLogger(__name__)
@@ -80,9 +81,15 @@ class LeaseTable:
         self.generation_timeout = generation_timeout
         self.leases: dict[str, RemoteLease] = {}
 
-    async def open(self, instance: str, model: str) -> RemoteLease:
-        """Admit (FIFO wait, model load) and record the lease; raises the pool's 503s."""
-        session = await self.host.admit(instance, model)
+    async def open(
+        self,
+        instance: str,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> RemoteLease:
+        """Admit (the pool's queue, the model load) and record the lease; raises the pool's 503s."""
+        session = await self.host.admit(instance, model, ticket, on_position)
         now = asyncio.get_running_loop().time()
         lease = RemoteLease(
             id=secrets.token_hex(12),
@@ -96,19 +103,31 @@ class LeaseTable:
         return lease
 
     async def open_with_pings(
-        self, instance: str, model: str, interval: float
-    ) -> AsyncGenerator[RemoteLease | None, None]:
-        """:meth:`open`, yielding ``None`` every ``interval`` seconds while the request waits in
-        the queue or the model loads (so the gateway can tell a long wait from a hung host),
-        then the lease. Closing it early leaves the queue (or gives back a slot just granted)."""
-        admission = asyncio.ensure_future(self.open(instance, model))
+        self, instance: str, model: str, interval: float, ticket: Ticket = Ticket()
+    ) -> AsyncGenerator[RemoteLease | dict[str, Any], None]:
+        """:meth:`open`, yielding ``{"waiting": True, "position": n, "eta": seconds}`` every
+        ``interval`` seconds while the request waits in the queue or the model loads (at once
+        when its position changes), so the gateway can tell a long wait from a hung host and
+        show the place in the queue; then the lease. Closing it early leaves the queue (or gives
+        back a slot just granted)."""
+        changed = asyncio.Event()
+        where: dict[str, Any] = {"waiting": True, "position": 0, "eta": 0.0}
+
+        def on_position(position: int, eta: float) -> None:
+            where.update(position=position, eta=round(eta, 3))
+            changed.set()
+
+        admission = asyncio.ensure_future(self.open(instance, model, ticket, on_position))
         delivered = False
         try:
             while True:
-                done, _ = await asyncio.wait({admission}, timeout=interval)
-                if done:
+                moved = asyncio.ensure_future(changed.wait())
+                await asyncio.wait({admission, moved}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                moved.cancel()
+                if admission.done():
                     break
-                yield None
+                changed.clear()
+                yield dict(where)
             delivered = True  # from here the caller holds the lease and closes it
             yield admission.result()
         finally:

@@ -3,13 +3,14 @@ manager's instances. Worker processes and Ray actors run exactly this inside."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from lollms_server.core.bindings import Binding, BindingManager
 from lollms_server.core.config import AppConfig
 from lollms_server.core.pools.host import HostKind
-from lollms_server.core.resource_manager import Lease, ResourceManager
+from lollms_server.core.resource_manager import Lease, ResourceManager, Ticket
 
 
 class LocalSession:
@@ -48,9 +49,15 @@ class LocalPoolHost:
     async def start(self) -> None:
         return None
 
-    async def admit(self, instance: str, model: str) -> LocalSession:
+    async def admit(
+        self,
+        instance: str,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> LocalSession:
         binding = await self.bindings.get(instance)
-        lease = await self.resources.acquire(self.pool)
+        lease = await self.resources.acquire(self.pool, ticket, on_position)
         residency = AsyncExitStack()
         try:
             load_seconds = await residency.enter_async_context(

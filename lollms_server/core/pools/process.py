@@ -14,7 +14,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import httpx
@@ -42,7 +43,7 @@ from lollms_server.core.pools.remote import (
     ended_early,
     silent_too_long,
 )
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.resource_manager import ResourceManager, Ticket
 
 logger = logging.getLogger(__name__)
 RPC = "/internal/pool"
@@ -104,12 +105,19 @@ class WorkerProcessHost:
         return WorkerBinding(self.bindings.instance(instance).context(), self, lease, native_tools)
 
     # ---- admission ------------------------------------------------------------------
-    async def admit(self, instance: str, model: str) -> RemoteSession:
+    async def admit(
+        self,
+        instance: str,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> RemoteSession:
         """Open a lease on the worker; returns once the worker has admitted it."""
         client = await self.client()
-        # the worker pings every second while the request waits in its queue or the model
+        # the worker says where the request waits every second while it queues or the model
         # loads: a long wait is alive; only silence past the hang time means a hung worker
-        request = client.build_request("POST", f"{RPC}/leases", json={"instance": instance, "model": model})
+        body = {"instance": instance, "model": model, "ticket": asdict(ticket)}
+        request = client.build_request("POST", f"{RPC}/leases", json=body)
         try:
             response = await client.send(request, stream=True)
         except httpx.ReadTimeout:
@@ -122,7 +130,7 @@ class WorkerProcessHost:
                 await response.aread()
                 raise remote_error(response)
             lines = response.aiter_lines()
-            admitted = await _first_event(lines)
+            admitted = await _first_event(lines, on_position)
         except httpx.ReadTimeout:
             await response.aclose()
             raise self.hung() from None
@@ -192,6 +200,8 @@ def remote_snapshot(config: AppConfig, pool: str, kind: str, status: dict[str, A
         "memory_budget_mb": pool_config.memory_budget_mb,
         "memory_used_mb": 0.0,
         "models": [],
+        "waiting": [],
+        "keys": {},
     }
     remote = next((item for item in (status or {}).get("pools", []) if item.get("name") == pool), None)
     if remote is not None:
@@ -201,11 +211,17 @@ def remote_snapshot(config: AppConfig, pool: str, kind: str, status: dict[str, A
     return entry
 
 
-async def _first_event(lines: AsyncIterator[str]) -> dict[str, Any]:
+async def _first_event(
+    lines: AsyncIterator[str], on_position: Callable[[int, float], None] | None
+) -> dict[str, Any]:
+    """The "admitted" (or error) event of a lease stream; "waiting" events go to ``on_position``."""
     async for line in lines:
         if line.startswith("data: "):
             event: dict[str, Any] = json.loads(line[6:])
-            return event
+            if not event.get("waiting"):
+                return event
+            if on_position is not None and event.get("position"):
+                on_position(int(event["position"]), float(event.get("eta", 0.0)))
     raise BindingError("The worker ended the admission early.")
 
 

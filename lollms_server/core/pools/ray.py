@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from lollms_server.core.bindings import (
@@ -59,7 +59,7 @@ from lollms_server.core.pools.remote import (
     ended_early,
     silent_too_long,
 )
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.resource_manager import ResourceManager, Ticket
 
 logger = logging.getLogger(__name__)
 PROBE_AFTER_SECONDS = 1.0  # unheard from for longer, the actor is asked whether it is up first
@@ -216,14 +216,20 @@ class RayPoolHost:
     def stand_in(self, instance: str, lease: str | None = None, native_tools: bool = False) -> RayBinding:
         return RayBinding(self.bindings.instance(instance).context(), self, lease, native_tools)
 
-    async def admit(self, instance: str, model: str) -> RemoteSession:
+    async def admit(
+        self,
+        instance: str,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> RemoteSession:
         """Open a lease on the actor; returns once the actor has admitted it (an actor found
         restarting is asked again once)."""
         for attempt in (1, 2):
             actor = await self.actor()
-            refs = actor.lease.options(num_returns="streaming").remote(instance, model)
+            refs = actor.lease.options(num_returns="streaming").remote(instance, model, ticket)
             try:
-                admitted = await self._admitted(refs)
+                admitted = await self._admitted(refs, on_position)
                 break
             except asyncio.CancelledError:  # the client left while queued: leave the queue
                 await asyncio.to_thread(ray_module().cancel, refs)
@@ -249,14 +255,16 @@ class RayPoolHost:
         binding = self.stand_in(instance, lease, bool(admitted.get("native_tools")))
         return RemoteSession(binding, admitted, release)
 
-    async def _admitted(self, refs: Any) -> dict[str, Any]:
-        """The "admitted" item of a lease call, skipping the actor's "waiting" pings; each item
-        must come within the hang time."""
+    async def _admitted(self, refs: Any, on_position: Callable[[int, float], None] | None) -> dict[str, Any]:
+        """The "admitted" item of a lease call; the actor's "waiting" items (every second, with
+        the place in the queue) go to ``on_position``; each item must come within the hang time."""
         while True:
             item: dict[str, Any] = await asyncio.wait_for(_next_item(refs), self.hang_seconds)
             self.heard()
             if not item.get("waiting"):
                 return item
+            if on_position is not None and item.get("position"):
+                on_position(int(item["position"]), float(item.get("eta", 0.0)))
 
     async def hung(self) -> GenerationTimeoutError:
         await self.kill()

@@ -28,7 +28,7 @@ from lollms_server.core.pools.leases import LeaseTable
 from lollms_server.core.pools.local import LocalPoolHost
 from lollms_server.core.pools.ray_cluster import ray_module
 from lollms_server.core.pools.remote import PING_SECONDS
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.resource_manager import ResourceManager, Ticket
 
 
 def _merge(chunks: list[TextChunk]) -> TextChunk:
@@ -124,15 +124,17 @@ class PoolActor:
     async def status(self) -> dict[str, Any]:
         return {**self._identity(), **self.resources.snapshot()}
 
-    async def lease(self, instance: str, model: str) -> AsyncGenerator[dict[str, Any], None]:
+    async def lease(
+        self, instance: str, model: str, ticket: Ticket = Ticket()
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Streaming: admit (FIFO wait, model load; ``{"waiting": True}`` every second
         meanwhile), yield "admitted", then hold the slot until :meth:`release`, the caller
         cancelling this call, or the lease's expiry."""
-        admission = self.leases.open_with_pings(instance, model, PING_SECONDS)
+        admission = self.leases.open_with_pings(instance, model, PING_SECONDS, ticket)
         try:
             async for opened in admission:
-                if opened is None:
-                    yield {"waiting": True}
+                if isinstance(opened, dict):  # still waiting: its place in the queue
+                    yield opened
                 else:
                     lease = opened
         finally:

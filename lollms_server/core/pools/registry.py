@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from lollms_server.core.bindings import BindingInstance, BindingManager
 from lollms_server.core.config import AppConfig
 from lollms_server.core.pools.host import PoolHost, PoolSession
-from lollms_server.core.resource_manager import ResourceManager
+from lollms_server.core.resource_manager import ResourceManager, Ticket
 
 HOST_KINDS = {
     "inprocess": "lollms_server.core.pools.local:LocalPoolHost",
@@ -43,9 +44,16 @@ class PoolRegistry:
     def host(self, instance: BindingInstance) -> PoolHost:
         return self.hosts[instance.pool]
 
-    async def admit(self, instance: BindingInstance, model: str) -> PoolSession:
-        """A slot of the instance's pool with ``model`` resident (FIFO wait, 503 when busy)."""
-        return await self.host(instance).admit(instance.name, model)
+    async def admit(
+        self,
+        instance: BindingInstance,
+        model: str,
+        ticket: Ticket = Ticket(),
+        on_position: Callable[[int, float], None] | None = None,
+    ) -> PoolSession:
+        """A slot of the instance's pool with ``model`` resident (the pool's policy orders the
+        waiters; 503 when busy)."""
+        return await self.host(instance).admit(instance.name, model, ticket, on_position)
 
     async def start(self) -> None:
         for host in self.hosts.values():

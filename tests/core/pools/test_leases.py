@@ -210,7 +210,7 @@ async def test_open_with_pings_pings_while_queued_then_yields_the_lease(make_tab
     table = await make_table(limit=1)
     first = await table.open("echo", "echo")
     admission = table.open_with_pings("echo", "echo", 0.01)
-    assert await admission.__anext__() is None, "a ping while the request waits in the queue"
+    assert (await admission.__anext__())["waiting"], "a ping while the request waits in the queue"
     await table.close(first.id)
     while (lease := await admission.__anext__()) is None:
         pass
@@ -223,7 +223,7 @@ async def test_open_with_pings_closed_while_queued_leaves_the_queue(make_table: 
     table = await make_table(limit=1)
     first = await table.open("echo", "echo")
     admission = table.open_with_pings("echo", "echo", 0.01)
-    assert await admission.__anext__() is None
+    assert (await admission.__anext__())["waiting"]
     await admission.aclose()
     assert pool_of(table).queued == 0
     await table.close(first.id)
@@ -234,7 +234,7 @@ async def test_open_with_pings_closed_after_a_slot_was_granted_gives_it_back(mak
     table = await make_table(limit=1)
     first = await table.open("echo", "echo")
     admission = table.open_with_pings("echo", "echo", 0.01)
-    assert await admission.__anext__() is None, "queued"
+    assert (await admission.__anext__())["position"] == 1, "queued"
     await table.close(first.id)  # the slot goes to the waiter while the caller is not reading
     await settle(lambda: len(table.leases) == 1)
     await admission.aclose()  # the gateway left before it read the lease

@@ -1,0 +1,92 @@
+"""A stream whose request waits in its pool's queue: ``queued`` info events with its place and
+an ETA (when it moves, and at least every 2 s) until it is admitted, then the generation's own
+events. A request admitted at once never comes here (its errors stay plain HTTP answers); one
+that waits has its answer started, so a later queue timeout is an ``error`` event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from lollms_server.core.errors import LollmsError
+from lollms_server.core.generation.admission import Admission
+from lollms_server.core.generation.outputs import error_chunk
+from lollms_server.core.generation.stream import GenerationStream
+from lollms_server.core.types import StreamChunk
+
+POSITION_EVERY_SECONDS = 2.0
+
+
+class QueuedStream:
+    """The events of a request that waits, then of its :class:`GenerationStream`."""
+
+    def __init__(
+        self,
+        admission: asyncio.Future[Admission],
+        first: tuple[int, float],
+        positions: asyncio.Queue[tuple[int, float]],
+        start: Callable[[Admission], GenerationStream],
+    ) -> None:
+        self.admission = admission
+        self.position = first
+        self.positions = positions
+        self.start = start
+        self.stream: GenerationStream | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """The generation's deadline once admitted (waiting has its own bound: queue_timeout)."""
+        return self.stream.deadline if self.stream is not None else None
+
+    def _queued(self) -> StreamChunk:
+        position, eta = self.position
+        return StreamChunk(
+            type="info",
+            content="queued",
+            metadata={"queue_position": position, "eta_seconds": round(eta, 1)},
+        )
+
+    async def events(self) -> AsyncGenerator[StreamChunk, None]:
+        try:
+            yield self._queued()
+            while not self.admission.done():
+                moved = asyncio.ensure_future(self.positions.get())
+                waits: set[asyncio.Future[Any]] = {self.admission, moved}
+                await asyncio.wait(waits, timeout=POSITION_EVERY_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                if moved.done():
+                    self.position = moved.result()
+                    while not self.positions.empty():
+                        self.position = self.positions.get_nowait()
+                else:
+                    moved.cancel()
+                if not self.admission.done():
+                    yield self._queued()
+            try:
+                admission = self.admission.result()
+            except LollmsError as exc:  # a queue timeout, a failed load...
+                chunk = error_chunk(exc)
+                chunk.metadata["queue_position"] = self.position[0]
+                if "Retry-After" in exc.headers:
+                    chunk.metadata["retry_after"] = int(exc.headers["Retry-After"])
+                yield chunk
+                return
+            self.stream = self.start(admission)
+            events = self.stream.events()
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                await events.aclose()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Leave the queue, or stop the generation and give back its slot (idempotent)."""
+        if not self.admission.done():
+            self.admission.cancel()
+            await asyncio.gather(self.admission, return_exceptions=True)
+        if self.stream is not None:
+            await self.stream.aclose()
+        elif not self.admission.cancelled() and self.admission.exception() is None:
+            await self.admission.result().release()  # admitted, never streamed: the client left

@@ -1,0 +1,133 @@
+"""Per-key quotas, kept by the gateway across every pool: running generations
+(``max_concurrent``), requests waiting for a slot (``max_queued``), requests and generated
+tokens per minute (sliding 60-second windows). Over a limit: 429 ``rate_limit_error`` with
+``Retry-After`` and ``X-RateLimit-*`` headers (:class:`~lollms_server.errors.RateLimitError`).
+
+State is kept per key *name* (keys come from the configuration, so it is bounded) and only for
+keys that have a limit; windows drop what is older than a minute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from lollms_server.core.errors import RateLimitError
+from lollms_server.core.security import Principal
+
+WINDOW_SECONDS = 60.0
+
+
+class KeyQuotas:
+    """The quotas of every key of one gateway process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.running: dict[str, int] = {}
+        self.queued: dict[str, int] = {}
+        self._requests: dict[str, deque[float]] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+
+    def _trim(self, key: str) -> None:
+        horizon = self.clock() - WINDOW_SECONDS
+        requests = self._requests.get(key)
+        while requests and requests[0] <= horizon:
+            requests.popleft()
+        if requests is not None and not requests:
+            del self._requests[key]
+        tokens = self._tokens.get(key)
+        while tokens and tokens[0][0] <= horizon:
+            tokens.popleft()
+        if tokens is not None and not tokens:
+            del self._tokens[key]
+
+    def check(self, principal: Principal) -> None:
+        """Refuse a new request of ``principal`` over one of its limits, else count it."""
+        limits, key = principal.limits, principal.name
+        self._trim(key)
+        now = self.clock()
+        if limits.requests_per_minute is not None:
+            requests = self._requests.get(key, deque())
+            if len(requests) >= limits.requests_per_minute:
+                raise RateLimitError(
+                    f"This API key is over its {limits.requests_per_minute} requests per minute.",
+                    limit=limits.requests_per_minute,
+                    remaining=0,
+                    reset_seconds=requests[0] + WINDOW_SECONDS - now,
+                )
+        if limits.tokens_per_minute is not None:
+            tokens = self._tokens.get(key, deque())
+            used = sum(count for _, count in tokens)
+            if used >= limits.tokens_per_minute:
+                raise RateLimitError(
+                    f"This API key is over its {limits.tokens_per_minute} generated tokens per minute.",
+                    limit=limits.tokens_per_minute,
+                    remaining=0,
+                    reset_seconds=tokens[0][0] + WINDOW_SECONDS - now,
+                )
+        if limits.max_concurrent is not None and self.running.get(key, 0) >= limits.max_concurrent:
+            raise RateLimitError(
+                f"This API key already runs {limits.max_concurrent} generations.",
+                limit=limits.max_concurrent,
+                remaining=0,
+                reset_seconds=1,
+            )
+        if limits.max_queued is not None and self.queued.get(key, 0) >= limits.max_queued:
+            raise RateLimitError(
+                f"This API key already has {limits.max_queued} requests waiting.",
+                limit=limits.max_queued,
+                remaining=0,
+                reset_seconds=1,
+            )
+        if limits.requests_per_minute is not None:
+            self._requests.setdefault(key, deque()).append(now)
+
+    @contextmanager
+    def waiting(self, principal: Principal) -> Iterator[None]:
+        """While a request of ``principal`` waits for its slot (and its model loads)."""
+        key = principal.name
+        self.queued[key] = self.queued.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.queued[key] -= 1
+            if not self.queued[key]:
+                del self.queued[key]
+
+    def started(self, principal: Principal) -> Callable[[], None]:
+        """Count a running generation of ``principal``; returns its (idempotent) end."""
+        key = principal.name
+        self.running[key] = self.running.get(key, 0) + 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.running[key] -= 1
+                if not self.running[key]:
+                    del self.running[key]
+
+        return end
+
+    def add_tokens(self, principal: Principal, tokens: int) -> None:
+        """Generated tokens count against ``tokens_per_minute`` (kept only for keys with one)."""
+        if tokens > 0 and principal.limits.tokens_per_minute is not None:
+            self._tokens.setdefault(principal.name, deque()).append((self.clock(), tokens))
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Running, waiting, requests and tokens of the last minute, per key."""
+        keys = set(self.running) | set(self.queued) | set(self._requests) | set(self._tokens)
+        for key in keys:
+            self._trim(key)
+        return {
+            key: {
+                "running": self.running.get(key, 0),
+                "queued": self.queued.get(key, 0),
+                "requests_last_minute": len(self._requests.get(key, ())),
+                "tokens_last_minute": sum(count for _, count in self._tokens.get(key, ())),
+            }
+            for key in sorted(keys)
+        }
