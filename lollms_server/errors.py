@@ -121,7 +121,9 @@ class RateLimitError(LollmsError):
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, limit: int, remaining: int, reset_seconds: float) -> None:
+    def __init__(
+        self, message: str, *, limit: int, remaining: int, reset_seconds: float, reason: str = "rate_limit"
+    ) -> None:
         reset = max(1, math.ceil(reset_seconds))
         super().__init__(
             message,
@@ -133,6 +135,8 @@ class RateLimitError(LollmsError):
             },
         )
         self.retry_after = reset
+        self.reason = reason
+        """``rate_limit`` (requests or tokens per minute) or ``concurrency`` (running, waiting)."""
 
 
 class BindingError(LollmsError):

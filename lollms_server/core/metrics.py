@@ -96,12 +96,31 @@ class Metrics:
         self.tokens = Counter(
             "lollms_tokens_generated", "Tokens generated.", ["binding", "key"], registry=self.registry
         )
+        self.queue_wait = Histogram(
+            "lollms_queue_wait_seconds",
+            "Time a request waited for its pool slot.",
+            ["pool", "key"],
+            registry=self.registry,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.rejections = Counter(
+            "lollms_rejections",
+            "Requests refused before a slot: queue_full, queue_timeout, rate_limit, concurrency.",
+            ["pool", "reason"],
+            registry=self.registry,
+        )
         self.generation_seconds = Counter(
             "lollms_generation_seconds",
             "Seconds spent generating.",
             ["binding", "key", "generation_type"],
             registry=self.registry,
         )
+
+    def observe_admission(self, pool: str, key: str, wait_seconds: float) -> None:
+        self.queue_wait.labels(pool, key).observe(max(wait_seconds, 0.0))
+
+    def observe_rejection(self, pool: str, reason: str) -> None:
+        self.rejections.labels(pool, reason).inc()
 
     def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         """Report the pools of ``snapshot()`` (see ``PoolRegistry.snapshot``) at every scrape."""

@@ -70,6 +70,7 @@ class KeyQuotas:
         if limits.max_concurrent is not None and self.running.get(key, 0) >= limits.max_concurrent:
             raise RateLimitError(
                 f"This API key already runs {limits.max_concurrent} generations.",
+                reason="concurrency",
                 limit=limits.max_concurrent,
                 remaining=0,
                 reset_seconds=1,
@@ -77,6 +78,7 @@ class KeyQuotas:
         if limits.max_queued is not None and self.queued.get(key, 0) >= limits.max_queued:
             raise RateLimitError(
                 f"This API key already has {limits.max_queued} requests waiting.",
+                reason="concurrency",
                 limit=limits.max_queued,
                 remaining=0,
                 reset_seconds=1,

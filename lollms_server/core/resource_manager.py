@@ -106,21 +106,38 @@ class PoolBusyError(ServiceUnavailableError):
     (1-based; for a full queue, the place at its end) and ``eta_seconds`` the estimated wait."""
 
     def __init__(
-        self, message: str, *, retry_after: int = 5, queue_position: int = 0, eta_seconds: float = 0.0
+        self,
+        message: str,
+        *,
+        retry_after: int = 5,
+        queue_position: int = 0,
+        eta_seconds: float = 0.0,
+        reason: str = "queue_full",
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.queue_position = queue_position
         self.eta_seconds = eta_seconds
+        self.reason = reason
+        """``queue_full`` or ``queue_timeout`` (the rejection metrics' label)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["queue_position"] = self.queue_position
+        return body
 
     def __reduce__(self) -> Any:  # keep the attributes across processes
         return (
             _rebuild_pool_busy,
-            (self.message, self.retry_after, self.queue_position, self.eta_seconds),
+            (self.message, self.retry_after, self.queue_position, self.eta_seconds, self.reason),
         )
 
 
-def _rebuild_pool_busy(message: str, retry_after: int, position: int, eta: float) -> PoolBusyError:
-    return PoolBusyError(message, retry_after=retry_after, queue_position=position, eta_seconds=eta)
+def _rebuild_pool_busy(
+    message: str, retry_after: int, position: int, eta: float, reason: str
+) -> PoolBusyError:
+    return PoolBusyError(
+        message, retry_after=retry_after, queue_position=position, eta_seconds=eta, reason=reason
+    )
 
 
 class Lease:
@@ -264,6 +281,7 @@ class Pool:
                 retry_after=self.retry_after(position),
                 queue_position=position,
                 eta_seconds=round(eta, 3),
+                reason="queue_timeout",
             )
         return self._granted(ticket, self._clock() - waiter.enqueued, waiter.granted_at)
 

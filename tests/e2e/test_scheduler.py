@@ -65,7 +65,7 @@ def queued(server: ServerProcess) -> int:
     return int(next(pool for pool in pools if pool["name"] == "gpu")["queued"])
 
 
-def wait_until(condition: Any, timeout: float = 20) -> None:
+def wait_until(condition: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline
@@ -128,8 +128,12 @@ def test_a_waiting_stream_is_told_its_place_until_admitted(server: ServerProcess
 
 def test_key_limits_answer_429_with_rate_limit_headers(server: ServerProcess) -> None:
     running = in_thread(post, server, CAPPED, WORDS)
-    wait_until(lambda: queued(server) == 0)
-    time.sleep(0.3)
+
+    def capped_runs() -> bool:
+        keys = httpx.get(server.url + "/api/v1/queue", headers=AUTH, timeout=10).json()["keys"]
+        return bool(keys.get("capped", {}).get("running") == 1)
+
+    wait_until(capped_runs)
     refused = post(server, CAPPED, "again")
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["type"] == "rate_limit_error"
@@ -140,3 +144,7 @@ def test_key_limits_answer_429_with_rate_limit_headers(server: ServerProcess) ->
     over = post(server, CAPPED, "fourth request this minute")
     assert over.status_code == 429 and over.headers["x-ratelimit-limit"] == "3", over.text
     assert 1 <= int(over.headers["x-ratelimit-reset"]) <= 60
+    metrics = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10).text
+    assert 'lollms_rejections_total{pool="gpu",reason="concurrency"}' in metrics
+    assert 'lollms_rejections_total{pool="gpu",reason="rate_limit"}' in metrics
+    assert 'lollms_queue_wait_seconds_count{key="capped",pool="gpu"}' in metrics

@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 
 from lollms_server.core.bindings import Binding, BindingManager, CancelToken, TextResult
 from lollms_server.core.config import AppConfig
-from lollms_server.core.errors import BadRequestError, BindingError, GenerationTimeoutError, LollmsError
+from lollms_server.core.errors import (
+    BadRequestError,
+    BindingError,
+    GenerationTimeoutError,
+    LollmsError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
@@ -343,9 +350,16 @@ class GenerationService:
     ) -> tuple[PoolSession, Callable[[], None]]:
         """The key's quotas (429), then a slot of the target's pool with its model resident;
         returns the session and the end of the key's running count."""
-        self.quotas.check(principal)
-        batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
-        ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
-        with self.quotas.waiting(principal):
-            session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+        try:
+            self.quotas.check(principal)
+            batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
+            ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
+            with self.quotas.waiting(principal):
+                session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+        except (RateLimitError, ServiceUnavailableError) as exc:
+            if self.metrics is not None:
+                self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
         return session, self.quotas.started(principal)
