@@ -4,8 +4,8 @@
 - ``POST /leases {instance, model, ticket}``: an event stream: ``{waiting, position, eta}``
   every second while the request waits in the pool's queue (``ticket``: key name, weight,
   priority) and the model loads, then "admitted" ``{lease, queue_wait, load,
-  slot_granted_at, native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then pings
-  while the gateway holds the slot. The gateway closing it (or leaving while queued) leaves the
+  slot_granted_at, native_tools}`` or ``{error}`` (a full queue: status 503 with ``retry_after``), then
+  nothing while the gateway holds the slot. The gateway closing it (or leaving while queued) leaves the
   queue or gives the slot back; so does the lease's expiry (see ``core/pools/leases.py``).
 - ``POST /leases/{id}/stream_text | media``: event streams of ``{chunk}`` or
   ``{step, total}`` / ``{outputs}``, ending with ``{end: true}`` or ``{error}``.
@@ -99,15 +99,13 @@ async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Res
             return
         lease = opened[0]
         yield _event(lease.admitted())
-        loop = asyncio.get_running_loop()
-        while not lease.closed.is_set():
-            remaining = lease.expires - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(lease.closed.wait(), min(PING_SECONDS, remaining))
-            except (TimeoutError, asyncio.TimeoutError):
-                yield b": held\n\n"
+        # then silence while the gateway holds the slot (it does not read this stream any more:
+        # its closing, or the gateway's death, is what gives the slot back), up to the expiry
+        remaining = lease.expires - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(lease.closed.wait(), max(remaining, 0.0))
+        except (TimeoutError, asyncio.TimeoutError):
+            return
 
     async def release() -> None:
         """The gateway left (or the lease ended): leave the queue, or give the slot back."""

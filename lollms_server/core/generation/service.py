@@ -47,6 +47,9 @@ from lollms_server.utils.paths import validate_model_name
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+QUEUED_STREAM_AFTER_SECONDS = 2.0
+"""A stream that has waited this long in its queue starts, with ``queued`` events; one refused or
+admitted sooner keeps plain HTTP errors (a full queue, a short queue timeout: 503 + Retry-After)."""
 
 
 class GenerationService:
@@ -259,9 +262,10 @@ class GenerationService:
         self, request: GenerateRequest, principal: Principal, request_id: str
     ) -> GenerationStream | QueuedStream | WorkflowRun:
         """Validate, route, wait for a slot and load the model *before* the response starts, so
-        that 4xx/5xx/503 answers stay plain HTTP errors, wherever the pool runs. A request that
-        has to wait in its pool's queue gets its stream at once (a :class:`QueuedStream`: its
-        place and an ETA, then the generation). A scripted personality streams what its
+        that 4xx/5xx/503 answers stay plain HTTP errors, wherever the pool runs. A request still
+        waiting in its pool's queue after ``QUEUED_STREAM_AFTER_SECONDS`` gets its stream then
+        (a :class:`QueuedStream`: its place and an ETA, then the generation; a later queue
+        timeout is an ``error`` event with status 503). A scripted personality streams what its
         workflow yields."""
         personality = self.personality_of(request)
         if personality is not None and personality.scripted:
@@ -275,6 +279,8 @@ class GenerationService:
         first = asyncio.ensure_future(positions.get())
         try:
             await asyncio.wait({admission, first}, return_when=asyncio.FIRST_COMPLETED)
+            if not admission.done():  # it waits: a quick refusal or admission stays plain HTTP
+                await asyncio.wait({admission}, timeout=QUEUED_STREAM_AFTER_SECONDS)
         except asyncio.CancelledError:  # the client left: leave the queue
             admission.cancel()
             first.cancel()
@@ -283,9 +289,10 @@ class GenerationService:
         if admission.done():
             first.cancel()
             return self._stream(admission.result(), request_id)
-        return QueuedStream(
-            admission, first.result(), positions, lambda admitted: self._stream(admitted, request_id)
-        )
+        latest = first.result()
+        while not positions.empty():  # the latest place
+            latest = positions.get_nowait()
+        return QueuedStream(admission, latest, positions, lambda admitted: self._stream(admitted, request_id))
 
     def _stream(self, admission: Admission, request_id: str) -> GenerationStream:
         return GenerationStream(

@@ -143,11 +143,11 @@ class WorkerProcessHost:
         if "error" in admitted:
             await response.aclose()
             raise event_error(admitted)
-        keeper = asyncio.ensure_future(_drain(lines))
 
         async def release() -> None:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            # ``lines`` lives as long as the session: a garbage-collected line iterator would
+            # close the response, and with it the lease, while the request still runs
+            await lines.aclose()  # type: ignore[attr-defined]
             await response.aclose()  # the worker sees the lease's request end: the slot is free
 
         binding = self.stand_in(instance, str(admitted["lease"]), bool(admitted.get("native_tools")))
@@ -223,15 +223,6 @@ async def _first_event(
             if on_position is not None and event.get("position"):
                 on_position(int(event["position"]), float(event.get("eta", 0.0)))
     raise BindingError("The worker ended the admission early.")
-
-
-async def _drain(lines: AsyncIterator[str]) -> None:
-    """Read the lease's keep-alive pings until the lease ends."""
-    try:
-        async for _ in lines:
-            pass
-    except httpx.HTTPError:
-        pass
 
 
 class WorkerBinding(ForwardingBinding):
