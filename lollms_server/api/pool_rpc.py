@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -116,36 +116,14 @@ async def open_lease(body: LeaseRequest, _: AdminUser, leases: LeasesDep) -> Res
     return EventStreamResponse(events(), on_close=release)
 
 
-@router.post("/leases/{lease_id}/stream_text")
-async def stream_text(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
-    leases.get(lease_id)  # 404 before the stream starts
-    chunks = leases.stream_text(lease_id, wire.text_request_from_json(body.request))
-
-    async def events() -> AsyncGenerator[bytes, None]:
-        try:
-            async for chunk in chunks:
-                yield _event({"chunk": wire.chunk_to_json(chunk)})
-            yield _event({"end": True})
-        except Exception as exc:  # noqa: BLE001 - becomes an error event
-            yield _error_event(exc)
-        finally:
-            await chunks.aclose()
-
-    return EventStreamResponse(events(), on_close=chunks.aclose)
-
-
-@router.post("/leases/{lease_id}/media")
-async def media(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
-    leases.get(lease_id)
-    items = leases.media(lease_id, wire.media_request_from_json(body.request))
+def _call_stream(items: AsyncGenerator[Any, None], event: Callable[[Any], dict[str, Any]]) -> Response:
+    """The event stream of a call on a lease: ``event(item)`` for each item, then ``{end}``, or
+    ``{error}``; the call is closed when the stream ends or the gateway leaves."""
 
     async def events() -> AsyncGenerator[bytes, None]:
         try:
             async for item in items:
-                if isinstance(item, list):
-                    yield _event({"outputs": wire.outputs_to_json(item)})
-                else:
-                    yield _event({"step": item[0], "total": item[1]})
+                yield _event(event(item))
             yield _event({"end": True})
         except Exception as exc:  # noqa: BLE001 - becomes an error event
             yield _error_event(exc)
@@ -153,6 +131,25 @@ async def media(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDe
             await items.aclose()
 
     return EventStreamResponse(events(), on_close=items.aclose)
+
+
+def _media_event(item: Any) -> dict[str, Any]:
+    if isinstance(item, list):
+        return {"outputs": wire.outputs_to_json(item)}
+    return {"step": item[0], "total": item[1]}
+
+
+@router.post("/leases/{lease_id}/stream_text")
+async def stream_text(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
+    leases.get(lease_id)  # 404 before the stream starts
+    chunks = leases.stream_text(lease_id, wire.text_request_from_json(body.request))
+    return _call_stream(chunks, lambda chunk: {"chunk": wire.chunk_to_json(chunk)})
+
+
+@router.post("/leases/{lease_id}/media")
+async def media(lease_id: str, body: WireRequest, _: AdminUser, leases: LeasesDep) -> Response:
+    leases.get(lease_id)
+    return _call_stream(leases.media(lease_id, wire.media_request_from_json(body.request)), _media_event)
 
 
 @router.post("/leases/{lease_id}/generate_text")

@@ -41,6 +41,7 @@ from lollms_server.core.pools.remote import (
     ForwardingBinding,
     RemoteSession,
     ended_early,
+    remote_snapshot,
     silent_too_long,
 )
 from lollms_server.core.resource_manager import ResourceManager, Ticket
@@ -179,36 +180,6 @@ class WorkerProcessHost:
     def lost(self) -> BindingError:
         self.supervisor.forget()
         return BindingError(f"The worker of pool '{self.pool}' stopped during the generation.")
-
-
-def remote_snapshot(config: AppConfig, pool: str, kind: str, status: dict[str, Any] | None) -> dict[str, Any]:
-    """A remote pool's entry of the status snapshot: what its host last reported, or the
-    configured shape with ``host_up`` false."""
-    pool_config = config.resource_manager.pools[pool]
-    entry: dict[str, Any] = {
-        "name": pool,
-        "isolation": kind,
-        "limit": pool_config.limit,
-        "active": 0,
-        "queued": 0,
-        "queue_size": pool_config.queue_size,
-        "served": 0,
-        "rejected": 0,
-        "timed_out": 0,
-        "average_wait_seconds": 0.0,
-        "max_wait_seconds": 0.0,
-        "memory_budget_mb": pool_config.memory_budget_mb,
-        "memory_used_mb": 0.0,
-        "models": [],
-        "waiting": [],
-        "keys": {},
-    }
-    remote = next((item for item in (status or {}).get("pools", []) if item.get("name") == pool), None)
-    if remote is not None:
-        entry.update({key: value for key, value in remote.items() if key in entry})
-    entry["isolation"] = kind
-    entry["host_up"] = remote is not None
-    return entry
 
 
 async def _first_event(

@@ -41,7 +41,6 @@ from lollms_server.core.errors import (
     ServiceUnavailableError,
 )
 from lollms_server.core.pools.host import HostKind
-from lollms_server.core.pools.process import remote_snapshot
 from lollms_server.core.pools.ray_actor import PoolActor
 from lollms_server.core.pools.ray_cluster import (
     actor_gone,
@@ -57,6 +56,7 @@ from lollms_server.core.pools.remote import (
     ForwardingBinding,
     RemoteSession,
     ended_early,
+    remote_snapshot,
     silent_too_long,
 )
 from lollms_server.core.resource_manager import ResourceManager, Ticket
