@@ -1,16 +1,17 @@
 """llama.cpp binding: GGUF text models through llama-cpp-python, in the server process.
 
-The worked example of ``zoos/bindings/README.md``. Every llama.cpp call runs in a worker
-thread; a per-model lock serializes calls on one ``Llama`` object (it is not thread-safe),
-and a stream stops between tokens when its client leaves.
+The worked example of ``zoos/bindings/README.md``. Each loaded model has one context with
+``parallel`` sequences and a :class:`~.batching.BatchEngine` whose decode thread runs every
+request of the model together (continuous batching, prefix cache, per-request sampling and
+grammars); a stream stops at the next step when its client leaves. llama-cpp-python's own
+high-level calls (forced chat formats, images, native tool calls) get the context alone.
 """
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import json
 import logging
-import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from lollms_server.core.bindings import (
     BindingContext,
     BindingError,
     CancelToken,
+    GenerationCancelled,
     NotFoundError,
-    StopTextBuffer,
     TextChunk,
     TextRequest,
     safe_join,
 )
+
+from .batching import RANDOM_SEED, BatchEngine, Finished, Sampling, SequenceRequest
+from .structured import requested_grammar
 
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
 
@@ -47,21 +51,31 @@ SAMPLING_KEYS = (
 
 
 class LoadedLlama:
-    def __init__(self, llama: Any, path: Path) -> None:
+    def __init__(self, llama: Any, path: Path, engine: BatchEngine) -> None:
         self.llama = llama
         self.path = path
-        self.lock = threading.Lock()
+        self.engine = engine
         self.size_mb = path.stat().st_size / 2**20
         self.chat_formatter: Any = None  # built once from the model's chat template
 
 
-def is_end_of_generation(llama: Any, token: int) -> bool:
-    import llama_cpp
+def with_parallel_context(llama: Any, parallel: int) -> None:
+    """Give ``llama`` a context of ``parallel`` sequences, each with the context size it was
+    created with (llama-cpp-python's constructor makes one sequence only)."""
+    import numpy as np
+    from llama_cpp import _internals, llama_context_params
 
-    try:
-        return bool(llama_cpp.llama_token_is_eog(llama._model.vocab, token))
-    except AttributeError:  # older llama-cpp-python
-        return bool(token == llama.token_eos())
+    per_sequence = llama.n_ctx()
+    params = llama_context_params.from_buffer_copy(llama.context_params)
+    params.n_ctx = per_sequence * parallel
+    params.n_seq_max = parallel
+    params.kv_unified = False  # each sequence its own n_ctx cells: no request starves another
+    llama._ctx.close()  # the one-sequence context goes before the bigger one is made
+    context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+    llama._stack.enter_context(contextlib.closing(context))
+    llama._ctx, llama.context_params = context, params
+    llama._n_ctx = context.n_ctx()
+    llama.input_ids = np.ndarray((llama._n_ctx,), dtype=np.intc)
 
 
 TOOL_CHAT_FORMATS = ("chatml-function-calling", "functionary", "functionary-v1", "functionary-v2")
@@ -82,7 +96,7 @@ def _renamed_message(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "tool_calls": renamed}
 
 
-class TokenCounter:
+class TokenCounter:  # for llama-cpp-python's chat handlers
     """A logits processor llama.cpp calls once per sampled token: it counts them, and can
     forbid the end-of-sequence token (the ``ignore_eos`` parameter)."""
 
@@ -168,11 +182,11 @@ class LlamaCppBinding(Binding):
             raise NotFoundError(f"Model '{repo_id}/{filename}' could not be downloaded.") from None
         return Path(downloaded)
 
-    def _create(self, path: Path) -> Any:
+    def _create(self, path: Path) -> LoadedLlama:
         import llama_cpp
 
         settings = self.settings
-        return llama_cpp.Llama(
+        llama = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=settings["n_ctx"],
             n_gpu_layers=settings["n_gpu_layers"],
@@ -182,17 +196,26 @@ class LlamaCppBinding(Binding):
             seed=settings["seed"] if settings["seed"] >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
             verbose=False,
         )
+        parallel = max(1, int(settings["parallel"]))
+        try:
+            if parallel > 1:
+                with_parallel_context(llama, parallel)
+            engine = BatchEngine(llama, parallel, settings["n_batch"])
+        except BaseException:
+            llama.close()
+            raise
+        return LoadedLlama(llama, path, engine)
 
     async def load_model(self, model_name: str) -> None:
         if model_name in self._models:
             return
         path = await self.run_blocking(self._locate, model_name)
         try:
-            llama = await self.run_blocking(self._create, path)
+            loaded = await self.run_blocking(self._create, path)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             logger.error("llama.cpp could not load %s: %s", model_name, exc)
             raise BindingError(f"llama.cpp could not load model '{model_name}'.") from None
-        self._models[model_name] = LoadedLlama(llama, path)
+        self._models[model_name] = loaded
 
     async def unload_model(self, model_name: str) -> None:
         loaded = self._models.pop(model_name, None)
@@ -200,8 +223,8 @@ class LlamaCppBinding(Binding):
             return
 
         def close() -> None:
-            with loaded.lock:  # wait for a call still running on this model
-                loaded.llama.close()
+            loaded.engine.close()  # ends what still runs on this model
+            loaded.llama.close()
 
         await self.run_blocking(close)
 
@@ -241,7 +264,9 @@ class LlamaCppBinding(Binding):
         if loaded is not None:
             metadata = loaded.llama.metadata
             info.update(
-                context_size=loaded.llama.n_ctx(),
+                context_size=loaded.engine.n_ctx_seq,
+                parallel=loaded.engine.parallel,
+                batching=loaded.engine.describe(),
                 vocab_size=loaded.llama.n_vocab(),
                 architecture=metadata.get("general.architecture"),
                 has_chat_template="tokenizer.chat_template" in metadata,
@@ -310,66 +335,84 @@ class LlamaCppBinding(Binding):
         template_stops: list[str],
         cancel: CancelToken,
     ) -> Callable[[], Iterator[TextChunk]]:
-        """Our own token loop over ``Llama.generate``: constant work per token (llama-cpp-python's
-        streaming re-decodes the whole completion at every token), exact token counts."""
-        parameters = request.parameters
-        stops = [*request.stop, *template_stops]
+        """The request as one sequence of the model's batch engine."""
 
         def produce() -> Iterator[TextChunk]:
-            llama = loaded.llama
-            with loaded.lock:
-                tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-                room = llama.n_ctx() - len(tokens)
-                if room <= 0:
-                    raise BadRequestError(
-                        f"The prompt has {len(tokens)} tokens; the context holds {llama.n_ctx()}.",
-                        param="input_data",
-                    )
-                max_tokens = min(int(parameters.get("max_tokens") or room), room)
-                if parameters.get("seed") is not None:
-                    llama.set_seed(int(parameters["seed"]))
-                ignore_eos = bool(parameters.get("ignore_eos"))
-                generator = llama.generate(
-                    tokens,
-                    temp=float(parameters.get("temperature", 0.8)),
-                    top_k=int(parameters.get("top_k", 40)),
-                    top_p=float(parameters.get("top_p", 0.95)),
-                    min_p=float(parameters.get("min_p", 0.05)),
-                    repeat_penalty=float(parameters.get("repeat_penalty", 1.0)),
-                    presence_penalty=float(parameters.get("presence_penalty", 0.0)),
-                    frequency_penalty=float(parameters.get("frequency_penalty", 0.0)),
-                )
-                text = StopTextBuffer(stops)
-                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                produced = 0
-                finish = "length"
-                try:
-                    for token in generator:
-                        if is_end_of_generation(llama, token):
-                            if ignore_eos:  # keep generating past the end of sequence
-                                continue
-                            finish = "stop"
-                            break
-                        produced += 1
-                        piece, stopped = text.push(decoder.decode(llama.detokenize([token])))
-                        if piece:
-                            yield TextChunk(piece)
-                        if stopped:
-                            finish = "stop"
-                            break
-                        if produced >= max_tokens or cancel.is_set():
-                            break
-                finally:
-                    generator.close()
-                if finish == "length":
-                    tail, _ = text.push(decoder.decode(b"", final=True))
-                    tail += text.flush()
-                    if tail:
-                        yield TextChunk(tail)
-                usage = {"prompt_tokens": len(tokens), "completion_tokens": produced}
-                yield TextChunk("", finish, usage)
+            engine = loaded.engine
+            sequence = self._sequence(loaded, request, prompt, template_stops, cancel)
+            for event in engine.generate(sequence):
+                if isinstance(event, Finished):
+                    if event.reason == "cancelled":
+                        raise GenerationCancelled()
+                    yield TextChunk("", event.reason, event.usage, {"timings": event.timings})
+                elif event:
+                    yield TextChunk(event)
 
         return produce
+
+    def _sequence(
+        self,
+        loaded: LoadedLlama,
+        request: TextRequest,
+        prompt: str,
+        template_stops: list[str],
+        cancel: CancelToken,
+    ) -> SequenceRequest:
+        """Tokens, limits and sampling of one request (in a worker thread: tokenizing and
+        checking a grammar take time)."""
+        llama, engine, parameters = loaded.llama, loaded.engine, request.parameters
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        room = engine.n_ctx_seq - len(tokens)
+        if room <= 0:
+            raise BadRequestError(
+                f"The prompt has {len(tokens)} tokens; the context holds {engine.n_ctx_seq}.",
+                param="input_data",
+            )
+        seed = parameters.get("seed")
+        if seed is None:
+            seed = self.settings["seed"] if self.settings["seed"] >= 0 else RANDOM_SEED
+        sampling = Sampling(
+            temperature=float(parameters.get("temperature", 0.8)),
+            top_k=int(parameters.get("top_k", 40)),
+            top_p=float(parameters.get("top_p", 0.95)),
+            min_p=float(parameters.get("min_p", 0.05)),
+            repeat_penalty=float(parameters.get("repeat_penalty", 1.0)),
+            presence_penalty=float(parameters.get("presence_penalty", 0.0)),
+            frequency_penalty=float(parameters.get("frequency_penalty", 0.0)),
+            seed=int(seed) & 0xFFFFFFFF,
+            logit_bias=self._logit_bias(parameters.get("logit_bias"), llama.n_vocab()),
+            grammar=requested_grammar(parameters, llama._model.vocab),
+        )
+        return SequenceRequest(
+            tokens=list(tokens),
+            max_tokens=min(int(parameters.get("max_tokens") or room), room),
+            sampling=sampling,
+            stops=[*request.stop, *template_stops],
+            cache_prompt=parameters.get("cache_prompt", True) is not False,
+            ignore_eos=bool(parameters.get("ignore_eos")),
+            cancelled=cancel,
+        )
+
+    @staticmethod
+    def _logit_bias(bias: Any, n_vocab: int) -> dict[int, float]:
+        """``{"token id": bias}`` (OpenAI's shape; -100 bans a token) as llama.cpp wants it."""
+        if not bias:
+            return {}
+        if not isinstance(bias, dict) or len(bias) > 1024:
+            raise BadRequestError("logit_bias must map at most 1024 token ids to numbers.", param="parameters.logit_bias")
+        checked: dict[int, float] = {}
+        for key, value in bias.items():
+            try:
+                token, amount = int(key), float(value)
+            except (TypeError, ValueError):
+                raise BadRequestError("logit_bias must map token ids to numbers.", param="parameters.logit_bias") from None
+            if not 0 <= token < n_vocab:
+                raise BadRequestError(
+                    f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1}).",
+                    param="parameters.logit_bias",
+                )
+            checked[token] = float("-inf") if amount <= -100 else amount
+        return checked
 
     @staticmethod
     def _sampling(loaded: LoadedLlama, request: TextRequest) -> dict[str, Any]:
@@ -391,7 +434,7 @@ class LlamaCppBinding(Binding):
         kwargs["logits_processor"] = LogitsProcessorList([counter])
 
         def produce() -> Iterator[TextChunk]:
-            with loaded.lock:
+            with loaded.engine.exclusive():
                 stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
                 try:
                     for part in stream:
@@ -433,7 +476,7 @@ class LlamaCppBinding(Binding):
 
         def run() -> dict[str, Any]:
             cancel.check()
-            with loaded.lock:
+            with loaded.engine.exclusive():
                 result: dict[str, Any] = loaded.llama.create_chat_completion(
                     messages, tools=renamed, tool_choice=tool_choice, **kwargs
                 )
@@ -459,9 +502,8 @@ class LlamaCppBinding(Binding):
     async def tokenize(self, model_name: str, text: str) -> list[int]:
         loaded = self._loaded(model_name)
 
-        def run() -> list[int]:
-            with loaded.lock:
-                return list(loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        def run() -> list[int]:  # the vocabulary only: no need to wait for the decode thread
+            return list(loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
         return await self.run_blocking(run)
 
@@ -475,8 +517,7 @@ class LlamaCppBinding(Binding):
             )
 
         def run() -> str:
-            with loaded.lock:
-                data: bytes = loaded.llama.detokenize(tokens)
+            data: bytes = loaded.llama.detokenize(tokens)
             return data.decode("utf-8", errors="replace")
 
         return await self.run_blocking(run)

@@ -1,0 +1,453 @@
+"""Continuous batching for one llama.cpp model: many sequences decoded together.
+
+One :class:`BatchEngine` per loaded model owns its ``llama_context`` (``parallel`` sequences, each
+with its own KV cells: ``n_ctx`` tokens per sequence, ``n_ctx * parallel`` in all) and one decode
+thread. Each step the thread merges into one ``llama_batch``:
+
+1. the next token of every sequence that is generating (one token each), then
+2. prompt tokens of sequences still reading their prompt, up to ``n_batch`` tokens in all, so a
+   long prompt is read in chunks between the other streams' tokens instead of freezing them;
+
+then calls ``llama_decode`` once and samples, per sequence, with that sequence's own sampler
+chain (penalties, grammar, top-k/top-p/min-p, temperature, seed, logit bias). A request joins at
+the next step and leaves at the step after its end (EOS, a stop string, ``max_tokens``, the
+client gone); a cancelled sequence's KV cells are freed.
+
+Prefix cache: a finished sequence leaves its KV cells in its slot, with the tokens they hold. A
+new request goes to the free slot whose tokens share the longest prefix with its prompt and skips
+those tokens (``cache_prompt``); a chat's next turn re-reads only what is new.
+
+The llama.cpp objects are used only from the decode thread, except in :meth:`exclusive`, which
+waits until no sequence runs and hands the whole context to the caller (llama-cpp-python's own
+high-level calls: forced chat formats, vision, native tool calls).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from lollms_server.core.bindings import StopTextBuffer
+
+logger = logging.getLogger("lollms_bindings.llamacpp_binding.batching")
+
+RANDOM_SEED = llama_cpp.LLAMA_DEFAULT_SEED
+
+
+class GrammarError(ValueError):
+    """A grammar llama.cpp cannot parse."""
+
+
+@dataclass
+class Sampling:
+    """One sequence's sampling settings (llama-cpp-python's defaults)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = RANDOM_SEED
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, root rule "root"
+
+
+@dataclass
+class SequenceRequest:
+    """What one generation asks of the engine."""
+
+    tokens: list[int]
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stops: list[str] = field(default_factory=list)
+    cache_prompt: bool = True
+    ignore_eos: bool = False  # forbid the end-of-sequence tokens
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Finished:
+    """The last event of a sequence."""
+
+    reason: str  # "stop" | "length" | "cancelled"
+    usage: dict[str, int]
+    timings: dict[str, float]  # wall-clock (time.time()) instants of the server side
+
+
+class SamplerChain:
+    """A ``llama_sampler`` chain owned by one sequence, freed with it."""
+
+    def __init__(self, vocab: Any, n_vocab: int, sampling: Sampling, banned: list[int]) -> None:
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        bias = {**sampling.logit_bias, **dict.fromkeys(banned, float("-inf"))}
+        try:
+            if bias:
+                items = (llama_cpp.llama_logit_bias * len(bias))()
+                for index, (token, value) in enumerate(bias.items()):
+                    items[index].token, items[index].bias = token, value
+                self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), items))
+            if sampling.repeat_penalty != 1.0 or sampling.presence_penalty or sampling.frequency_penalty:
+                self._add(
+                    llama_cpp.llama_sampler_init_penalties(
+                        n_vocab,
+                        sampling.penalty_last_n,
+                        sampling.repeat_penalty,
+                        sampling.frequency_penalty,
+                        sampling.presence_penalty,
+                    )
+                )
+            if sampling.grammar:
+                grammar = llama_cpp.llama_sampler_init_grammar(
+                    vocab, sampling.grammar.encode("utf-8"), b"root"
+                )
+                if not grammar:
+                    raise GrammarError("llama.cpp could not parse the grammar.")
+                self._add(grammar)
+            if sampling.temperature <= 0:
+                self._add(llama_cpp.llama_sampler_init_greedy())
+            else:
+                self._add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+                self._add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+                self._add(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+                self._add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+                self._add(llama_cpp.llama_sampler_init_dist(sampling.seed))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it now
+
+    def sample(self, ctx: Any, index: int) -> int:
+        return int(llama_cpp.llama_sampler_sample(self.chain, ctx, index))  # also accepts it
+
+    def close(self) -> None:
+        if self.chain is not None:
+            llama_cpp.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def check_grammar(vocab: Any, grammar: str) -> None:
+    """Raise :class:`GrammarError` when llama.cpp cannot parse ``grammar`` (any thread)."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar.")
+    llama_cpp.llama_sampler_free(sampler)
+
+
+class Sequence:
+    """The engine's state for one request."""
+
+    def __init__(self, request: SequenceRequest, events: queue.SimpleQueue[Any]) -> None:
+        self.request = request
+        self.events = events
+        self.slot: Slot | None = None
+        self.sampler: SamplerChain | None = None
+        self.pending: deque[int] = deque()  # prompt tokens still to decode
+        self.next_token: int | None = None  # sampled, not yet decoded
+        self.produced = 0
+        self.cached_tokens = 0
+        self.text = StopTextBuffer(request.stops)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.timings: dict[str, float] = {"submitted": time.time()}
+
+
+@dataclass
+class Slot:
+    """One llama.cpp sequence id and the tokens whose KV cells it holds."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    sequence: Sequence | None = None
+    last_used: float = 0.0
+
+
+def common_prefix(left: list[int], right: list[int]) -> int:
+    size = min(len(left), len(right))
+    for index in range(size):
+        if left[index] != right[index]:
+            return index
+    return size
+
+
+class BatchEngine:
+    """Runs every sequence of one model together; see the module docstring."""
+
+    def __init__(self, llama: Any, parallel: int, n_batch: int) -> None:
+        self.llama = llama
+        self.ctx = llama._ctx.ctx
+        self.vocab = llama._model.vocab
+        self.n_vocab = int(llama.n_vocab())
+        self.parallel = parallel
+        self.n_batch = max(1, n_batch)
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [Slot(seq_id) for seq_id in range(parallel)]
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []
+        self.condition = threading.Condition()
+        self.exclusive_waiters = 0
+        self.exclusive_held = False
+        self.closed = False
+        self._busy_thread = False  # true while a step runs outside the condition
+        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "steps": 0, "max_batch_sequences": 0}
+        self.banned_at_eos = [
+            token
+            for token in {int(llama_cpp.llama_vocab_eos(self.vocab)), int(llama_cpp.llama_vocab_eot(self.vocab))}
+            if token >= 0
+        ]
+        self._piece = ctypes.create_string_buffer(256)
+        self.thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
+        self.thread.start()
+
+    # ---- the caller's side (any thread) -------------------------------------------
+    def generate(self, request: SequenceRequest) -> Iterator[str | Finished]:
+        """Queue ``request``; yield its text pieces as they come, then its :class:`Finished`.
+        Raises what failed it. Blocks between items: run it in a worker thread."""
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        sequence = Sequence(request, events)
+        with self.condition:
+            if self.closed:
+                raise RuntimeError("The model was unloaded.")
+            self.waiting.append(sequence)
+            self.condition.notify_all()
+        while True:
+            event = events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Wait until no sequence runs, then hold the whole context (new requests wait); the KV
+        cache is cleared before and after, so the engine and the caller never see each other's."""
+        with self.condition:
+            self.exclusive_waiters += 1
+            try:
+                while not self.closed and (self.exclusive_held or self.active or self._busy_thread):
+                    self.condition.wait()
+                if self.closed:
+                    raise RuntimeError("The model was unloaded.")
+                self.exclusive_held = True
+            finally:
+                self.exclusive_waiters -= 1
+        try:
+            self._clear_cache()
+            self.llama.reset()
+            yield
+        finally:
+            self._clear_cache()
+            self.llama.reset()
+            with self.condition:
+                self.exclusive_held = False
+                self.condition.notify_all()
+
+    def close(self) -> None:
+        """Stop the thread (running sequences end with an error) and free the batch."""
+        with self.condition:
+            self.closed = True
+            self.condition.notify_all()
+        self.thread.join()
+        llama_cpp.llama_batch_free(self.batch)
+
+    def describe(self) -> dict[str, Any]:
+        with self.condition:
+            return {
+                "parallel": self.parallel,
+                "context_per_sequence": self.n_ctx_seq,
+                "active": len(self.active),
+                "waiting": len(self.waiting),
+                **self.stats,
+            }
+
+    # ---- the decode thread ------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.closed and not self._admit():
+                    self.condition.wait()
+                if self.closed:
+                    break
+                self._busy_thread = True
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - every running sequence hears it
+                logger.exception("A llama.cpp batch step failed")
+                for sequence in list(self.active):
+                    self._end(sequence, error=exc)
+                self._clear_cache()
+            finally:
+                with self.condition:
+                    self._busy_thread = False
+                    self.condition.notify_all()
+        error = RuntimeError("The model was unloaded.")
+        with self.condition:
+            for sequence in [*self.active, *self.waiting]:
+                self._end(sequence, error=error)
+            self.waiting.clear()
+
+    def _admit(self) -> bool:
+        """Move waiting requests into free slots (under the condition); True when there is work."""
+        if not self.exclusive_held and not self.exclusive_waiters:
+            while self.waiting:
+                free = [slot for slot in self.slots if slot.sequence is None]
+                if not free:
+                    break
+                sequence = self.waiting.popleft()
+                if sequence.request.cancelled.is_set():
+                    self._end(sequence, reason="cancelled")
+                    continue
+                try:
+                    self._place(sequence, free)
+                except Exception as exc:  # noqa: BLE001 - a bad grammar fails only its request
+                    self._end(sequence, error=exc)
+        return bool(self.active) and not self.exclusive_held
+
+    def _place(self, sequence: Sequence, free: list[Slot]) -> None:
+        request = sequence.request
+        tokens = request.tokens
+        if request.cache_prompt:
+            slot = max(free, key=lambda slot: (common_prefix(slot.tokens, tokens), -slot.last_used))
+            reuse = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)  # one token to read
+        else:
+            slot = min(free, key=lambda slot: slot.last_used)
+            reuse = 0
+        if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, reuse, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            reuse = 0
+        del slot.tokens[reuse:]
+        banned = self.banned_at_eos if request.ignore_eos else []
+        sequence.sampler = SamplerChain(self.vocab, self.n_vocab, request.sampling, banned)
+        sequence.slot, slot.sequence = slot, sequence
+        sequence.cached_tokens = reuse
+        sequence.pending.extend(tokens[reuse:])
+        sequence.timings["admitted"] = time.time()
+        self.stats["prompt_tokens"] += len(tokens)
+        self.stats["cached_tokens"] += reuse
+        self.active.append(sequence)
+
+    def _step(self) -> None:
+        for sequence in list(self.active):
+            if sequence.request.cancelled.is_set():
+                self._end(sequence, reason="cancelled")
+        if not self.active:
+            return
+        batch = self.batch
+        batch.n_tokens = 0
+        outputs: list[tuple[Sequence, int]] = []
+        for sequence in self.active:  # one token of every generating sequence
+            if sequence.next_token is not None:
+                outputs.append((sequence, self._add(sequence, sequence.next_token, True)))
+                sequence.next_token = None
+        for sequence in self.active:  # then prompt chunks, up to n_batch tokens per step
+            room = self.n_batch - batch.n_tokens
+            if room <= 0:
+                break
+            if not sequence.pending:
+                continue
+            take = min(room, len(sequence.pending))
+            for index in range(take):
+                last = index == take - 1 and take == len(sequence.pending)
+                position = self._add(sequence, sequence.pending[index], last)
+                if last:
+                    outputs.append((sequence, position))
+            for _ in range(take):
+                sequence.pending.popleft()
+        self.stats["steps"] += 1
+        self.stats["max_batch_sequences"] = max(self.stats["max_batch_sequences"], len(self.active))
+        status = llama_cpp.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed ({status}).")
+        now = time.time()
+        for sequence, index in outputs:
+            self._sampled(sequence, index, now)
+
+    def _add(self, sequence: Sequence, token: int, logits: bool) -> int:
+        slot = sequence.slot
+        assert slot is not None
+        batch = self.batch
+        index = batch.n_tokens
+        batch.token[index] = token
+        batch.pos[index] = len(slot.tokens)
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = slot.seq_id
+        batch.logits[index] = logits
+        batch.n_tokens = index + 1
+        slot.tokens.append(token)
+        return index
+
+    def _sampled(self, sequence: Sequence, index: int, now: float) -> None:
+        assert sequence.sampler is not None and sequence.slot is not None
+        token = sequence.sampler.sample(self.ctx, index)
+        sequence.timings.setdefault("first_token", now)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._end(sequence, reason="stop")
+            return
+        sequence.produced += 1
+        piece, stopped = sequence.text.push(sequence.decoder.decode(self._token_bytes(token)))
+        if piece:
+            sequence.events.put(piece)
+        if stopped:
+            self._end(sequence, reason="stop")
+        elif sequence.produced >= sequence.request.max_tokens or len(sequence.slot.tokens) >= self.n_ctx_seq:
+            self._end(sequence, reason="length")
+        else:
+            sequence.next_token = token
+
+    def _token_bytes(self, token: int) -> bytes:
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        if size < 0:  # a piece longer than the buffer
+            self._piece = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:size]
+
+    def _end(self, sequence: Sequence, *, reason: str = "stop", error: BaseException | None = None) -> None:
+        slot = sequence.slot
+        if sequence in self.active:
+            self.active.remove(sequence)
+        if sequence.sampler is not None:
+            sequence.sampler.close()
+            sequence.sampler = None
+        if slot is not None:
+            slot.sequence = None
+            slot.last_used = time.monotonic()
+            if error is not None or reason == "cancelled":  # free its KV cells
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                slot.tokens.clear()
+        if error is not None:
+            sequence.events.put(error)
+            return
+        if reason == "length":
+            tail, _ = sequence.text.push(sequence.decoder.decode(b"", final=True))
+            tail += sequence.text.flush()
+            if tail:
+                sequence.events.put(tail)
+        sequence.timings["finished"] = time.time()
+        usage = {
+            "prompt_tokens": len(sequence.request.tokens),
+            "completion_tokens": sequence.produced,
+            "cached_tokens": sequence.cached_tokens,
+        }
+        sequence.events.put(Finished(reason, usage, sequence.timings))
+
+    def _clear_cache(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+        for slot in self.slots:
+            slot.tokens.clear()

@@ -1,0 +1,64 @@
+"""Structured outputs: the grammar a request's ``json_schema`` or ``grammar`` parameter asks for.
+
+JSON schemas become GBNF through llama-cpp-python's port of llama.cpp's own converter
+(``llama_cpp.llama_grammar.json_schema_to_gbnf``); a GBNF grammar is taken as it is. Both are
+checked by llama.cpp's parser before the request runs, so a bad one is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lollms_server.core.bindings import BadRequestError
+
+from .batching import GrammarError, check_grammar
+
+MAX_GRAMMAR_CHARS = 100_000
+
+
+def requested_grammar(parameters: dict[str, Any], vocab: Any) -> str | None:
+    """The GBNF grammar of ``parameters`` (None: unconstrained); 400 when it is invalid."""
+    schema = parameters.get("json_schema")
+    grammar = parameters.get("grammar")
+    if schema is not None and grammar is not None:
+        raise BadRequestError("Give json_schema or grammar, not both.", param="parameters.grammar")
+    if schema is not None:
+        param = "parameters.json_schema"
+        grammar = schema_grammar(schema)
+    elif grammar is not None:
+        param = "parameters.grammar"
+        if not isinstance(grammar, str) or not grammar.strip():
+            raise BadRequestError("The grammar must be a non-empty GBNF string.", param=param)
+    else:
+        return None
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise BadRequestError(f"The grammar is longer than {MAX_GRAMMAR_CHARS} characters.", param=param)
+    try:
+        check_grammar(vocab, grammar)
+    except GrammarError:
+        raise BadRequestError(f"Invalid {param.split('.')[-1]}: llama.cpp cannot parse it.", param=param) from None
+    return grammar
+
+
+def schema_grammar(schema: Any) -> str:
+    """GBNF for a JSON schema (a dict, ``True`` for any JSON, or its JSON text)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    param = "parameters.json_schema"
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError:
+            raise BadRequestError("The JSON schema is not valid JSON.", param=param) from None
+    if schema is True:
+        schema = {}
+    if not isinstance(schema, dict):
+        raise BadRequestError("The JSON schema must be an object.", param=param)
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except RecursionError:
+        raise BadRequestError("The JSON schema nests too deeply.", param=param) from None
+    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds on bad schemas
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BadRequestError(f"Unsupported JSON schema: {detail}", param=param) from None
