@@ -96,6 +96,13 @@ class Metrics:
         self.tokens = Counter(
             "lollms_tokens_generated", "Tokens generated.", ["binding", "key"], registry=self.registry
         )
+        self.prompt_tokens = Counter(
+            "lollms_prompt_tokens",
+            "Prompt tokens of text generations; cache=hit: read from the binding's prompt cache "
+            "(hit rate = hit / (hit + miss)).",
+            ["binding", "cache"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "lollms_queue_wait_seconds",
             "Time a request waited for its pool slot.",
@@ -136,6 +143,12 @@ class Metrics:
         self.generation_seconds.labels(binding, key, generation_type).inc(max(seconds, 0.0))
         if tokens:
             self.tokens.labels(binding, key).inc(tokens)
+
+    def observe_prompt(self, binding: str, prompt_tokens: int, cached_tokens: int) -> None:
+        if cached_tokens:
+            self.prompt_tokens.labels(binding, "hit").inc(cached_tokens)
+        if prompt_tokens > cached_tokens:
+            self.prompt_tokens.labels(binding, "miss").inc(prompt_tokens - cached_tokens)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -40,7 +40,10 @@ class ChatCompletionRequest(OpenAIModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}'
+    )
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     personality: str | None = Field(None, max_length=256, description="lollms personality (extension).")

@@ -126,6 +126,29 @@ def native(model: type[M], **fields: Any) -> M:
         ) from None
 
 
+def structured_output(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema ``response_format`` asks for (``json_object``: any object), or None."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequestError(
+                "response_format json_schema needs json_schema.schema, an object.",
+                param="response_format.json_schema.schema",
+            )
+        return schema
+    raise BadRequestError(
+        "response_format.type must be text, json_object or json_schema.", param="response_format.type"
+    )
+
+
 def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
     parameters: dict[str, Any] = {}
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -140,7 +163,11 @@ def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
     ):
         if value is not None:
             parameters[key] = value
-    if body.response_format and body.response_format.get("type") in ("json_object", "json_schema"):
+    if body.logit_bias:
+        parameters["logit_bias"] = body.logit_bias
+    schema = structured_output(body.response_format)
+    if schema is not None:
+        parameters["json_schema"] = schema  # grammar-constrained where the binding can (llama.cpp)
         parameters["system_message"] = "Answer with one valid JSON object and nothing else."
     if isinstance(body.tool_choice, dict):
         parameters["tool_choice"] = (body.tool_choice.get("function") or {}).get("name")
@@ -161,10 +188,17 @@ def size_parameters(size: str | None) -> dict[str, int]:
 # ---------------------------------------------------------------- responses
 
 
-def usage(metadata: dict[str, Any]) -> dict[str, int]:
+def usage(metadata: dict[str, Any]) -> dict[str, Any]:
     found = metadata.get("usage") or {}
     prompt, completion = int(found.get("prompt_tokens", 0)), int(found.get("completion_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    counts: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if "cached_tokens" in found:  # prompt tokens read from the binding's prompt cache
+        counts["prompt_tokens_details"] = {"cached_tokens": int(found["cached_tokens"])}
+    return counts
 
 
 def finish_reason(metadata: dict[str, Any]) -> str:
@@ -190,7 +224,7 @@ def stream_error(event: StreamChunk) -> bytes:
 
 
 def chat_completion(
-    head: dict[str, Any], message: dict[str, Any], finish: str, counts: dict[str, int]
+    head: dict[str, Any], message: dict[str, Any], finish: str, counts: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         **head,
@@ -210,7 +244,7 @@ def chat_chunk(head: dict[str, Any], delta: dict[str, Any], finish: str | None =
     )
 
 
-def usage_chunk(head: dict[str, Any], obj: str, counts: dict[str, int]) -> bytes:
+def usage_chunk(head: dict[str, Any], obj: str, counts: dict[str, Any]) -> bytes:
     return sse({**head, "object": obj, "choices": [], "usage": counts})
 
 

@@ -89,6 +89,26 @@ class BindingManager:
         for name, instance_config in config.bindings.items():
             self.instances[name] = self._configure(name, instance_config)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._warn_of_narrow_pools()
+
+    def _warn_of_narrow_pools(self) -> None:
+        """A batching instance (a ``parallel`` setting) runs at most its pool's ``limit``
+        sequences together: say so when the pool is narrower."""
+        for instance in self.instances.values():
+            parallel = instance.settings.get("parallel")
+            pool = self.config.resource_manager.pools.get(instance.pool)
+            if isinstance(parallel, int) and pool is not None and parallel > pool.limit:
+                logger.warning(
+                    "bindings.%s: parallel = %d, but pool '%s' runs %d generation(s) at once: at most "
+                    "%d sequence(s) decode together (set resource_manager.pools.%s.limit = %d)",
+                    instance.name,
+                    parallel,
+                    instance.pool,
+                    pool.limit,
+                    pool.limit,
+                    instance.pool,
+                    parallel,
+                )
 
     @staticmethod
     def discover_cards(folders: list[Path]) -> dict[str, BindingCard]:

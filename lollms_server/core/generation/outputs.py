@@ -64,14 +64,20 @@ def error_chunk(exc: LollmsError) -> StreamChunk:
     )
 
 
-def record(metrics: Metrics | None, admission: Admission, tokens: int = 0) -> None:
-    """Generation seconds and tokens, by binding and API key name (and the key's token quota)."""
+def record(metrics: Metrics | None, admission: Admission, result: TextResult | None = None) -> None:
+    """Generation seconds and tokens, by binding and API key name (and the key's token quota);
+    prompt tokens read from a binding's prompt cache or not."""
+    tokens = tokens_of(result) if result is not None else 0
     admission.on_tokens(tokens)
     if metrics is not None:
         target = admission.target
         metrics.observe_generation(
             target.name, admission.principal_name, target.generation_type, admission.timings.compute, tokens
         )
+        if result is not None and "prompt_tokens" in result.usage:
+            prompt = int(result.usage.get("prompt_tokens", 0))
+            cached = min(int(result.usage.get("cached_tokens", 0)), prompt)
+            metrics.observe_prompt(target.name, prompt, cached)
 
 
 def tokens_of(result: TextResult) -> int:

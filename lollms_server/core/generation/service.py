@@ -29,7 +29,7 @@ from lollms_server.core.errors import (
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
-from lollms_server.core.generation.outputs import media_outputs, record, text_output, tokens_of
+from lollms_server.core.generation.outputs import media_outputs, record, text_output
 from lollms_server.core.generation.queued import QueuedStream
 from lollms_server.core.generation.routing import Target, merged_parameters, resolve
 from lollms_server.core.generation.stream import GenerationStream
@@ -149,7 +149,7 @@ class GenerationService:
             record(self.metrics, admission)
         else:
             outputs = [text_output(admission, result)]
-            record(self.metrics, admission, tokens_of(result))
+            record(self.metrics, admission, result)
         return GenerateResponse(
             personality=personality.name if personality is not None else None,
             request_id=request_id,

@@ -19,7 +19,6 @@ from lollms_server.core.generation.outputs import (
     media_outputs,
     record,
     text_output,
-    tokens_of,
 )
 from lollms_server.core.generation.tools import ToolLoop
 from lollms_server.core.metrics import Metrics
@@ -95,7 +94,7 @@ class GenerationStream:
 
     def _final(self, result: TextResult) -> StreamChunk:
         output = text_output(self.admission, result)
-        record(self.metrics, self.admission, tokens_of(result))
+        record(self.metrics, self.admission, result)
         return final_chunk([output], self.request_id)
 
     async def _text_events(self, job: TextJob, deadline: float) -> AsyncGenerator[StreamChunk, None]:

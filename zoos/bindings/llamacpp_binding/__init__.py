@@ -344,7 +344,7 @@ class LlamaCppBinding(Binding):
                 if isinstance(event, Finished):
                     if event.reason == "cancelled":
                         raise GenerationCancelled()
-                    yield TextChunk("", event.reason, event.usage, {"timings": event.timings})
+                    yield TextChunk("", event.reason, event.usage, {"sequence_timings": event.timings})
                 elif event:
                     yield TextChunk(event)
 
@@ -399,13 +399,17 @@ class LlamaCppBinding(Binding):
         if not bias:
             return {}
         if not isinstance(bias, dict) or len(bias) > 1024:
-            raise BadRequestError("logit_bias must map at most 1024 token ids to numbers.", param="parameters.logit_bias")
+            raise BadRequestError(
+                "logit_bias must map at most 1024 token ids to numbers.", param="parameters.logit_bias"
+            )
         checked: dict[int, float] = {}
         for key, value in bias.items():
             try:
                 token, amount = int(key), float(value)
             except (TypeError, ValueError):
-                raise BadRequestError("logit_bias must map token ids to numbers.", param="parameters.logit_bias") from None
+                raise BadRequestError(
+                    "logit_bias must map token ids to numbers.", param="parameters.logit_bias"
+                ) from None
             if not 0 <= token < n_vocab:
                 raise BadRequestError(
                     f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1}).",

@@ -208,7 +208,10 @@ class BatchEngine:
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "steps": 0, "max_batch_sequences": 0}
         self.banned_at_eos = [
             token
-            for token in {int(llama_cpp.llama_vocab_eos(self.vocab)), int(llama_cpp.llama_vocab_eot(self.vocab))}
+            for token in {
+                int(llama_cpp.llama_vocab_eos(self.vocab)),
+                int(llama_cpp.llama_vocab_eot(self.vocab)),
+            }
             if token >= 0
         ]
         self._piece = ctypes.create_string_buffer(256)

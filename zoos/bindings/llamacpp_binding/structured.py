@@ -1,13 +1,16 @@
 """Structured outputs: the grammar a request's ``json_schema`` or ``grammar`` parameter asks for.
 
 JSON schemas become GBNF through llama-cpp-python's port of llama.cpp's own converter
-(``llama_cpp.llama_grammar.json_schema_to_gbnf``); a GBNF grammar is taken as it is. Both are
+(``llama_cpp.llama_grammar.json_schema_to_gbnf``; the port of the pinned version knows types,
+``properties``/``required``, ``enum``/``const``, arrays, ``anyOf``/``oneOf``, ``$ref``, string
+lengths, but not number ranges or ``pattern``); a GBNF grammar is taken as it is. Both are
 checked by llama.cpp's parser before the request runs, so a bad one is a 400 naming the parameter.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from lollms_server.core.bindings import BadRequestError
@@ -15,6 +18,8 @@ from lollms_server.core.bindings import BadRequestError
 from .batching import GrammarError, check_grammar
 
 MAX_GRAMMAR_CHARS = 100_000
+CHAR_RULE = re.compile(r'^char ::= \[\^"\\\\\]', re.MULTILINE)  # char ::= [^"\\]
+JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F]'  # and no control characters, as llama.cpp's
 
 
 def requested_grammar(parameters: dict[str, Any], vocab: Any) -> str | None:
@@ -37,7 +42,9 @@ def requested_grammar(parameters: dict[str, Any], vocab: Any) -> str | None:
     try:
         check_grammar(vocab, grammar)
     except GrammarError:
-        raise BadRequestError(f"Invalid {param.split('.')[-1]}: llama.cpp cannot parse it.", param=param) from None
+        raise BadRequestError(
+            f"Invalid {param.split('.')[-1]}: llama.cpp cannot parse it.", param=param
+        ) from None
     return grammar
 
 
@@ -56,9 +63,11 @@ def schema_grammar(schema: Any) -> str:
     if not isinstance(schema, dict):
         raise BadRequestError("The JSON schema must be an object.", param=param)
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
     except RecursionError:
         raise BadRequestError("The JSON schema nests too deeply.", param=param) from None
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds on bad schemas
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise BadRequestError(f"Unsupported JSON schema: {detail}", param=param) from None
+    # this converter's string characters allow raw control characters, which JSON does not
+    return CHAR_RULE.sub(lambda _: JSON_CHAR_RULE, grammar)

@@ -1,0 +1,174 @@
+"""llamacpp_binding's batch engine on the tiny GGUF: sequences decoded together, each exactly as
+alone; per-sequence ends and cancellation; the prefix cache; grammar-constrained output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lollms_server.core.bindings import Binding, BindingManager, CancelToken, TextChunk, TextRequest
+from lollms_server.core.config import config_from_dict
+from lollms_server.core.errors import BadRequestError
+
+MODEL = "tiny.gguf"
+
+
+@pytest.fixture
+async def binding(models_folder: Path) -> AsyncIterator[Binding]:
+    config = config_from_dict(
+        {
+            "server": {"auto_install_requirements": False},
+            "paths": {"models_folder": str(models_folder)},
+            "bindings": {"llm": {"type": "llamacpp_binding", "n_threads": 2, "n_ctx": 512, "parallel": 4}},
+        },
+        environ={},
+    )
+    binding = await BindingManager(config).get("llm")
+    await binding.load_model(MODEL)
+    yield binding
+    await binding.unload_model(MODEL)
+
+
+def request(prompt: str, **parameters: Any) -> TextRequest:
+    return TextRequest(messages=[{"role": "user", "content": prompt}], parameters=parameters)
+
+
+async def run(
+    binding: Binding, text_request: TextRequest, cancel: CancelToken | None = None
+) -> list[TextChunk]:
+    return [chunk async for chunk in binding.stream_text(MODEL, text_request, cancel or CancelToken())]
+
+
+def text_of(chunks: list[TextChunk]) -> str:
+    return "".join(chunk.text for chunk in chunks)
+
+
+async def test_four_sequences_decode_together_each_as_if_alone(binding: Binding) -> None:
+    requests = [
+        request(f"story number {index} begins", max_tokens=40, ignore_eos=True, seed=index, temperature=0.9)
+        for index in range(4)
+    ]
+    alone = [await run(binding, item) for item in requests]
+    together = await asyncio.gather(*(run(binding, item) for item in requests))
+    for single, batched in zip(alone, together, strict=True):
+        assert text_of(batched) == text_of(single)
+        assert batched[-1].usage is not None and batched[-1].usage["completion_tokens"] == 40
+    timings = [chunks[-1].metadata["sequence_timings"] for chunks in together]  # type: ignore[index]
+    # they overlap in time: every one had its first token before any one finished
+    assert max(item["first_token"] for item in timings) < min(item["finished"] for item in timings)
+    info = await binding.get_model_info(MODEL)
+    assert info["parallel"] == 4 and info["batching"]["max_batch_sequences"] == 4
+    assert info["context_size"] == 512
+
+
+async def test_cancelling_one_sequence_leaves_the_others_running(binding: Binding) -> None:
+    tokens = [CancelToken() for _ in range(4)]
+
+    async def watched(index: int) -> list[TextChunk]:
+        chunks: list[TextChunk] = []
+        async for chunk in binding.stream_text(
+            MODEL, request(f"run {index}", max_tokens=120, ignore_eos=True, seed=index), tokens[index]
+        ):
+            chunks.append(chunk)
+            if index == 1 and len(chunks) == 3:
+                tokens[1].set()
+        return chunks
+
+    results = await asyncio.gather(*(watched(index) for index in range(4)), return_exceptions=True)
+    for index, result in enumerate(results):
+        if index == 1:
+            assert isinstance(result, BaseException) or result[-1].finish_reason is None
+            continue
+        assert isinstance(result, list) and result[-1].finish_reason == "length"
+        assert result[-1].usage is not None and result[-1].usage["completion_tokens"] == 120
+    engine = binding._models[MODEL].engine  # type: ignore[attr-defined]
+    assert engine.describe()["active"] == 0 and all(slot.sequence is None for slot in engine.slots)
+
+
+async def test_each_sequence_ends_on_its_own_stop_string_limit_or_end_of_sequence(binding: Binding) -> None:
+    probe = text_of(await run(binding, request("the stop probe", max_tokens=30, ignore_eos=True, seed=5)))
+    stop = probe[10:13]
+    assert stop and stop not in probe[:10]
+    eos = binding._models[MODEL].llama.token_eos()  # type: ignore[attr-defined]
+    with_stop, limited, ended = await asyncio.gather(
+        run(binding, request("the stop probe", max_tokens=30, ignore_eos=True, seed=5, stop=[stop])),
+        run(binding, request("a limited one", max_tokens=7, ignore_eos=True, seed=1)),
+        run(binding, request("an ended one", max_tokens=30, logit_bias={str(eos): 100})),
+    )
+    assert text_of(with_stop) == probe[:10] and with_stop[-1].finish_reason == "stop"
+    assert limited[-1].finish_reason == "length" and limited[-1].usage["completion_tokens"] == 7  # type: ignore[index]
+    assert ended[-1].finish_reason == "stop" and ended[-1].usage["completion_tokens"] == 0  # type: ignore[index]
+
+
+async def test_a_request_sharing_a_prefix_reads_it_from_the_cache(binding: Binding) -> None:
+    history = "Tell me about the weather in the mountains and the rivers and the sea. " * 4
+    first = await run(binding, request(history, max_tokens=4, seed=1))
+    assert first[-1].usage is not None
+    second = await run(binding, request(history + "And the lakes?", max_tokens=4, seed=1))
+    assert second[-1].usage is not None
+    prompt_tokens = first[-1].usage["prompt_tokens"]
+    assert second[-1].usage["cached_tokens"] >= 0.8 * prompt_tokens  # up to where the tokens differ
+    uncached = await run(
+        binding, request(history + "And the lakes?", max_tokens=4, seed=1, cache_prompt=False)
+    )
+    assert uncached[-1].usage is not None and uncached[-1].usage["cached_tokens"] == 0
+    assert text_of(uncached) == text_of(second)  # the cache changes the speed, not the text
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer"},
+        "mood": {"enum": ["happy", "sad"]},
+        "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+    },
+    "required": ["name", "age", "mood", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_json_schema_makes_even_random_weights_answer_valid_json(binding: Binding, seed: int) -> None:
+    chunks = await run(binding, request("json please", json_schema=SCHEMA, max_tokens=200, seed=seed))
+    assert chunks[-1].finish_reason == "stop"
+    value = json.loads(text_of(chunks))  # random weights pick odd bytes: no control characters
+    assert set(value) == {"name", "age", "mood", "tags"}
+    # (a code point the grammar counts once may be bytes Python cannot decode: U+FFFD each)
+    assert isinstance(value["name"], str) and len(value["name"].replace("\ufffd", "")) <= 12
+    assert isinstance(value["age"], int) and value["mood"] in ("happy", "sad")
+    assert len(value["tags"]) <= 3 and all(isinstance(tag, bool) for tag in value["tags"])
+
+
+async def test_a_gbnf_grammar_constrains_the_answer(binding: Binding) -> None:
+    grammar = 'root ::= ("yes" | "no") " " [0-9] [0-9]'
+    answers = await asyncio.gather(
+        *(run(binding, request("answer", grammar=grammar, max_tokens=20, seed=seed)) for seed in range(4))
+    )
+    for chunks in answers:
+        text = text_of(chunks)
+        assert text.split(" ")[0] in ("yes", "no") and text[-2:].isdigit(), text
+
+
+@pytest.mark.parametrize(
+    ("parameters", "param"),
+    [
+        ({"json_schema": {"type": "no-such-type"}}, "parameters.json_schema"),
+        ({"json_schema": "{not json"}, "parameters.json_schema"),
+        ({"json_schema": ["a list"]}, "parameters.json_schema"),
+        ({"grammar": "root ::= ( unclosed"}, "parameters.grammar"),
+        ({"grammar": ""}, "parameters.grammar"),
+        ({"logit_bias": {"99999": 1}}, "parameters.logit_bias"),
+    ],
+)
+async def test_invalid_grammars_and_biases_are_refused(
+    binding: Binding, parameters: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        await run(binding, request("x", max_tokens=4, **parameters))
+    assert caught.value.param == param
