@@ -7,9 +7,19 @@ On the same GGUF and prompt it measures time to first token (TTFT) and tokens/s 
   (c) 8 concurrent SSE streams through lollms_server (one pool slot: served one after another),
   (d) llama-cpp-python's own OpenAI server as a peer, when ``llama-cpp-python[server]`` is installed,
 and prints the ratios against the direct calls. Without ``--model`` it builds the tiny random
-GGUF the tests use (per-token overhead dominates there, which is what this measures).
+GGUF the tests use (per-token overhead dominates there, which is what this measures);
+``--model mid`` builds (once, cached) a mid-size random GGUF (Llama, hidden 768, 12 layers,
+~300 MB f32) where the model's compute dominates.
 
-    python scripts/bench_text.py [--model PATH.gguf] [--tokens 256] [--runs 5]
+With ``--clients 1,4,8`` it measures continuous batching instead: for each count, that many
+clients stream at once through a server whose llama.cpp instance decodes them together; the
+aggregate tokens/s and the worst time to first token are set against the *batched-decode limit*
+measured in the same run (the same sequences decoded together with llama.cpp's low-level API and
+nothing else), and the time to first token of a request sharing a 1,000-token prefix with the one
+before is measured cold (cache_prompt off) and cached.
+
+    python scripts/bench_text.py [--model PATH.gguf|mid] [--tokens 256] [--runs 5]
+    python scripts/bench_text.py --model mid --clients 1,4,8 --threads 2 --tokens 128
 """
 
 from __future__ import annotations
@@ -157,9 +167,15 @@ async def bench_concurrent(url: str, body: dict[str, Any], tokens: int, streams:
 
 
 def start_server(
-    model: Path, workdir: Path, threads: int, isolation: str = "inprocess", **sections: Any
+    model: Path,
+    workdir: Path,
+    threads: int,
+    isolation: str = "inprocess",
+    settings: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> ServerProcess:
-    """A lollms_server serving ``model`` as binding ``llm`` (``sections`` add config sections)."""
+    """A lollms_server serving ``model`` as binding ``llm`` (``settings`` add instance settings,
+    ``sections`` config sections)."""
     from tests.processes import start_lollms
 
     config = {
@@ -174,6 +190,7 @@ def start_server(
                 "n_ctx": 4096,
                 "n_threads": threads,
                 "models_folder": str(model.parent),
+                **(settings or {}),
             }
         },
         **sections,
@@ -213,11 +230,207 @@ def start_peer(model: Path, threads: int) -> ServerProcess | None:
     return peer
 
 
+MID_MODEL = Path.home() / ".cache" / "lollms_server" / "bench" / "llamacpp_binding" / "mid.gguf"
+
+
+def mid_model() -> Path:
+    """The mid-size random GGUF (built on first use, then cached)."""
+    if not MID_MODEL.exists():
+        from tests.tiny_models import build_tiny_gguf
+
+        print(f"building {MID_MODEL} (once)...")
+        partial = MID_MODEL.with_suffix(".part")
+        build_tiny_gguf(partial, hidden=768, intermediate=2048, layers=12, heads=12, kv_heads=4)
+        partial.replace(MID_MODEL)
+    return MID_MODEL
+
+
+def client_prompts(clients: int) -> list[str]:
+    return [f"{PROMPT} Client {index} wants it told in its own way." for index in range(clients)]
+
+
+def batched_limit(model: Path, clients: int, tokens: int, threads: int, n_ctx: int) -> dict[str, float]:
+    """The same sequences decoded together with llama.cpp's low-level API and nothing else: one
+    batch with every prompt, then one token per sequence per ``llama_decode`` (greedy)."""
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_threads=threads, verbose=False)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.n_batch, params.n_ubatch = n_ctx * clients, clients, 512, 512
+    params.n_threads = params.n_threads_batch = threads
+    ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
+    vocab = llama._model.vocab
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    samplers = [llama_cpp.llama_sampler_init_greedy() for _ in range(clients)]
+    eog = {llama.token_eos()}
+    prompts = [
+        llama.tokenize(llama_chat_prompt(llama, text).encode(), add_bos=True, special=True)
+        for text in client_prompts(clients)
+    ]
+
+    def add(token: int, position: int, seq: int, logits: bool) -> int:
+        index = batch.n_tokens
+        batch.token[index], batch.pos[index], batch.n_seq_id[index] = token, position, 1
+        batch.seq_id[index][0], batch.logits[index] = seq, logits
+        batch.n_tokens = index + 1
+        return index
+
+    started = time.perf_counter()
+    batch.n_tokens = 0
+    outputs = {}
+    for seq, prompt in enumerate(prompts):
+        for position, token in enumerate(prompt):
+            last = position == len(prompt) - 1
+            index = add(token, position, seq, last)
+            if last:
+                outputs[seq] = index
+    positions = [len(prompt) for prompt in prompts]
+    first: list[float] = []
+    produced = 0
+    for _step in range(tokens):
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        picked = {}
+        for seq, index in outputs.items():
+            token = llama_cpp.llama_sampler_sample(samplers[seq], ctx, index)
+            if token in eog:  # keep going, like ignore_eos: take the next best instead
+                token = (token + 1) % llama.n_vocab()
+            picked[seq] = token
+            llama_cpp.llama_detokenize(vocab, (llama_cpp.llama_token * 1)(token), 1, None, 0, False, False)
+        if not first:
+            first = [time.perf_counter() - started] * clients
+        produced += len(picked)
+        batch.n_tokens = 0
+        outputs = {seq: add(token, positions[seq], seq, True) for seq, token in picked.items()}
+        for seq in picked:
+            positions[seq] += 1
+    elapsed = time.perf_counter() - started
+    for sampler in samplers:
+        llama_cpp.llama_sampler_free(sampler)
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama.close()
+    return {"tokens_per_s": produced / elapsed, "worst_ttft_ms": max(first) * 1000}
+
+
+def llama_chat_prompt(llama: Any, text: str) -> str:
+    """The prompt the server builds from one user message (the model's chat template)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=llama._model.token_get_text(llama.token_eos()),
+        bos_token=llama._model.token_get_text(llama.token_bos()),
+    )
+    return formatter(messages=[{"role": "user", "content": text}]).prompt  # type: ignore[arg-type]
+
+
+async def bench_clients(url: str, model: str, clients: int, tokens: int) -> dict[str, float]:
+    """``clients`` SSE streams at once through the server: aggregate tokens/s, worst TTFT."""
+    bodies = [
+        {
+            "input_data": [{"type": "text", "role": "user_prompt", "data": prompt}],
+            "stream": True,
+            "binding_name": "llm",
+            "model_name": model,
+            "parameters": {"max_tokens": tokens, "ignore_eos": True, "seed": index, "cache_prompt": False},
+        }
+        for index, prompt in enumerate(client_prompts(clients))
+    ]
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(sse_stream(client, url, body, False) for body in bodies))
+        elapsed = time.perf_counter() - started
+    return {
+        "tokens_per_s": sum(count for _, _, count in results) / elapsed,
+        "worst_ttft_ms": max(first for first, _, _ in results) * 1000,
+    }
+
+
+async def bench_prefix(url: str, model: str, runs: int) -> tuple[float, float]:
+    """TTFT of a request whose ~1,000-token prefix the previous request read: cold, cached."""
+    words = "the quick brown fox jumps over the lazy dog near the river bank".split()
+    history = " ".join(words[index % len(words)] for index in range(1000))
+    colds, cacheds = [], []
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        for run in range(runs + 1):
+            prefix = f"Conversation {run}: {history}"
+            times = []
+            for question, cache in (("first?", False), ("second?", True)):
+                body = {
+                    "input_data": [{"type": "text", "role": "user_prompt", "data": f"{prefix} {question}"}],
+                    "stream": True,
+                    "binding_name": "llm",
+                    "model_name": model,
+                    "parameters": {"max_tokens": 2, "ignore_eos": True, "cache_prompt": cache},
+                }
+                first, _, _ = await sse_stream(client, url, body, False)
+                times.append(first)
+            if run:  # the first round warms up
+                colds.append(times[0])
+                cacheds.append(times[1])
+    return statistics.median(colds) * 1000, statistics.median(cacheds) * 1000
+
+
+def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads: int) -> None:
+    n_ctx = 2048
+    print(
+        f"model {model.name} ({model.stat().st_size / 2**20:.1f} MB), {tokens} tokens per client, "
+        f"{threads} thread(s)\n"
+    )
+    parallel = max(counts)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        server = start_server(
+            model,
+            workdir,
+            threads,
+            settings={"parallel": parallel, "n_ctx": n_ctx},
+            resource_manager={"pools": {"default": {"limit": parallel, "queue_size": 64}}},
+        )
+        url = server.url + "/api/v1/generate"
+        try:
+            asyncio.run(bench_clients(url, model.name, 1, 8))  # warm-up (model load)
+            rows = []
+            for clients in counts:
+                limit = batched_limit(model, clients, tokens, threads, n_ctx)
+                served = asyncio.run(bench_clients(url, model.name, clients, tokens))
+                rows.append((clients, served, limit))
+            cold, cached = asyncio.run(bench_prefix(url, model.name, runs))
+        finally:
+            server.stop()
+    single_ttft = rows[0][1]["worst_ttft_ms"] if counts[0] == 1 else None
+    header = (
+        "clients",
+        "served tok/s",
+        "limit tok/s",
+        "ratio",
+        "worst TTFT ms",
+        "limit TTFT ms",
+        "TTFT/1 client",
+    )
+    print(
+        " ".join(f"{name:>{width}}" for name, width in zip(header, (7, 13, 12, 6, 14, 14, 14), strict=True))
+    )
+    for clients, served, limit in rows:
+        versus_one = f"{served['worst_ttft_ms'] / single_ttft:13.2f}x" if single_ttft else " " * 14
+        print(
+            f"{clients:>7} {served['tokens_per_s']:>13.1f} {limit['tokens_per_s']:>12.1f} "
+            f"{served['tokens_per_s'] / limit['tokens_per_s']:>5.2f}x {served['worst_ttft_ms']:>14.1f} "
+            f"{limit['worst_ttft_ms']:>14.1f} {versus_one}"
+        )
+    print(
+        f"\n1,000-token shared prefix: TTFT cold {cold:.1f} ms, cached {cached:.1f} ms "
+        f"({cold / cached:.1f}x faster)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, help="GGUF file (default: build the tiny test model)")
+    parser.add_argument("--model", help="GGUF file, or mid (default: build the tiny test model)")
+    parser.add_argument("--clients", help="continuous batching: client counts, e.g. 1,4,8")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per generation")
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
@@ -229,10 +442,15 @@ def main() -> None:
         help="run the pool in the server process or in a worker process",
     )
     args = parser.parse_args()
+    if args.clients:
+        model_path = mid_model() if args.model in (None, "mid") else Path(args.model).resolve()
+        counts = sorted({int(count) for count in args.clients.split(",")})
+        main_clients(model_path, counts, args.tokens, args.runs, args.threads)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        model = args.model
+        model = mid_model() if args.model == "mid" else Path(args.model) if args.model else None
         if model is None:
             from tests.tiny_models import build_tiny_gguf
 
