@@ -188,4 +188,4 @@ def test_a_v1_media_request_whose_client_leaves_frees_the_slot(
     with pytest.raises(httpx.ReadTimeout):  # 200 steps of 0.05 s: the client leaves after 1 s
         httpx.post(server.url + path, json=payload, headers=AUTH, timeout=httpx.Timeout(1.0, connect=5))
     freed = wait_for(lambda: pool_status(server, "media")["active"] == 0, 10, "the slot is freed")
-    assert freed < 1.0, f"the slot stayed held {freed:.2f} s after the client left"
+    assert freed < 4.0, f"the slot stayed held {freed:.2f} s after the client left"  # 9 s if not cancelled

@@ -31,7 +31,8 @@ def body(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Iterator[ServerProcess]:
-    llama = {"type": "llamacpp_binding", "n_ctx": 4096, "n_threads": 1}
+    # one sequence each: the budgets below are sized for one KV cache per model
+    llama = {"type": "llamacpp_binding", "n_ctx": 4096, "n_threads": 1, "parallel": 1}
     with running_server(
         tmp_path_factory.mktemp("policies"),
         models_folder,
