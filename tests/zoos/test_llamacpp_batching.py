@@ -172,3 +172,35 @@ async def test_invalid_grammars_and_biases_are_refused(
     with pytest.raises(BadRequestError) as caught:
         await run(binding, request("x", max_tokens=4, **parameters))
     assert caught.value.param == param
+
+
+async def test_llama_cpp_handlers_get_the_context_alone_between_batched_requests(models_folder: Path) -> None:
+    """A forced chat format runs through llama-cpp-python's handlers (the whole context, alone),
+    while raw prompts of the same model go through the engine: mixed, all finish, texts as alone."""
+    config = config_from_dict(
+        {
+            "server": {"auto_install_requirements": False},
+            "paths": {"models_folder": str(models_folder)},
+            "bindings": {
+                "llm": {"type": "llamacpp_binding", "n_threads": 2, "n_ctx": 512, "chat_format": "chatml"}
+            },
+        },
+        environ={},
+    )
+    binding = await BindingManager(config).get("llm")
+    await binding.load_model(MODEL)
+    try:
+        raw = [
+            TextRequest(
+                messages=[], prompt=f"raw prompt {index}", parameters={"max_tokens": 30, "seed": index}
+            )
+            for index in range(2)
+        ]
+        chats = [request(f"chat {index}", max_tokens=30, seed=index, ignore_eos=True) for index in range(2)]
+        alone = [text_of(await run(binding, item)) for item in raw]
+        results = await asyncio.gather(*(run(binding, item) for item in [*raw, *chats]))
+        assert [text_of(chunks) for chunks in results[:2]] == alone
+        for chunks in results[2:]:
+            assert chunks[-1].finish_reason == "length" and chunks[-1].usage["completion_tokens"] == 30  # type: ignore[index]
+    finally:
+        await binding.unload_model(MODEL)
