@@ -106,7 +106,7 @@ def _entries(instance: BindingInstance, models: list[dict[str, Any]], started_at
         modified = started_at
         try:
             stat = safe_join(instance.models_folder, name).stat()
-            modified, size = stat.st_mtime, size or stat.st_size
+            modified, size = stat.st_mtime, stat.st_size
         except (LollmsError, OSError):
             pass  # not a file of the models folder (a remote API's model)
         entries.append(Listed(instance, name, size, modified))
