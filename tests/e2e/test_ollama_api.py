@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, LIMITED_KEY, ServerProcess, running_server
+from tests.conftest import AUTH, LIMITED_KEY, ServerProcess
+from tests.e2e.ollama_server import BEARER, IDLE_UNLOAD_SECONDS, ollama_test_server
 
 ollama = pytest.importorskip("ollama")
 pytestmark = pytest.mark.e2e
 
-BEARER = {"Authorization": f"Bearer {ADMIN_KEY}"}
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -31,33 +31,8 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture(scope="module")
-def embedder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Only the tiny embedding model (the other media models are not needed here)."""
-    pytest.importorskip("torch")
-    from tests.tiny_media_models import build_tiny_embedding_model
-
-    root = tmp_path_factory.mktemp("embedder")
-    build_tiny_embedding_model(root / "tiny-embedder")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, models_folder: Path, embedder_folder: Path
-) -> Iterator[ServerProcess]:
-    pools = {"default": {"limit": 1, "queue_size": 16, "queue_timeout": 60, "idle_unload_seconds": 900}}
-    with running_server(
-        tmp_path_factory.mktemp("ollama-api"),
-        models_folder,
-        resource_manager={"pools": pools},
-        bindings={
-            "echo": {"type": "scripted_binding", "model_name": "echo"},
-            "slow_echo": {"type": "scripted_binding", "model_name": "echo", "delay": 0.5},
-            "llm": {"type": "llamacpp_binding", "model_name": "tiny.gguf", "n_ctx": 2048, "n_threads": 1},
-            "eyes": {"type": "vision_binding", "model_name": "eyes"},
-            "hf": {"type": "transformers_binding", "device": "cpu", "models_folder": str(embedder_folder)},
-        },
-    ) as process:
+def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Iterator[ServerProcess]:
+    with ollama_test_server(tmp_path_factory, models_folder) as process:
         yield process
 
 
@@ -110,7 +85,7 @@ def test_list_show_and_ps(client: Any, models_folder: Path) -> None:
     entry = running["llm/tiny.gguf:latest"]
     assert entry.size > 10_000 and entry.size_vram == 0  # n_gpu_layers 0: on the CPU
     seconds_left = entry.expires_at.timestamp() - time.time()
-    assert 600 < seconds_left <= 901  # idle_unload_seconds = 900
+    assert IDLE_UNLOAD_SECONDS - 300 < seconds_left <= IDLE_UNLOAD_SECONDS + 1
 
 
 def test_limited_key_sees_only_its_bindings(server: ServerProcess) -> None:
