@@ -56,6 +56,23 @@ def capabilities(instance: BindingInstance) -> list[str]:
     return found + [name for name in DECLARED_CAPABILITIES if name in declared]
 
 
+def kind(instance: BindingInstance) -> str:
+    """The generation type a bare model name means here: text, else embeddings, else the first."""
+    types = instance.card.generation_types
+    return "ttt" if "ttt" in types else "embed" if "embed" in types else (types[0] if types else "ttt")
+
+
+def default_model(
+    generation: GenerationService, principal: Principal, instance: BindingInstance
+) -> str | None:
+    """The model ``<instance>`` alone names, as routing picks it (``[defaults]``, then the
+    instance's ``model_name``); None when there is none."""
+    try:
+        return generation.resolve(principal, kind(instance), instance.name, None).model
+    except LollmsError:
+        return None
+
+
 def details(instance: BindingInstance, model: str, architecture: str | None = None) -> dict[str, Any]:
     """Ollama's ``details``; size and quantization are read from the model's name when it says."""
     family = architecture or instance.card.type_name.removesuffix("_binding")
@@ -88,7 +105,7 @@ async def listed_models(
         except LollmsError:
             continue  # an instance that cannot start lists nothing
         entries = await anyio.to_thread.run_sync(_entries, instance, models, started_at)
-        default = instance.config.model_name
+        default = default_model(generation, principal, instance)
         for entry in entries:
             if entry.model == default:
                 found.append((public_name(instance.name), entry))

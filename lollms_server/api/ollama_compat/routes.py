@@ -59,11 +59,13 @@ async def show(
     instance_name, model = translate.model_target(str(body.model))
     if instance_name is None:
         raise BadRequestError("Name a model: '<instance>' or '<instance>/<model>'.", param="model")
-    info = await generation.model_info(principal, instance_name, model)  # 403/404 for the instance
-    instance = generation.bindings.instance(instance_name)
-    model = model or instance.config.model_name
-    names = [str(item.get("name")) for item in await generation.list_models(principal, instance_name)]
-    if model is None or (model not in names and not info.get("loaded")):
+    principal.require_binding(instance_name)  # 403 before the lookup: no other names leak
+    kind = catalog.kind(generation.bindings.instance(instance_name))  # 404 for an unknown one
+    target = generation.resolve(principal, kind, instance_name, model)
+    instance, model = target.instance, target.model
+    info = await generation.model_info(principal, instance.name, model)
+    names = [str(item.get("name")) for item in await generation.list_models(principal, instance.name)]
+    if model not in names and not info.get("loaded"):
         raise NotFoundError(f"model '{body.model}' not found")
     modified = await catalog.modified_time(instance, model, request.app.state.started_at)
     return catalog.show(instance, model, info, modified)
