@@ -165,9 +165,20 @@ def generate_inputs(body: GenerateBody) -> tuple[list[InputData], dict[str, Any]
 
 
 def tools_offered(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [
-        tool for tool in tools or [] if tool.get("type", "function") == "function" and tool.get("function")
-    ]
+    """The client's function tools (Ollama's shape is OpenAI's); 400 for one without a name."""
+    offered = []
+    for index, tool in enumerate(tools or []):
+        if tool.get("type", "function") != "function":
+            continue
+        function = tool.get("function")
+        if (
+            not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not function["name"]
+        ):
+            raise BadRequestError("A tool needs a 'function' with a 'name'.", param=f"tools[{index}]")
+        offered.append({"type": "function", "function": function})
+    return offered
 
 
 # ---------------------------------------------------------------- responses

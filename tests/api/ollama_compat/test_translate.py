@@ -151,3 +151,11 @@ def test_named_bodies_take_model_or_name() -> None:
     assert NamedBody(model="a", name="b").model == "a"
     with pytest.raises(ValueError):
         NamedBody()
+
+
+def test_tools_need_a_named_function() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert translate.tools_offered([tool, {"type": "retrieval"}]) == [tool]
+    for bad in ({"function": "f"}, {"type": "function", "function": {"name": 3}}, {"type": "function"}):
+        with pytest.raises(BadRequestError):
+            translate.tools_offered([bad])
