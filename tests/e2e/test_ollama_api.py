@@ -76,7 +76,8 @@ def test_list_show_and_ps(client: Any, models_folder: Path) -> None:
     context = [value for key, value in shown.modelinfo.items() if key.endswith(".context_length")]
     assert context == [2048] and "num_ctx 2048" in shown.parameters
     assert ".Suffix" not in shown.template  # no fill-in-the-middle: Continue will not send suffix
-    assert "vision" in client.show("eyes").capabilities
+    eyes = client.show("eyes")
+    assert {"vision", "insert"} <= set(eyes.capabilities) and ".Suffix" in eyes.template
     assert "embedding" in client.show("hf/tiny-embedder").capabilities
 
     client.generate(model="llm/tiny.gguf", prompt="Hi", options={"num_predict": 2, "seed": 1})
@@ -188,6 +189,8 @@ def test_images_reach_a_vision_binding(client: Any) -> None:
     assert reply.message.content == "image 64x48 image/png; What is this?"
     generated = client.generate(model="eyes", prompt="And this?", images=[picture.getvalue()])
     assert generated.response == "image 64x48 image/png; And this?"
+    filled = client.generate(model="eyes", prompt="def f(", suffix="return 1")  # insert capability
+    assert filled.response == "def f(; suffix return 1"
     with pytest.raises(ollama.ResponseError) as caught:
         client.generate(model="eyes", prompt="x", images=["bm90IGFuIGltYWdl"])  # "not an image"
     assert caught.value.status_code == 400

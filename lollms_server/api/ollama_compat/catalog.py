@@ -95,10 +95,11 @@ def _stamp(seconds: float) -> str:
 async def listed_models(
     generation: GenerationService, principal: Principal, started_at: float
 ) -> list[tuple[str, Listed]]:
-    """(Ollama name, listing) for every model the key may use, instances in config order."""
+    """(Ollama name, listing) for every text or embedding model the key may use (what Ollama
+    serves; image, audio and video instances are for the other APIs), instances in config order."""
     found: list[tuple[str, Listed]] = []
     for instance in generation.bindings.instances.values():
-        if not principal.can_use_binding(instance.name):
+        if not principal.can_use_binding(instance.name) or kind(instance) not in ("ttt", "embed"):
             continue
         try:
             models = await generation.list_models(principal, instance.name)
