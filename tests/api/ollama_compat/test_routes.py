@@ -3,6 +3,7 @@ there), pull and delete over a pull manager written from its interface, metrics 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -156,3 +157,33 @@ async def test_delete_maps_onto_the_pull_manager(app_client: Callable[..., Any])
         assert busy.status_code == 409 and busy.json() == {
             "error": "Model 'busy.gguf' is loaded; unload it first."
         }
+
+
+async def test_rate_limit_and_busy_pool_keep_status_and_retry_after(app_client: Callable[..., Any]) -> None:
+    keys = [
+        {"key": GOOD_KEY, "name": "user", "scopes": ["generate"], "requests_per_minute": 1},
+        {"key": AUTH["X-API-Key"], "name": "admin", "scopes": ["generate", "admin"]},
+    ]
+    pools = {"default": {"limit": 1, "queue_size": 0, "queue_timeout": 5}}
+    async with app_client(security={"api_keys": keys}, resource_manager={"pools": pools}) as client:
+        body = {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        headers = {"Authorization": f"Bearer {GOOD_KEY}"}
+        assert (await client.post("/api/chat", json=body, headers=headers)).status_code == 200
+        limited = await client.post("/api/chat", json=body, headers=headers)
+        assert limited.status_code == 429 and isinstance(limited.json()["error"], str)
+        assert int(limited.headers["retry-after"]) >= 1
+        # the pool's only slot is busy and its queue holds nobody: 503 + Retry-After
+        slow = {
+            "prompt": "a b c d",
+            "binding_name": "echo",
+            "model_name": "echo",
+            "parameters": {"delay": 0.5},
+        }
+        holding = asyncio.ensure_future(client.post("/api/v1/generate", json=slow, headers=AUTH))
+        generation = client.app.state.generation
+        while not generation.pools.snapshot()["pools"][0]["active"]:
+            await asyncio.sleep(0.05)
+        busy = await client.post("/api/chat", json=body, headers=AUTH)
+        assert busy.status_code == 503 and isinstance(busy.json()["error"], str)
+        assert int(busy.headers["retry-after"]) >= 1
+        assert (await holding).status_code == 200
