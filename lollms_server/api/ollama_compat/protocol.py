@@ -34,7 +34,7 @@ class Options(OllamaModel):
     repeat_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    num_ctx: int | None = Field(None, ge=1)
+    num_ctx: int | None = None
 
 
 class Message(OllamaModel):

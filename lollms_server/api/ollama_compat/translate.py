@@ -79,6 +79,8 @@ def parameters(options: Options | None, format: Format = None) -> dict[str, Any]
             del found["max_tokens"]  # -1: no limit, -2: fill the context (both: the model's room)
         elif found.get("max_tokens") == 0:
             raise BadRequestError("num_predict must not be 0.", param="options.num_predict")
+        if isinstance(found.get("seed"), int) and found["seed"] < 0:
+            del found["seed"]  # -1: a random seed (the server draws one and reports it)
     if format == "json":
         found["json_schema"] = {"type": "object"}
     elif isinstance(format, dict):

@@ -79,7 +79,7 @@ def test_options_and_format_map_to_native_parameters() -> None:
         "presence_penalty": 0.5,
         "frequency_penalty": 0.4,
     }
-    assert translate.parameters(Options(num_predict=-1)) == {}  # no limit
+    assert translate.parameters(Options(num_predict=-1, seed=-1, num_ctx=0)) == {}  # no limit, random
     assert translate.parameters(None, "json") == {"json_schema": {"type": "object"}}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert translate.parameters(None, schema) == {"json_schema": schema}
