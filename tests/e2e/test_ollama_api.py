@@ -145,6 +145,9 @@ def test_embed_both_routes(client: Any) -> None:
     assert single.embeddings[0] == pytest.approx(result.embeddings[0], abs=1e-5)
     older = client.embeddings(model="hf/tiny-embedder", prompt="hello")
     assert list(older.embedding) == pytest.approx(result.embeddings[0], abs=1e-5)
+    assert "hf/tiny-embedder:latest" in loaded_names(client)
+    client.embed(model="hf/tiny-embedder", input="bye", keep_alive=0)
+    assert "hf/tiny-embedder:latest" not in loaded_names(client)
 
 
 def test_tool_call_round_trip(client: Any) -> None:

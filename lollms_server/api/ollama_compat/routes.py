@@ -6,6 +6,7 @@ cancels its work when the client leaves; errors leave as ``{"error": ...}`` (``s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -30,6 +31,8 @@ from lollms_server.core.errors import BadRequestError, LollmsError, NotFoundErro
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, StreamChunk
+
+logger = logging.getLogger(__name__)
 
 OLLAMA_API_VERSION = "0.9.0"
 """The Ollama API version this emulation follows (clients such as Copilot check a minimum)."""
@@ -235,7 +238,7 @@ async def _chat_with_tools(
         request, lambda cancel: generation.chat_turn(native, principal, tools, cancel)
     )
     if translate.unloads(body.keep_alive):
-        await generation.unload(principal, target)
+        await _unload(generation, principal, target.name, target.model)
     metadata = {"usage": result.usage, "timings": {"total": time.monotonic() - started}}
     message = _assistant(result.text, translate.tool_calls(calls))
     final = {"done": True, "done_reason": "stop", **translate.durations(metadata)}
@@ -276,10 +279,20 @@ async def _load(
 
 
 async def _unload(
-    generation: GenerationService, principal: Principal, binding: str | None, model: str | None
+    generation: GenerationService,
+    principal: Principal,
+    binding: str | None,
+    model: str | None,
+    kind: str = "ttt",
 ) -> None:
-    if binding and model:
-        await generation.unload(principal, generation.resolve(principal, "ttt", binding, model))
+    """``keep_alive: 0`` once answered: best effort (the answer is out; a model still in use by
+    another request stays, and the pool's idle rule frees it later)."""
+    if not (binding and model):
+        return
+    try:
+        await generation.unload(principal, generation.resolve(principal, kind, binding, model))
+    except LollmsError as exc:
+        logger.warning("keep_alive 0: %s/%s stays loaded (%s)", binding, model, exc.message)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -296,7 +309,7 @@ async def _embed(
         request, lambda _: generation.embed(principal, instance, model, texts)
     )
     if translate.unloads(body.keep_alive):
-        await generation.unload(principal, target)
+        await _unload(generation, principal, target.name, target.model, "embed")
     return vectors, {"total_duration": int((time.monotonic() - started) * translate.NANOSECONDS)}
 
 
