@@ -19,6 +19,8 @@ from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
 from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
+from lollms_server.api.ollama_compat import OllamaErrorShape
+from lollms_server.api.ollama_compat import router as ollama_router
 from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
@@ -97,6 +99,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(ollama_router)  # /api/chat, /api/tags...: beside /api/v1, never over it
     if pool_worker:
         from lollms_server.api.pool_rpc import router as pool_rpc_router
 
@@ -118,6 +121,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes, metrics=metrics)
+    app.add_middleware(OllamaErrorShape)  # outermost: every error on an Ollama path as {"error": ...}
     return app
 
 

@@ -30,6 +30,13 @@ FORBIDDEN = [
     ("lollms_server.utils", "lollms_server.core"),
     ("lollms_server.utils", "lollms_server.api"),
     ("lollms_server.errors", "lollms_server."),
+    # the Ollama API is a surface over GenerationService: no pools, residency or other routes
+    ("lollms_server.api.ollama_compat", "lollms_server.main"),
+    ("lollms_server.api.ollama_compat", "lollms_server.api.endpoints"),
+    ("lollms_server.api.ollama_compat", "lollms_server.api.pool_rpc"),
+    ("lollms_server.api.ollama_compat", "lollms_server.core.pools"),
+    ("lollms_server.api.ollama_compat", "lollms_server.core.resource_manager"),
+    ("lollms_server.api.openai_compat", "lollms_server.api.ollama_compat"),
 ]
 # re-exporting modules of public import paths: their import is the re-export itself
 SHIMS = {"lollms_server.core.errors", "lollms_server.core.torch_models"}

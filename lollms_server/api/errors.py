@@ -1,7 +1,7 @@
 """Exception handlers: every error the app returns has the one JSON shape (DESIGN §8).
 
-``LollmsError`` carries its status; FastAPI's validation errors become 422 (400 on ``/v1``,
-as OpenAI clients expect); Starlette's HTTP errors (404 route, 405 method...) keep their
+``LollmsError`` carries its status; FastAPI's validation errors become 422 (400 on ``/v1`` and
+the Ollama paths, as their clients expect); Starlette's HTTP errors (404 route, 405 method...) keep their
 status with our shape; a client that left gets an empty 499.
 """
 
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, ClientDisconnected
+from lollms_server.api.ollama_compat.shape import is_ollama_path
 from lollms_server.errors import LollmsError, error_body
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def install_error_handlers(app: FastAPI) -> None:
             param = param or location or None
             problems.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
         message = "Invalid request: " + "; ".join(problems)
-        if request.url.path.startswith("/v1/"):  # OpenAI clients expect 400 invalid_request_error
+        path = request.url.path
+        if path.startswith("/v1/") or is_ollama_path(path):  # OpenAI and Ollama clients expect 400
             return JSONResponse(error_body("invalid_request_error", message, param), status_code=400)
         return JSONResponse(error_body("validation_error", message, param), status_code=422)
 

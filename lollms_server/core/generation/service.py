@@ -238,6 +238,22 @@ class GenerationService:
         finish = "tool_calls" if calls else "stop"
         return admission.target, TextResult(text=text, finish_reason=finish, usage=usage), calls
 
+    async def preload(
+        self, principal: Principal, generation_type: str, binding_name: str | None, model_name: str | None
+    ) -> Target:
+        """Make a model resident (a slot of its pool is held while it loads), generating nothing:
+        what Ollama clients ask with an empty prompt."""
+        async with self._resident(principal, generation_type, binding_name, model_name) as (target, _):
+            return target
+
+    async def unload(self, principal: Principal, target: Target) -> bool:
+        """Unload ``target``'s model now if nobody uses it (pools of this process only; a worker
+        process or Ray actor unloads by its own idle rule). Returns whether it was unloaded."""
+        principal.require_binding(target.name)
+        if self.pools.hosts[target.pool].kind != "inprocess":
+            return False
+        return await self.resources.unload(target.name, target.model)
+
     # ---- listings -----------------------------------------------------------
     async def list_models(self, principal: Principal, binding_name: str) -> list[dict[str, Any]]:
         """The models an instance can load (403 when the key may not use it)."""

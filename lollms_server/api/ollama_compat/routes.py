@@ -1,0 +1,370 @@
+"""The Ollama routes under ``/api`` (beside, never over, the native ``/api/v1``): each parses its
+Ollama body (``protocol``), translates it (``translate``), runs it through the native
+GenerationService (same keys, quotas, pools, fair scheduling and bindings as every route) and
+shapes the answer: one JSON object, or with ``stream`` (the default) NDJSON lines. Every route
+cancels its work when the client leaves; errors leave as ``{"error": ...}`` (``shape``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from lollms_server import __version__
+from lollms_server.api.cancellation import cancellable
+from lollms_server.api.deps import AdminUser, ConfigDep, GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.ollama_compat import catalog, pulls, translate
+from lollms_server.api.ollama_compat.protocol import (
+    ChatBody,
+    Common,
+    EmbedBody,
+    EmbeddingsBody,
+    GenerateBody,
+    NamedBody,
+)
+from lollms_server.api.ollama_compat.shape import NDJSONStreamResponse
+from lollms_server.core.errors import BadRequestError, LollmsError, NotFoundError
+from lollms_server.core.generation import GenerationService
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, StreamChunk
+
+logger = logging.getLogger(__name__)
+
+OLLAMA_API_VERSION = "0.9.0"
+"""The Ollama API version this emulation follows (clients such as Copilot check a minimum)."""
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": '`{"error": "message"}`'} for status in (400, 401, 403, 404, 429, 503)
+}
+router = APIRouter(prefix="/api", tags=["ollama"], responses=ERRORS)
+
+
+@router.get("/version")
+async def version(_: GenerateUser) -> dict[str, str]:
+    return {"version": OLLAMA_API_VERSION, "lollms_server": __version__}
+
+
+@router.get("/tags")
+async def tags(request: Request, principal: GenerateUser, generation: GenerationDep) -> dict[str, Any]:
+    """Every model the key may use: ``<instance>/<model>:latest``, and ``<instance>:latest``
+    for each instance's default model."""
+    listed = await catalog.listed_models(generation, principal, request.app.state.started_at)
+    return {"models": [catalog.tag(name, entry) for name, entry in listed]}
+
+
+@router.post("/show")
+async def show(
+    request: Request, body: NamedBody, principal: GenerateUser, generation: GenerationDep
+) -> dict[str, Any]:
+    instance_name, model = translate.model_target(str(body.model))
+    if instance_name is None:
+        raise BadRequestError("Name a model: '<instance>' or '<instance>/<model>'.", param="model")
+    principal.require_binding(instance_name)  # 403 before the lookup: no other names leak
+    kind = catalog.kind(generation.bindings.instance(instance_name))  # 404 for an unknown one
+    target = generation.resolve(principal, kind, instance_name, model)
+    instance, model = target.instance, target.model
+    info = await generation.model_info(principal, instance.name, model)
+    names = [str(item.get("name")) for item in await generation.list_models(principal, instance.name)]
+    if model not in names and not info.get("loaded"):
+        raise NotFoundError(f"model '{body.model}' not found")
+    modified = await catalog.modified_time(instance, model, request.app.state.started_at)
+    return catalog.show(instance, model, info, modified)
+
+
+@router.get("/ps")
+async def ps(principal: GenerateUser, generation: GenerationDep, config: ConfigDep) -> dict[str, Any]:
+    """Loaded models of the key's instances; ``expires_at`` from their pool's idle unload."""
+    await generation.pools.refresh()
+    return {"models": catalog.running(config, generation, principal)}
+
+
+# ---------------------------------------------------------------- chat and generate
+
+
+@router.post("/chat")
+async def chat(
+    request: Request,
+    body: ChatBody,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    instance, model = translate.model_target(body.model)
+    if not body.messages:  # Ollama: no messages loads the model (keep_alive 0: unloads it)
+        return await _load(request, generation, principal, body, {"message": _assistant("")})
+    native = translate.native(
+        GenerateRequest,
+        input_data=translate.chat_inputs(body.messages),
+        binding_name=instance,
+        model_name=model,
+        parameters=translate.parameters(body.options, body.format),
+        stream=body.stream,
+    )
+    tools = translate.tools_offered(body.tools)
+    if tools:
+        return await _chat_with_tools(request, body, native, principal, generation, tools)
+    return await _run(request, generation, principal, request_id, native, body, "message")
+
+
+@router.post("/generate")
+async def generate(
+    request: Request,
+    body: GenerateBody,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    instance, model = translate.model_target(body.model)
+    if not body.prompt and not body.images:  # Ollama: an empty prompt loads (or unloads) the model
+        return await _load(request, generation, principal, body, {"response": ""})
+    inputs, extra = translate.generate_inputs(body)
+    parameters = {**translate.parameters(body.options, body.format), **extra}
+    if body.suffix:
+        target = generation.resolve(principal, "ttt", instance, model)
+        if "insert" not in catalog.capabilities(target.instance):
+            raise BadRequestError(f"{body.model} does not support insert", param="suffix")
+        parameters["suffix"] = body.suffix
+    native = translate.native(
+        GenerateRequest,
+        input_data=inputs,
+        binding_name=instance,
+        model_name=model,
+        parameters=parameters,
+        stream=body.stream,
+    )
+    return await _run(request, generation, principal, request_id, native, body, "response")
+
+
+def _assistant(content: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _piece(field: str, text: str) -> dict[str, Any]:
+    return {field: _assistant(text) if field == "message" else text}
+
+
+async def _run(
+    request: Request,
+    generation: GenerationService,
+    principal: Principal,
+    request_id: str,
+    native: GenerateRequest,
+    body: ChatBody | GenerateBody,
+    field: str,
+) -> Any:
+    """A chat or generate answer: one object, or NDJSON pieces then the final object."""
+    unload = translate.unloads(body.keep_alive)
+    if not body.stream:
+        response = await cancellable(
+            request, lambda cancel: generation.generate(native, principal, request_id, cancel)
+        )
+        output = response.output[0]
+        metadata = output.metadata
+        if unload:
+            await _unload(generation, principal, metadata.get("binding"), metadata.get("model"))
+        return {
+            "model": body.model,
+            "created_at": translate.now(),
+            **_piece(field, str(output.data)),
+            "done": True,
+            "done_reason": translate.done_reason(metadata),
+            **translate.durations(metadata),
+        }
+    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
+    seen: dict[str, Any] = {}
+
+    async def close() -> None:
+        await stream.aclose()
+        if unload:
+            await _unload(generation, principal, seen.get("binding"), seen.get("model"))
+
+    return NDJSONStreamResponse(
+        _lines(stream.events(), body.model, field, seen), on_close=close, deadline=lambda: stream.deadline
+    )
+
+
+async def _lines(
+    events: AsyncGenerator[StreamChunk, None], model: str, field: str, seen: dict[str, Any]
+) -> AsyncGenerator[bytes, None]:
+    """Native stream events as Ollama NDJSON; a failure is a last ``{"error": ...}`` line."""
+    started: float | None = None
+    first: float | None = None
+    try:
+        async for event in events:
+            if event.type == "info" and "binding" in event.metadata:
+                seen.update(binding=event.metadata["binding"], model=event.metadata.get("model"))
+                started = time.monotonic()
+            elif event.type == "chunk":
+                first = first or time.monotonic()
+                head = {"model": model, "created_at": translate.now()}
+                yield translate.line({**head, **_piece(field, str(event.content)), "done": False})
+            elif event.type == "final":
+                metadata = event.content[0]["metadata"]
+                prompt = (first - started) if first is not None and started is not None else None
+                yield translate.line(
+                    {
+                        "model": model,
+                        "created_at": translate.now(),
+                        **_piece(field, ""),
+                        "done": True,
+                        "done_reason": translate.done_reason(metadata),
+                        **translate.durations(metadata, prompt),
+                    }
+                )
+            elif event.type == "error":
+                yield translate.line({"error": str(event.content)})
+                return
+    finally:
+        await events.aclose()
+
+
+async def _chat_with_tools(
+    request: Request,
+    body: ChatBody,
+    native: GenerateRequest,
+    principal: Principal,
+    generation: GenerationService,
+    tools: list[dict[str, Any]],
+) -> Any:
+    """One model turn offering the client's tools; the calls go back to the client to run."""
+    started = time.monotonic()
+    target, result, calls = await cancellable(
+        request, lambda cancel: generation.chat_turn(native, principal, tools, cancel)
+    )
+    if translate.unloads(body.keep_alive):
+        await _unload(generation, principal, target.name, target.model)
+    metadata = {"usage": result.usage, "timings": {"total": time.monotonic() - started}}
+    message = _assistant(result.text, translate.tool_calls(calls))
+    final = {"done": True, "done_reason": "stop", **translate.durations(metadata)}
+    if not body.stream:
+        return {"model": body.model, "created_at": translate.now(), "message": message, **final}
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield translate.line(
+            {"model": body.model, "created_at": translate.now(), "message": message, "done": False}
+        )
+        yield translate.line(
+            {"model": body.model, "created_at": translate.now(), **_piece("message", ""), **final}
+        )
+
+    async def nothing() -> None:
+        return None
+
+    return NDJSONStreamResponse(replay(), on_close=nothing)
+
+
+async def _load(
+    request: Request,
+    generation: GenerationService,
+    principal: Principal,
+    body: Common,
+    empty: dict[str, Any],
+) -> dict[str, Any]:
+    """Load the model (an empty prompt or no messages), or unload it with ``keep_alive`` 0."""
+    instance, model = translate.model_target(body.model)
+    if translate.unloads(body.keep_alive):
+        target = generation.resolve(principal, "ttt", instance, model)
+        await generation.unload(principal, target)
+        reason = "unload"
+    else:
+        await cancellable(request, lambda _: generation.preload(principal, "ttt", instance, model))
+        reason = "load"
+    return {"model": body.model, "created_at": translate.now(), **empty, "done": True, "done_reason": reason}
+
+
+async def _unload(
+    generation: GenerationService,
+    principal: Principal,
+    binding: str | None,
+    model: str | None,
+    kind: str = "ttt",
+) -> None:
+    """``keep_alive: 0`` once answered: best effort (the answer is out; a model still in use by
+    another request stays, and the pool's idle rule frees it later)."""
+    if not (binding and model):
+        return
+    try:
+        await generation.unload(principal, generation.resolve(principal, kind, binding, model))
+    except LollmsError as exc:
+        logger.warning("keep_alive 0: %s/%s stays loaded (%s)", binding, model, exc.message)
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+async def _embed(
+    request: Request, generation: GenerationService, principal: Principal, body: Common, texts: list[str]
+) -> tuple[list[list[float]], dict[str, int]]:
+    if not texts or len(texts) > 2048:
+        raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
+    instance, model = translate.model_target(body.model)
+    started = time.monotonic()
+    target, vectors = await cancellable(
+        request, lambda _: generation.embed(principal, instance, model, texts)
+    )
+    if translate.unloads(body.keep_alive):
+        await _unload(generation, principal, target.name, target.model, "embed")
+    return vectors, {"total_duration": int((time.monotonic() - started) * translate.NANOSECONDS)}
+
+
+@router.post("/embed")
+async def embed(
+    request: Request, body: EmbedBody, principal: GenerateUser, generation: GenerationDep
+) -> dict[str, Any]:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    vectors, timing = await _embed(request, generation, principal, body, texts)
+    return {"model": body.model, "embeddings": vectors, **timing, "load_duration": 0}
+
+
+@router.post("/embeddings")
+async def embeddings(
+    request: Request, body: EmbeddingsBody, principal: GenerateUser, generation: GenerationDep
+) -> dict[str, Any]:
+    """The older embedding route: one ``prompt``, one ``embedding``."""
+    vectors, _ = await _embed(request, generation, principal, body, [body.prompt])
+    return {"embedding": vectors[0]}
+
+
+# ---------------------------------------------------------------- pull and delete
+
+
+def _pulls(request: Request) -> pulls.PullManager:
+    manager: pulls.PullManager | None = getattr(request.app.state, "pulls", None)
+    if manager is None:
+        raise NotImplementedByServer(pulls.NOT_AVAILABLE)
+    return manager
+
+
+class NotImplementedByServer(LollmsError):
+    status_code = 501
+    error_type = "not_implemented"
+
+
+@router.post("/pull")
+async def pull(request: Request, body: NamedBody, _: AdminUser) -> Any:
+    """Pull ``<instance>/<ref>`` into the instance's models folder (admin scope)."""
+    manager = _pulls(request)
+    instance, ref = pulls.split_ref(str(body.model))
+    started = await manager.start(instance, ref)
+    if not body.stream:
+        return await pulls.wait(started)
+
+    async def nothing() -> None:
+        return None  # the pull goes on for the others who joined it, and for the listing
+
+    return NDJSONStreamResponse(pulls.progress_lines(started), on_close=nothing)
+
+
+@router.delete("/delete")
+async def delete(request: Request, body: NamedBody, _: AdminUser) -> Response:
+    """Delete ``<instance>/<model>``'s files (admin scope; 409 while it is loaded)."""
+    manager = _pulls(request)
+    instance, model = pulls.split_ref(str(body.model))
+    await manager.delete_model(instance, model)
+    return JSONResponse({})
