@@ -197,7 +197,7 @@ class HubClient:
             RevisionNotFoundError,
         )
 
-        if constants.is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             raise ServiceUnavailableError(
                 "The hub is switched off on this server (HF_HUB_OFFLINE is set).", retry_after=60
             )

@@ -193,7 +193,7 @@ def _stream(
             handle.truncate(0)
             offset, hasher = 0, _hasher(remote)
         last = time.monotonic()
-        for block in response.iter_bytes(CHUNK):
+        for block in response.iter_bytes():  # as it arrives: a broken connection loses nothing read
             if cancel.is_set():
                 raise PullCancelled("The pull was cancelled.")
             if offset + len(block) > remote.size:
