@@ -42,7 +42,7 @@ class PullRequest(BaseModel):
     stream: bool = Field(True, description="Server-Sent Events of progress; false: one answer at the end.")
 
 
-@router.post("/pull", responses={200: {"content": {"text/event-stream": {}}}})
+@router.post("/pull", response_model=None, responses={200: {"content": {"text/event-stream": {}}}})
 async def pull_model(body: PullRequest, _: AdminUser, pulls: PullsDep) -> Response | dict[str, Any]:
     """Start (or join) a pull. Streamed: ``info`` events ``{file, completed, total}``, then
     ``final`` (``{models}``) or ``error``. Refusals (bad ref, source, size, disk) are plain 4xx."""
