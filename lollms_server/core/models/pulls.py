@@ -32,6 +32,7 @@ from lollms_server.core.errors import (
     LollmsError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    ServiceUnavailableError,
 )
 from lollms_server.core.models.hub import HubClient, Plan, RemoteFile
 from lollms_server.core.models.installed import delete_installed, model_files_of, model_path
@@ -41,6 +42,7 @@ from lollms_server.core.models.transfer import PullCancelled, fetch_file, part_p
 logger = logging.getLogger(__name__)
 
 EVENTS_EVERY_SECONDS = 0.25
+MAX_RUNNING = 16  # pulls at once; more get 503 (nothing keyed by requests grows without bound)
 DISK_MARGIN_BYTES = 64 * 2**20
 Residency = Callable[[], Awaitable[set[tuple[str, str]]]]
 """The (instance, model) pairs loaded or in use in any pool, for deletes."""
@@ -186,6 +188,8 @@ class PullManager:
         for pull in self.running.values():
             if pull.folder == folder and pull.plan.installed_name == plan.installed_name:
                 return pull
+        if len(self.running) >= MAX_RUNNING:
+            raise ServiceUnavailableError(f"{MAX_RUNNING} pulls are running; try again soon.", retry_after=30)
         await asyncio.to_thread(self._check_disk, folder, plan)
         pull = Pull(target.name, str(parsed), plan, folder)
         self.running[pull.id] = pull
@@ -300,6 +304,8 @@ class PullManager:
     def _forget(self, transfer: Transfer) -> None:
         if self._transfers.get(transfer.target) is transfer:
             del self._transfers[transfer.target]
+        if transfer.task is not None and not transfer.task.cancelled():
+            transfer.task.exception()  # retrieved: a stopped transfer nobody awaits is no error
 
     def _client(self, hub: HubClient) -> httpx.Client:
         key = f"{hub.endpoint}\0{hub.token or ''}"
@@ -348,7 +354,7 @@ class PullManager:
             return None
         try:
             kind = model_files_of(target)
-            model_path(target, model)
+            await asyncio.to_thread(model_path, target, model)
             return None  # installed
         except BadRequestError:
             return None
