@@ -298,3 +298,37 @@ async def test_delete_refuses_a_loaded_model_then_removes_it(tmp_path: Path, hub
     finally:
         await pulls.close()
     assert not (tmp_path / "models" / "llamacpp_binding" / "tester").exists()  # empty folders go too
+
+
+async def test_not_enough_disk_space_is_refused_before_any_byte(
+    tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    pulls = manager(make_config(tmp_path, hub))
+    try:
+        with pytest.raises(PayloadTooLargeError, match="Not enough disk space"):
+            await pulls.start("llm", f"{REPO}:Q4_K_M")
+    finally:
+        await pulls.close()
+    assert hub.state.downloads("tiny-Q4_K_M.gguf") == []
+
+
+async def test_a_half_pulled_snapshot_is_not_listed(tmp_path: Path, hub: FakeHub) -> None:
+    hub.state.add("tester/snap", {"config.json": b"{}", "model.safetensors": b"w" * 200_000})
+    hub.state.delay = 0.05
+    pulls = manager(make_config(tmp_path, hub))
+    instance = pulls.bindings.instance("text")
+    try:
+        pull = await pulls.start("text", "tester/snap")
+        async for progress in pull.events():
+            if progress["file"] == "model.safetensors" and 0 < progress["completed"] < progress["total"]:
+                assert installed_models(instance) == []  # config.json waits for the weights
+                break
+        await pull.wait()
+    finally:
+        await pulls.close()
+    assert installed_models(instance) == [{"name": "tester/snap", "size": 200_002}]
