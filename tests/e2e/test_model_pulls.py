@@ -44,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[S
             models={"hub_endpoint": hub.url, "allowed_sources": ["tester"]},
             resource_manager={
                 "pools": {
-                    "default": {"limit": 1, "queue_size": 16, "queue_timeout": 2, "idle_unload_seconds": 2}
+                    "default": {"limit": 1, "queue_size": 16, "queue_timeout": 2, "idle_unload_seconds": 4}
                 },
                 "housekeeping_interval": 0.2,
             },
@@ -93,7 +93,7 @@ def test_pull_streams_progress_then_the_model_serves_at_once(server: ServerProce
     assert pulls[0]["status"] == "succeeded" and pulls[0]["result"] == [name]
     assert httpx.get(url + "/pulls", headers=USER, timeout=10).status_code == 403
 
-    # loaded (it unloads after 2 idle seconds): 409, then deleted
+    # loaded (it unloads after 4 idle seconds): 409, then deleted
     deleted = httpx.delete(f"{url}/llm/{name}", headers=AUTH, timeout=10)
     assert deleted.status_code == 409 and "loaded" in deleted.json()["error"]["message"]
     deadline = time.monotonic() + 30
@@ -109,7 +109,7 @@ def test_pull_streams_progress_then_the_model_serves_at_once(server: ServerProce
 async def test_a_first_use_downloads_outside_the_pool_which_keeps_serving(
     server: ServerProcess, hub: FakeHub
 ) -> None:
-    hub.state.delay = 0.15  # about 5 s for the file
+    hub.state.delay = 0.3  # about 10 s for the file: the 503 below comes after 4-5 s
     name = f"{REPO}/tiny-Q8_0.gguf"
     echo = {
         "binding_name": "echo",
