@@ -129,6 +129,15 @@ def snapshot_files(paths: list[str]) -> list[str]:
     return sorted(result)
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: no request may reach the hub."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a core dependency
+        return True
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 class HubClient:
     """The hub's API through ``huggingface_hub`` (blocking: call it from a worker thread)."""
 
@@ -189,7 +198,7 @@ class HubClient:
         return Plan(ref.repo_id, info.sha or ref.revision or "main", files, installed, kind, folder, markers)
 
     def _model_info(self, ref: ModelRef):  # type: ignore[no-untyped-def]
-        from huggingface_hub import HfApi, constants
+        from huggingface_hub import HfApi
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -197,7 +206,7 @@ class HubClient:
             RevisionNotFoundError,
         )
 
-        if constants.HF_HUB_OFFLINE:
+        if hub_offline():
             raise ServiceUnavailableError(
                 "The hub is switched off on this server (HF_HUB_OFFLINE is set).", retry_after=60
             )

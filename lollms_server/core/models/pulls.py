@@ -34,7 +34,7 @@ from lollms_server.core.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from lollms_server.core.models.hub import HubClient, Plan, RemoteFile
+from lollms_server.core.models.hub import HubClient, Plan, RemoteFile, hub_offline
 from lollms_server.core.models.installed import delete_installed, model_files_of, model_path
 from lollms_server.core.models.refs import ModelRef, parse_ref, source_allowed
 from lollms_server.core.models.transfer import PullCancelled, fetch_file, part_path
@@ -350,8 +350,8 @@ class PullManager:
         """The pull that fetches ``model`` for a request (started or joined), or None when the
         model is there, the instance does not download, or the name is no hub reference."""
         target = self.bindings.instance(instance)
-        if not target.settings.get("allow_download"):
-            return None
+        if not target.settings.get("allow_download") or hub_offline():
+            return None  # offline: the binding finds what it can (a library's own cache)
         try:
             kind = model_files_of(target)
             await asyncio.to_thread(model_path, target, model)
