@@ -332,3 +332,30 @@ async def test_a_half_pulled_snapshot_is_not_listed(tmp_path: Path, hub: FakeHub
     finally:
         await pulls.close()
     assert installed_models(instance) == [{"name": "tester/snap", "size": 200_002}]
+
+
+async def test_first_use_pulls_only_missing_hub_names_of_downloading_bindings(
+    tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    config = make_config(tmp_path, hub)
+    pulls = manager(config)
+    pulls.bindings.instances["llm"].settings["allow_download"] = True
+    name = f"{REPO}/tiny-Q4_K_M.gguf"
+    try:
+        assert await pulls.for_first_use("llm2", name, trusted=True) is None  # no allow_download
+        assert await pulls.for_first_use("llm", "local.gguf", trusted=True) is None  # not a hub name
+        assert await pulls.for_first_use("llm", "../x/y.gguf", trusted=True) is None  # the binding's 400
+        with pytest.raises(PermissionDeniedError):  # a generate key, no allowed_sources
+            await pulls.for_first_use("llm", name, trusted=False)
+        pull = await pulls.for_first_use("llm", name, trusted=True)
+        assert pull is not None and await pull.wait() == [name]
+        assert await pulls.for_first_use("llm", name, trusted=True) is None  # installed now
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        assert await pulls.for_first_use("llm", f"{REPO}/tiny-Q8_0.gguf", trusted=True) is None
+        with pytest.raises(LollmsError, match="HF_HUB_OFFLINE") as refused:
+            await pulls.start("llm", f"{REPO}:Q8_0")
+        assert refused.value.status_code == 503
+    finally:
+        await pulls.close()
