@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from lollms_server.core.errors import (
     BadRequestError,
@@ -20,6 +20,7 @@ from lollms_server.core.errors import (
     ServiceUnavailableError,
 )
 from lollms_server.core.models.refs import ModelRef
+from lollms_server.utils.paths import safe_join
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,26 @@ class Plan:
     def total(self) -> int:
         return sum(item.size for item in self.files)
 
+    def target(self, models_folder: Path, item: RemoteFile) -> Path:
+        """Where ``item`` goes in ``models_folder`` (400 if it would leave it)."""
+        return safe_join(models_folder, f"{self.folder}/{item.path}" if self.folder else item.path)
+
 
 def _quant_pattern(quant: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9]){re.escape(quant)}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def safe_repo_path(path: str) -> bool:
+    """A file name from the hub that stays inside its folder (the hub's answer is not trusted)."""
+    parts = path.split("/")
+    return (
+        bool(path)
+        and len(path) <= 1000
+        and not path.startswith("/")
+        and "\\" not in path
+        and path.isprintable()
+        and all(part not in ("", ".", "..") for part in parts)
+    )
 
 
 def gguf_groups(paths: list[str]) -> dict[str, list[str]]:
@@ -159,7 +177,9 @@ class HubClient:
         """What pulling ``ref`` for a binding whose models are ``model_files`` (``gguf`` or
         ``snapshot``) fetches (4xx when the repo, file or quantisation does not exist)."""
         info = self._model_info(ref)
-        siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
+        siblings = {
+            sibling.rfilename: sibling for sibling in info.siblings or [] if safe_repo_path(sibling.rfilename)
+        }
         if model_files == "gguf":
             chosen = pick_gguf(ref, list(siblings))
             installed = f"{ref.repo_id}/{chosen[0]}"

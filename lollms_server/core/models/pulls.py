@@ -215,7 +215,7 @@ class PullManager:
     def _check_disk(folder: Path, plan: Plan) -> None:
         needed = 0
         for item in plan.files:
-            target = folder / plan.folder / item.path
+            target = plan.target(folder, item)
             if target.is_file() and target.stat().st_size == item.size:
                 continue
             part = part_path(target)
@@ -236,7 +236,7 @@ class PullManager:
         deferred: list[Path] = []  # snapshot markers: renamed last, so listings never see half a model
         try:
             for item in plan.files:
-                target = pull.folder / plan.folder / item.path
+                target = await asyncio.to_thread(plan.target, pull.folder, item)
                 if await asyncio.to_thread(_present, target, item):
                     pull.files[item.path].completed = item.size
                     pull.notify()

@@ -95,3 +95,13 @@ def test_a_snapshot_takes_only_what_a_pytorch_binding_loads() -> None:
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.bin",
     ]
+
+
+@pytest.mark.parametrize(
+    "path", ["../x.gguf", "/abs.gguf", "a//b.gguf", "a/./b.gguf", "a\\b.gguf", "x\n.gguf", ""]
+)
+def test_hub_file_names_that_would_leave_the_folder_are_dropped(path: str) -> None:
+    from lollms_server.core.models.hub import safe_repo_path
+
+    assert not safe_repo_path(path)
+    assert safe_repo_path("sub/dir/model-Q4_K_M.gguf")
