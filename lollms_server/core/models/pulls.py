@@ -185,12 +185,12 @@ class PullManager:
                 f"{limit / 2**30:.2f} GB ([models] max_download_gb)."
             )
         folder = target.models_folder
-        for pull in self.running.values():
+        await asyncio.to_thread(self._check_disk, folder, plan)
+        for pull in self.running.values():  # after the last await: nothing starts in between
             if pull.folder == folder and pull.plan.installed_name == plan.installed_name:
                 return pull
         if len(self.running) >= MAX_RUNNING:
             raise ServiceUnavailableError(f"{MAX_RUNNING} pulls are running; try again soon.", retry_after=30)
-        await asyncio.to_thread(self._check_disk, folder, plan)
         pull = Pull(target.name, str(parsed), plan, folder)
         self.running[pull.id] = pull
         pull.task = asyncio.create_task(self._run(pull, hub), name=f"pull {pull.id}")

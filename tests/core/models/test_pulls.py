@@ -240,7 +240,10 @@ async def test_concurrent_pulls_of_one_file_download_it_once(
     hub.state.delay = 0.01
     pulls = manager(make_config(tmp_path, hub))
     try:
-        first = await pulls.start("llm", f"{REPO}:Q4_K_M")
+        first, at_once = await asyncio.gather(  # both ask the hub before either has started
+            pulls.start("llm", f"{REPO}:Q4_K_M"), pulls.start("llm", f"{REPO}/tiny-Q4_K_M.gguf")
+        )
+        assert at_once is first
         same_ref = await pulls.start("llm", f"{REPO}:Q4_K_M")
         by_file = await pulls.start("llm", f"{REPO}/tiny-Q4_K_M.gguf")  # the same file, named otherwise
         other_instance = await pulls.start("llm2", f"{REPO}:Q4_K_M")  # same models folder
