@@ -130,9 +130,12 @@ def _fetch(
                 failures = 0
             except httpx.TransportError as exc:
                 failures += 1
+                handle.flush()
+                hasher = _hasher(remote)  # what arrived (whichever answer it came in) is the new start
+                offset = _hash_existing(handle, remote, hasher, cancel)
                 logger.warning(
                     "Download of %s broke at %d/%d bytes (%s); resuming (%d/%d)",
-                    remote.path, handle.tell(), remote.size, type(exc).__name__, failures, RETRIES,
+                    remote.path, offset, remote.size, type(exc).__name__, failures, RETRIES,
                 )  # fmt: skip
                 if failures > RETRIES:
                     raise ServiceUnavailableError(
@@ -141,8 +144,6 @@ def _fetch(
                     ) from None
                 if cancel.wait(min(0.25 * 2**failures, 5.0)):
                     raise PullCancelled("The pull was cancelled.") from None
-                handle.flush()
-                offset = os.fstat(handle.fileno()).st_size
         handle.flush()
         os.fsync(handle.fileno())
         expected = _expected(remote)

@@ -362,3 +362,19 @@ async def test_first_use_pulls_only_missing_hub_names_of_downloading_bindings(
         assert refused.value.status_code == 503
     finally:
         await pulls.close()
+
+
+async def test_a_hub_that_ignores_the_range_restarts_the_file(
+    tmp_path: Path, hub: FakeHub, gguf_bytes: bytes
+) -> None:
+    folder = tmp_path / "models" / "llamacpp_binding" / REPO
+    folder.mkdir(parents=True)
+    (folder / "tiny-Q4_K_M.gguf.part").write_bytes(b"stale bytes of another version" * 10)
+    hub.state.ignore_range.add(f"{REPO}/tiny-Q4_K_M.gguf")
+    pulls = manager(make_config(tmp_path, hub))
+    try:
+        await (await pulls.start("llm", f"{REPO}:Q4_K_M")).wait()
+    finally:
+        await pulls.close()
+    assert hub.state.downloads("tiny-Q4_K_M.gguf") == ["bytes=300-"]  # asked to resume, got it all
+    assert (folder / "tiny-Q4_K_M.gguf").read_bytes() == gguf_bytes
