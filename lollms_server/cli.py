@@ -1,4 +1,5 @@
-"""``lollms-server`` command line: run the server, or ``init`` a fresh config with a new key."""
+"""``lollms-server`` command line: run the server, ``init`` a fresh config with a new key (and a
+model), ``pull``/``models``/``rm`` models (``cli_models``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lollms_server import __version__
+from lollms_server.cli_models import add_model_commands, run_models, run_pull, run_rm
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import ConfigError
 from lollms_server.core.security import generate_key, hash_key
@@ -76,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", default="config.toml", help="where to write it (default ./config.toml)"
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument(
+        "--model",
+        help="also pull this model (owner/repo:QUANT, owner/repo/file.gguf, owner/repo) and make it the "
+        "default text model; with an existing config, only that",
+    )
+    init.add_argument("--binding", help="binding instance for --model (default: the default text binding)")
+    add_model_commands(commands)
     commands.add_parser(
         "cluster-stop",
         help='stop the Ray actors of this config\'s pools (cluster.mode = "ray"), e.g. after changing '
@@ -134,20 +143,52 @@ def serve(config: AppConfig) -> None:
         uvicorn.run(create_app(config), **common)
 
 
+MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm}
+
+
+def init_model(path: Path, args: argparse.Namespace) -> int:
+    """``init --model``: pull the model, then make it the default text model of the config."""
+    import asyncio
+
+    from lollms_server.cli_models import pull_model, set_default_text_model
+    from lollms_server.core.errors import LollmsError
+
+    config = load_config(path)
+    instance = args.binding or config.defaults.ttt_binding
+    try:
+        names = asyncio.run(pull_model(config, instance, args.model, sys.stderr))
+    except KeyboardInterrupt:
+        sys.stderr.write("\nInterrupted; run the same command again to resume the download.\n")
+        return 130
+    except LollmsError as exc:
+        sys.stderr.write(f"lollms-server init: {exc.message}\n")
+        return 1
+    if instance is not None and instance == config.defaults.ttt_binding:
+        set_default_text_model(path, names[0])
+        load_config(path)  # still valid
+        sys.stdout.write(f"Pulled {names[0]}; it is now the default text model (defaults.ttt_model).\n")
+    else:
+        sys.stdout.write(f"Pulled {names[0]} into '{instance}'; name it as model_name to use it.\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "init":
             path = Path(args.path).expanduser().resolve()
-            key = write_initial_config(path, force=args.force)
-            sys.stdout.write(
-                f"Wrote {path}\n"
-                f"Your API key (shown only now; the file keeps only its hash):\n\n    {key}\n\n"
-                "Send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.\n"
-            )
-            return 0
+            if not (args.model and path.exists() and not args.force):
+                key = write_initial_config(path, force=args.force)
+                sys.stdout.write(
+                    f"Wrote {path}\n"
+                    f"Your API key (shown only now; the file keeps only its hash):\n\n    {key}\n\n"
+                    "Send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.\n"
+                )
+            return init_model(path, args) if args.model else 0
         config = load_config(find_config(args.config))
         apply_overrides(config, args)
+        if args.command in MODEL_COMMANDS:
+            return MODEL_COMMANDS[args.command](config, args)
         if args.command == "cluster-stop":
             from lollms_server.core.pools.ray_cluster import stop_actors
 

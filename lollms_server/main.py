@@ -6,6 +6,7 @@ uses when it runs several worker processes (it reads ``LOLLMS_SERVER_CONFIG``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
 from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
+from lollms_server.api.models_routes import router as models_router
 from lollms_server.api.ollama_compat import OllamaErrorShape
 from lollms_server.api.ollama_compat import router as ollama_router
 from lollms_server.api.openai_compat import router as openai_router
@@ -27,6 +29,8 @@ from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.metrics import Metrics
+from lollms_server.core.models import PullManager
+from lollms_server.core.models.hints import missing_default_model
 from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.pools import PoolRegistry
 from lollms_server.core.security import KeyStore
@@ -67,6 +71,11 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             assert isinstance(host, LocalPoolHost), "a pool worker runs its pool in process"
             app.state.leases = LeaseTable(host, config.resource_manager.generation_timeout)
         metrics.watch(pools.snapshot)
+        app.state.pulls = pull_manager(config, bindings, pools)
+        app.state.generation.model_fetcher = app.state.pulls.for_first_use
+        hint = await asyncio.to_thread(missing_default_model, config, bindings)
+        if hint is not None:
+            logger.warning("%s", hint)
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
             __version__,
@@ -78,6 +87,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.pulls.close()
             if pool_worker:
                 await app.state.leases.close_all()
             await pools.close()
@@ -100,6 +110,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(ollama_router)  # /api/chat, /api/tags...: beside /api/v1, never over it
+    app.include_router(models_router)
     if pool_worker:
         from lollms_server.api.pool_rpc import router as pool_rpc_router
 
@@ -123,6 +134,21 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes, metrics=metrics)
     app.add_middleware(OllamaErrorShape)  # outermost: every error on an Ollama path as {"error": ...}
     return app
+
+
+def pull_manager(config: AppConfig, bindings: BindingManager, pools: PoolRegistry) -> PullManager:
+    """The pulls of this app; a delete asks every pool (remote ones too) what is loaded."""
+
+    async def residency() -> set[tuple[str, str]]:
+        await pools.refresh()
+        return {
+            (entry.get("binding"), entry.get("model"))
+            for pool in pools.snapshot()["pools"]
+            if isinstance(pool, dict)
+            for entry in pool.get("models", [])
+        }
+
+    return PullManager(config, bindings, residency)
 
 
 def app_from_environment() -> FastAPI:

@@ -10,4 +10,6 @@ scripts/install.sh "${LOLLMS_EXTRAS:-llamacpp}"
 if [ ! -f config.toml ]; then
     "$VENV/bin/lollms-server" init config.toml
 fi
+# the installed models, and the command that gets the default text model when it is missing
+"$VENV/bin/lollms-server" models --config config.toml || true
 exec "$VENV/bin/lollms-server" --config config.toml "$@"

@@ -27,6 +27,11 @@ FORBIDDEN = [
     ("lollms_server.core.scheduler", "lollms_server.core.pools"),
     ("lollms_server.core.scheduler", "lollms_server.core.generation"),
     ("lollms_server.core.scheduler", "lollms_server.core.resource_manager"),
+    # models on disk (pulls): above bindings and config, below generation and pools
+    ("lollms_server.core.models", "lollms_server.core.generation"),
+    ("lollms_server.core.models", "lollms_server.core.pools"),
+    ("lollms_server.core.bindings", "lollms_server.core.models"),
+    ("lollms_server.core.pools", "lollms_server.core.models"),
     ("lollms_server.utils", "lollms_server.core"),
     ("lollms_server.utils", "lollms_server.api"),
     ("lollms_server.errors", "lollms_server."),

@@ -227,6 +227,40 @@ class DownloadsConfig(StrictModel):
     max_download_mb: float = Field(20480.0, gt=0, description="Largest download (a file, or a whole model).")
 
 
+class ModelsConfig(StrictModel):
+    """What ``lollms-server pull``, ``POST /api/v1/models/pull`` and first-use downloads may fetch.
+
+    Supersedes ``[downloads]``: a key left unset here falls back to its ``[downloads]`` twin."""
+
+    allowed_sources: list[str] | None = Field(
+        None,
+        description="Hub owners ('owner') or repositories ('owner/repo'), shell patterns allowed "
+        "('owner/*'), that may be pulled. Empty: any source for an admin (the CLI, an admin key), none "
+        "for a first use by a generate key. Unset: [downloads] allowed_sources.",
+    )
+    max_download_gb: float | None = Field(
+        None, gt=0, description="Largest pull (all its files). Unset: [downloads] max_download_mb."
+    )
+    hub_endpoint: str | None = Field(
+        None, description="Hub URL. Unset: the HF_ENDPOINT variable, else https://huggingface.co."
+    )
+    hub_token_env: str = Field(
+        "HF_TOKEN", description="Environment variable holding the hub token (gated/private repositories)."
+    )
+    recent_pulls: int = Field(32, ge=1, le=1000, description="Finished pulls GET /api/v1/models/pulls keeps.")
+
+    def sources(self, downloads: DownloadsConfig) -> list[str]:
+        return list(self.allowed_sources if self.allowed_sources is not None else downloads.allowed_sources)
+
+    def max_bytes(self, downloads: DownloadsConfig) -> int:
+        if self.max_download_gb is not None:
+            return int(self.max_download_gb * 2**30)
+        return int(downloads.max_download_mb * 2**20)
+
+    def endpoint(self) -> str:
+        return (self.hub_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
 class FunctionsConfig(StrictModel):
     max_rounds: int = Field(5, ge=1, le=50, description="Tool-calling rounds before the loop gives up.")
     call_timeout: float = Field(30.0, gt=0, description="Seconds one function call may run.")
@@ -347,6 +381,9 @@ class AppConfig(StrictModel):
     functions: FunctionsConfig = Field(default_factory=FunctionsConfig, description="Function calling.")
     downloads: DownloadsConfig = Field(
         default_factory=DownloadsConfig, description="What bindings may download on first use."
+    )
+    models: ModelsConfig = Field(
+        default_factory=ModelsConfig, description="Pulling models from the hub (supersedes [downloads])."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sizes and maxima of requests.")
     cluster: ClusterConfig = Field(

@@ -11,7 +11,15 @@ from lollms_server.api.ollama_compat import is_ollama_path
 from tests.conftest import ADMIN_KEY, GOOD_KEY, LIMITED_KEY, ONLY_ADMIN_KEY
 
 PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-ADMIN_ONLY = {"/api/v1/status", "/api/v1/queue", "/metrics", "/api/pull", "/api/delete"}
+MODEL_MANAGEMENT = {
+    "/api/v1/models/pull",
+    "/api/v1/models/pulls",
+    "/api/v1/models/pulls/{pull_id}",
+    "/api/v1/models/{instance}/{model}",
+    "/api/pull",
+    "/api/delete",
+}
+ADMIN_ONLY = {"/api/v1/status", "/api/v1/queue", "/metrics", *MODEL_MANAGEMENT}
 BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/generate": {"prompt": "hello world", "binding_name": "echo", "model_name": "echo"},
     "/api/v1/tokenize": {"text": "hi", "binding_name": "echo", "model_name": "echo"},
@@ -24,8 +32,11 @@ BODIES: dict[str, dict[str, Any]] = {
     "/api/show": {"model": "echo"},
     "/api/embed": {"model": "echo", "input": "hi"},
     "/api/embeddings": {"model": "echo", "prompt": "hi"},
-    "/api/pull": {"model": "llm/owner/repo/file.gguf"},
-    "/api/delete": {"model": "llm/tiny.gguf"},
+    # model management on an instance that takes no pulls, or a model that is not there: a 4xx
+    # after the key check, never a download or the deletion of a model other tests use
+    "/api/pull": {"model": "echo/owner/repo/file.gguf"},
+    "/api/delete": {"model": "llm/absent.gguf"},
+    "/api/v1/models/pull": {"binding": "echo", "ref": "owner/repo/file.gguf", "stream": False},
 }
 # routes whose success needs a media or embedding binding: with a good key they must pass
 # authentication and authorization (anything but 401/403); their behaviour is tested elsewhere
@@ -37,8 +48,7 @@ NEEDS_MEDIA = {
     "/v1/audio/transcriptions",
     "/api/embed",
     "/api/embeddings",
-    "/api/pull",  # 501 without a pull manager
-    "/api/delete",
+    *MODEL_MANAGEMENT,
 }
 
 

@@ -14,7 +14,8 @@ from tests.conftest import AUTH, running_server
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.e2e
 WITHOUT_PULL_MANAGER = {"/api/pull", "/api/delete"}
-"""Ollama's pull and delete answer 501 (a 5xx by design) on a server without a pull manager."""
+"""Ollama's pull and delete reach the model hub and the models folder: they are tested against the
+fake hub (tests/core/models, tests/e2e/test_ollama_api.py), not fuzzed at the real one."""
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """A stream whose request waits in its pool's queue: ``queued`` info events with its place and
 an ETA (when it moves, and at least every 2 s) until it is admitted, then the generation's own
-events. A request admitted at once never comes here (its errors stay plain HTTP answers); one
-that waits has its answer started, so a later queue timeout is an ``error`` event."""
+events. Before its queue, a first-use download shows as ``downloading`` info events
+(``{file, completed, total}``). A request admitted at once never comes here (its errors stay
+plain HTTP answers); one that waits has its answer started, so a later queue timeout is an ``error`` event."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from lollms_server.core.errors import LollmsError
 from lollms_server.core.generation.admission import Admission
+from lollms_server.core.generation.first_use import DownloadWatch
 from lollms_server.core.generation.outputs import error_chunk
 from lollms_server.core.generation.stream import GenerationStream
 from lollms_server.core.types import StreamChunk
@@ -24,14 +26,16 @@ class QueuedStream:
     def __init__(
         self,
         admission: asyncio.Future[Admission],
-        first: tuple[int, float],
+        first: tuple[int, float] | None,
         positions: asyncio.Queue[tuple[int, float]],
         start: Callable[[Admission], GenerationStream],
+        download: DownloadWatch | None = None,
     ) -> None:
         self.admission = admission
-        self.position = first
+        self.position = first  # None: not in the queue yet (downloading the model)
         self.positions = positions
         self.start = start
+        self.download = download
         self.stream: GenerationStream | None = None
 
     @property
@@ -40,6 +44,9 @@ class QueuedStream:
         return self.stream.deadline if self.stream is not None else None
 
     def _queued(self) -> StreamChunk:
+        if self.position is None:
+            progress = self.download.latest if self.download is not None else None
+            return StreamChunk(type="info", content="downloading", metadata=dict(progress or {}))
         position, eta = self.position
         return StreamChunk(
             type="info",
@@ -53,7 +60,14 @@ class QueuedStream:
             while not self.admission.done():
                 moved = asyncio.ensure_future(self.positions.get())
                 waits: set[asyncio.Future[Any]] = {self.admission, moved}
+                downloaded = None
+                if self.position is None and self.download is not None:
+                    self.download.changed.clear()
+                    downloaded = asyncio.ensure_future(self.download.changed.wait())
+                    waits.add(downloaded)
                 await asyncio.wait(waits, timeout=POSITION_EVERY_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                if downloaded is not None:
+                    downloaded.cancel()
                 if moved.done():
                     self.position = moved.result()
                     while not self.positions.empty():
@@ -66,7 +80,7 @@ class QueuedStream:
                 admission = self.admission.result()
             except LollmsError as exc:  # a queue timeout, a failed load...
                 chunk = error_chunk(exc)
-                chunk.metadata["queue_position"] = self.position[0]
+                chunk.metadata["queue_position"] = self.position[0] if self.position else None
                 if "Retry-After" in exc.headers:
                     chunk.metadata["retry_after"] = int(exc.headers["Retry-After"])
                 yield chunk

@@ -28,6 +28,7 @@ from lollms_server.core.errors import (
 )
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
+from lollms_server.core.generation.first_use import DownloadWatch, ModelFetcher, await_model
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
 from lollms_server.core.generation.outputs import media_outputs, record, text_output
 from lollms_server.core.generation.queued import QueuedStream
@@ -73,6 +74,9 @@ class GenerationService:
         self.metrics = metrics
         self.timeout = config.resource_manager.generation_timeout
         self.quotas = KeyQuotas()
+        self.model_fetcher: ModelFetcher | None = None
+        """Starts or joins the pull of a missing model (``PullManager.for_first_use``), before
+        admission: a first-use download holds no slot (see ``first_use``)."""
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
         """The request's personality, else the default one (404 for an unknown name)."""
@@ -291,24 +295,34 @@ class GenerationService:
         def moved(position: int, eta: float) -> None:
             positions.put_nowait((position, eta))
 
-        admission = asyncio.ensure_future(self.admit(request, principal, personality, on_position=moved))
+        download = DownloadWatch()  # a first-use download, before the queue
+        admission = asyncio.ensure_future(
+            self.admit(request, principal, personality, on_position=moved, on_download=download)
+        )
         first = asyncio.ensure_future(positions.get())
+        downloading = asyncio.ensure_future(download.changed.wait())
         try:
-            await asyncio.wait({admission, first}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({admission, first, downloading}, return_when=asyncio.FIRST_COMPLETED)
             if not admission.done():  # it waits: a quick refusal or admission stays plain HTTP
                 await asyncio.wait({admission}, timeout=QUEUED_STREAM_AFTER_SECONDS)
         except asyncio.CancelledError:  # the client left: leave the queue
             admission.cancel()
             first.cancel()
-            await asyncio.gather(admission, first, return_exceptions=True)
+            downloading.cancel()
+            await asyncio.gather(admission, first, downloading, return_exceptions=True)
             raise
+        downloading.cancel()
         if admission.done():
             first.cancel()
             return self._stream(admission.result(), request_id)
-        latest = first.result()
+        latest = first.result() if first.done() else None
+        if latest is None:
+            first.cancel()
         while not positions.empty():  # the latest place
             latest = positions.get_nowait()
-        return QueuedStream(admission, latest, positions, lambda admitted: self._stream(admitted, request_id))
+        return QueuedStream(
+            admission, latest, positions, lambda admitted: self._stream(admitted, request_id), download
+        )
 
     def _stream(self, admission: Admission, request_id: str) -> GenerationStream:
         return GenerationStream(
@@ -326,8 +340,10 @@ class GenerationService:
         principal: Principal,
         personality: Personality | None = None,
         on_position: Callable[[int, float], None] | None = None,
+        on_download: Callable[[dict[str, Any]], None] | None = None,
     ) -> Admission:
-        """Route and check the request, then wait (FIFO) for a slot of its pool with the model resident."""
+        """Route and check the request, then wait (FIFO) for a slot of its pool with the model resident
+        (a model the binding may download is fetched first, outside the pool)."""
         target = self.resolve(
             principal, request.generation_type, request.binding_name, request.model_name, personality
         )
@@ -350,7 +366,7 @@ class GenerationService:
             )
             job = MediaJob(media_request)
         timings = Timings()
-        session, ended = await self._admitted(principal, target, request.priority, on_position)
+        session, ended = await self._admitted(principal, target, request.priority, on_position, on_download)
         timings.admitted(session)
         return Admission(
             target,
@@ -370,11 +386,20 @@ class GenerationService:
         target: Target,
         priority: str | None = None,
         on_position: Callable[[int, float], None] | None = None,
+        on_download: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[PoolSession, Callable[[], None]]:
-        """The key's quotas (429), then a slot of the target's pool with its model resident;
+        """The key's quotas (429), the model's first-use download if it needs one (outside the
+        pool: streamed, up to the generation timeout with ``on_download`` progress; else up to the
+        pool's queue_timeout, then 503), then a slot of the target's pool with its model resident;
         returns the session and the end of the key's running count."""
         try:
             self.quotas.check(principal)
+            wait = (
+                self.timeout
+                if on_download is not None
+                else self.config.resource_manager.pools[target.pool].queue_timeout
+            )
+            await await_model(self.model_fetcher, principal, target, wait, on_download)
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
             ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
             with self.quotas.waiting(principal):

@@ -52,6 +52,9 @@ class FakePulls:
             raise ConflictError(f"Model '{model}' is loaded; unload it first.")
         self.deleted.append((instance, model))
 
+    async def close(self) -> None:  # the app closes its pull manager at shutdown
+        return None
+
 
 def lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -98,11 +101,15 @@ async def test_chat_stream_and_metrics_label(app_client: Callable[..., Any]) -> 
         assert 'route="/api/chat"' in metrics
 
 
-async def test_pull_and_delete_need_a_pull_manager(app_client: Callable[..., Any]) -> None:
+async def test_pull_and_delete_go_to_the_servers_pull_manager(app_client: Callable[..., Any]) -> None:
     async with app_client() as client:
-        for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete")):
-            answer = await client.request(method, path, json={"model": "llm/tiny.gguf"}, headers=AUTH)
-            assert answer.status_code == 501 and "not available" in answer.json()["error"]
+        assert client._transport.app.state.pulls is not None  # type: ignore[attr-defined]
+        pull = await client.post("/api/pull", json={"model": "llm/tiny.gguf"}, headers=AUTH)
+        assert pull.status_code == 400 and "owner/repo" in pull.json()["error"]  # not a hub name
+        delete = await client.request(
+            "DELETE", "/api/delete", json={"model": "llm/absent.gguf"}, headers=AUTH
+        )
+        assert delete.status_code == 404 and set(delete.json()) == {"error"}
 
 
 async def test_pull_progress_as_ollama_ndjson(app_client: Callable[..., Any]) -> None:

@@ -149,38 +149,17 @@ class LlamaCppBinding(Binding):
             if path.suffix.lower() != ".gguf":
                 raise BadRequestError(f"Model '{model_name}' is not a .gguf file.", param="model_name")
             return path
-        parts = model_name.split("/")
-        if self.settings.get("allow_download") and len(parts) >= 3 and model_name.endswith(".gguf"):
-            self.check_download("/".join(parts[:2]))  # the server's allow-list, before any network
-            return self._download("/".join(parts[:2]), "/".join(parts[2:]))
+        if self.settings.get("allow_download") and model_name.count("/") >= 2:
+            # the server pulls hub names before admission (core.generation.first_use): none is
+            # downloaded here, inside a pool slot
+            raise NotFoundError(
+                f"Model '{model_name}' is not downloaded; pull it with: lollms-server pull "
+                f"--binding {self.instance_name} {model_name}",
+                param="model_name",
+            )
         raise NotFoundError(
             f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name"
         )
-
-    def _download(self, repo_id: str, filename: str) -> Path:
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            raise BindingError(
-                "Downloading models needs huggingface_hub: pip install huggingface_hub"
-            ) from None
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-        token = self.settings.get("hub_token")
-        try:
-            size = get_hf_file_metadata(hf_hub_url(repo_id, filename), token=token).size
-        except Exception as exc:  # noqa: BLE001 - network and hub errors vary
-            logger.error("Looking up %s/%s failed: %s", repo_id, filename, type(exc).__name__)
-            raise NotFoundError(f"Model '{repo_id}/{filename}' could not be downloaded.") from None
-        self.check_download(repo_id, size / 2**20 if size else None)  # the size cap, before the bytes
-        logger.info("Downloading %s from %s", filename, repo_id)
-        target = self.models_folder / repo_id
-        try:
-            downloaded = hf_hub_download(repo_id=repo_id, filename=filename, local_dir=target, token=token)
-        except Exception as exc:  # noqa: BLE001 - network and hub errors vary
-            logger.error("Download of %s/%s failed: %s", repo_id, filename, type(exc).__name__)
-            raise NotFoundError(f"Model '{repo_id}/{filename}' could not be downloaded.") from None
-        return Path(downloaded)
 
     def _create(self, path: Path) -> LoadedLlama:
         import llama_cpp
