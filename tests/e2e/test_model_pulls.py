@@ -154,6 +154,23 @@ async def test_a_first_use_downloads_outside_the_pool_which_keeps_serving(
     assert refused.status_code == 403
 
 
+def test_the_ollama_client_pulls_lists_and_deletes(server: ServerProcess) -> None:
+    import ollama
+
+    client = ollama.Client(host=server.url, headers={"Authorization": f"Bearer {AUTH['X-API-Key']}"})
+    progress = list(client.pull(f"llm/{REPO}:Q6_K", stream=True))
+    assert progress[-1].status == "success"
+    sizes = [(part.completed, part.total) for part in progress if part.total]
+    assert sizes and sizes[-1][0] == sizes[-1][1] > 0
+    name = f"llm/{REPO}/tiny-Q6_K.gguf"
+    assert f"{name}:latest" in [model.model for model in client.list().models]
+    client.delete(name)
+    assert f"{name}:latest" not in [model.model for model in client.list().models]
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.pull("llm/elsewhere/x:Q4_K_M")
+    assert refused.value.status_code == 403
+
+
 def test_start_up_names_the_command_for_a_missing_default_model(tmp_path: Path, models_folder: Path) -> None:
     with running_server(
         tmp_path,

@@ -224,8 +224,8 @@ def test_errors_as_ollama_clients_read_them(server: ServerProcess, client: Any) 
         (404, lambda: client.show("echo/ghost")),
         (400, lambda: client.generate(model="llm", prompt="x", options={"temperature": 50})),
         (400, lambda: client.generate(model="llm", prompt="x", suffix="y")),  # no fill-in-the-middle
-        (501, lambda: client.pull("llm/owner/repo/file.gguf")),
-        (501, lambda: client.delete("llm/tiny.gguf")),
+        (400, lambda: client.pull("llm/not-a-hub-name")),
+        (404, lambda: client.delete("llm/absent.gguf")),
     ]
     for status, call in cases:
         with pytest.raises(ollama.ResponseError) as caught:
