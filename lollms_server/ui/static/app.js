@@ -49,12 +49,12 @@ async function signIn(key) {
     message.textContent = "This key has neither the generate nor the admin scope.";
     return false;
   }
+  if (canGenerate) await Promise.all([views.chat.refresh(), views.media.refresh()]);
   message.textContent = "";
   $("api-key").value = "";
-  $("tabs").hidden = false;
   $("tab-dashboard").hidden = !isAdmin;
   $("tab-chat").hidden = $("tab-media").hidden = !canGenerate;
-  if (canGenerate) await Promise.all([views.chat.refresh(), views.media.refresh()]);
+  $("tabs").hidden = false; // only now: the views are ready
   show(canGenerate ? "chat" : "dashboard");
   return true;
 }
