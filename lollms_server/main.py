@@ -117,7 +117,9 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
         public_prefixes = (UI_PUBLIC_PREFIX,)
     # the last added is the outermost: request id and size limit, then CORS (preflights need no
     # key; a 401 carries CORS headers), then the key gate, before any route reads a body
-    app.add_middleware(KeyGateMiddleware, keys=keys, public_paths=public_paths, public_prefixes=public_prefixes)
+    app.add_middleware(
+        KeyGateMiddleware, keys=keys, public_paths=public_paths, public_prefixes=public_prefixes
+    )
     if config.server.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -63,7 +63,9 @@ class KeyGateMiddleware:
         self.public_prefixes = public_prefixes
 
     def _is_public(self, path: str) -> bool:
-        return path in self.public_paths or (bool(self.public_prefixes) and path.startswith(self.public_prefixes))
+        if path in self.public_paths:
+            return True
+        return bool(self.public_prefixes) and path.startswith(self.public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._is_public(str(scope.get("path", ""))):

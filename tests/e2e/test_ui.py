@@ -16,7 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, GOOD_KEY, LIMITED_KEY, REPO, ServerProcess, media_instance, running_server
+from tests.conftest import (
+    ADMIN_KEY,
+    GOOD_KEY,
+    LIMITED_KEY,
+    REPO,
+    ServerProcess,
+    media_instance,
+    running_server,
+)
 from tests.e2e.sse import iter_events
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +37,8 @@ WAIT = 60  # seconds: generous, the CI machine has two cores
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 if CHROMIUM is None or not Path(CHROMEDRIVER).is_file():
     pytest.skip(
-        "the browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        "the browser tests need Debian's chromium and chromium-driver "
+        "(apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
 
@@ -238,7 +247,8 @@ def test_a_chat_streams_in_steps_and_matches_the_api_for_the_same_seed(
     # the conversation is kept: a second turn sends the first one along
     set_field(driver, "chat-input", "And then?")
     by_id(driver, "chat-send").click()
-    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-messages .message.assistant")) == 2)
+    answers = "#chat-messages .message.assistant"
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, answers)) == 2)
     wait_for(driver, lambda d: status_text(d, "chat-status") == "Done.")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#chat-messages .message.user")) == 2
 
@@ -282,7 +292,9 @@ def test_model_output_is_shown_as_text_never_run_as_html(driver: WebDriver, serv
     assert driver.execute_script("return window.pwned === undefined")
 
 
-def test_the_dashboard_shows_a_request_queued_behind_a_long_one(driver: WebDriver, server: ServerProcess) -> None:
+def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
+    driver: WebDriver, server: ServerProcess
+) -> None:
     sign_in(driver, server, ADMIN_KEY)
     assert by_id(driver, "tab-dashboard").is_displayed()
     stop = threading.Event()
@@ -350,7 +362,7 @@ def media_server(
         tmp_path_factory.mktemp("ui-media"),
         models_folder,
         bindings={"images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2}},
-        defaults={"ttt_binding": "echo", "ttt_model": "echo", "tti_binding": "images", "tti_model": "tiny-sd"},
+        defaults={"ttt_binding": "echo", "tti_binding": "images", "tti_model": "tiny-sd"},
     ) as process:
         yield process
 
@@ -367,7 +379,8 @@ def test_an_image_appears_with_the_requested_size(driver: WebDriver, media_serve
     set_field(driver, "media-seed", "5")
     by_id(driver, "media-run").click()
     image = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results img"), timeout=180)
-    wait_for(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    loaded = "return arguments[0].complete && arguments[0].naturalWidth"
+    wait_for(driver, lambda d: d.execute_script(loaded, image))
     size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
     assert size == [64, 48]
     assert status_text(driver, "media-status") == "Done."
