@@ -42,7 +42,11 @@ if CHROMIUM is None or not Path(CHROMEDRIVER).is_file():
         allow_module_level=True,
     )
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -93,7 +97,25 @@ def driver(browser: WebDriver) -> Iterator[WebDriver]:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = WAIT) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    """Poll ``condition``; an element replaced between finding and reading it is read again."""
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(condition)
+
+
+def pool_card(driver: WebDriver, pool: str) -> dict[str, Any]:
+    """What the dashboard shows for ``pool``, read in one go (it is redrawn every second)."""
+    card: dict[str, Any] = driver.execute_script(
+        """
+        const card = document.querySelector(`#dashboard-pools [data-pool="${arguments[0]}"]`);
+        if (!card) return null;
+        const stat = (name) => card.querySelector(`.stat-${name} dd`).textContent;
+        const tables = [...card.querySelectorAll("table tbody")].map((body) =>
+          [...body.rows].map((row) => [...row.cells].map((cell) => cell.textContent)));
+        return {active: stat("active-slots"), queue: stat("queue"), waiting: tables[0], models: tables[1]};
+        """,
+        pool,
+    )
+    return card
 
 
 def by_id(driver: WebDriver, name: str) -> Any:
@@ -324,13 +346,11 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
     queued.start()
     try:
         open_tab(driver, "dashboard")
-        pool = '#dashboard-pools [data-pool="default"]'
-        wait_for(driver, lambda d: "1 / 16" in d.find_element(By.CSS_SELECTOR, f"{pool} .stat-queue dd").text)
-        assert driver.find_element(By.CSS_SELECTOR, f"{pool} .stat-active-slots dd").text == "1 / 1"
-        waiting = driver.find_element(By.CSS_SELECTOR, f"{pool} table tbody").text
-        assert "limited" in waiting and "interactive" in waiting
-        models = driver.find_elements(By.CSS_SELECTOR, f"{pool} table")[1].text
-        assert "echo echo 10 MB yes" in models  # model, binding, footprint, in use
+        card = wait_for(driver, lambda d: (c := pool_card(d, "default")) and c["queue"] == "1 / 16" and c)
+        assert card["active"] == "1 / 1"
+        [(position, key, priority, _)] = card["waiting"]
+        assert (position, key, priority) == ("1", "limited", "interactive")
+        assert ["echo", "echo", "10 MB", "yes"] in [row[:4] for row in card["models"]]
         keys = by_id(driver, "dashboard-keys").text
         assert "user" in keys and "limited" in keys
         assert not by_id(driver, "dashboard-pulls").is_displayed()  # no pull API on this server
@@ -339,7 +359,7 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
         stop.set()
         long_one.join(60)
         queued.join(60)
-    wait_for(driver, lambda d: "0 / 16" in d.find_element(By.CSS_SELECTOR, f"{pool} .stat-queue dd").text)
+    wait_for(driver, lambda d: pool_card(d, "default")["queue"] == "0 / 16")
 
 
 def test_the_chat_fits_a_phone_screen(driver: WebDriver, server: ServerProcess) -> None:
