@@ -239,7 +239,7 @@ def test_a_chat_streams_in_steps_and_matches_the_api_for_the_same_seed(
         "llm",
         "slow.gguf",
         "Hello there, tell me a story",
-        **{"chat-temperature": "0.9", "chat-max-tokens": "24", "chat-seed": "7"},
+        **{"chat-temperature": "0.9", "chat-max-tokens": "48", "chat-seed": "7"},
     )
     wait_for(driver, lambda d: status_text(d, "chat-status") == "Done.")
     answer = last_answer(driver)
@@ -254,7 +254,7 @@ def test_a_chat_streams_in_steps_and_matches_the_api_for_the_same_seed(
             "binding_name": "llm",
             "model_name": "slow.gguf",
             "stream": True,
-            "parameters": {"temperature": 0.9, "max_tokens": 24, "seed": 7},
+            "parameters": {"temperature": 0.9, "max_tokens": 48, "seed": 7},
         },
     )
     assert expected and shown == expected
@@ -314,14 +314,20 @@ def test_model_output_is_shown_as_text_never_run_as_html(driver: WebDriver, serv
     assert driver.execute_script("return window.pwned === undefined")
 
 
-def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
-    driver: WebDriver, server: ServerProcess
-) -> None:
-    sign_in(driver, server, ADMIN_KEY)
-    assert by_id(driver, "tab-dashboard").is_displayed()
-    stop = threading.Event()
+class Holder:
+    """Requests to the echo binding streamed from threads (a long one keeps the one slot)."""
 
-    def hold(key: str, words: int) -> None:
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def hold(self, key: str, words: int) -> None:
+        thread = threading.Thread(target=self._run, args=(key, words), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _run(self, key: str, words: int) -> None:
         body = {
             "prompt": " ".join(["busy"] * words),
             "binding_name": "echo",
@@ -330,20 +336,65 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
             "parameters": {"delay": 0.25},
         }
         with httpx.stream(
-            "POST", server.url + "/api/v1/generate", json=body, headers={"X-API-Key": key}, timeout=120
+            "POST", self.server.url + "/api/v1/generate", json=body, headers={"X-API-Key": key}, timeout=120
         ) as response:
             for _ in response.iter_bytes():
-                if stop.is_set():
+                if self.stop.is_set():
                     return
 
-    long_one = threading.Thread(target=hold, args=(GOOD_KEY, 80), daemon=True)  # 20 s
-    long_one.start()
+    def close(self) -> None:
+        """Stop every request and wait until the pool is idle again."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        deadline = time.monotonic() + WAIT
+        while (pool := pool_status(self.server))["active"] or pool["queued"]:
+            assert time.monotonic() < deadline, "the pool did not become idle"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def holder(server: ServerProcess) -> Iterator[Holder]:
+    holding = Holder(server)
+    try:
+        yield holding
+    finally:
+        holding.close()
+
+
+def wait_until_running(server: ServerProcess) -> None:
     deadline = time.monotonic() + WAIT
     while pool_status(server)["active"] != 1:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the long request did not start"
         time.sleep(0.1)
-    queued = threading.Thread(target=hold, args=(LIMITED_KEY, 4), daemon=True)
-    queued.start()
+
+
+def test_a_queued_chat_shows_its_place_and_stop_leaves_the_queue(
+    driver: WebDriver, server: ServerProcess, holder: Holder
+) -> None:
+    sign_in(driver, server, GOOD_KEY)
+    holder.hold(LIMITED_KEY, 80)  # 20 s
+    wait_until_running(server)
+    start_chat(driver, "echo", "echo", "are you there")
+    wait_for(driver, lambda d: status_text(d, "chat-status").startswith("Queued: position 1"))
+    assert pool_status(server)["queued"] == 1
+    by_id(driver, "chat-stop").click()
+    wait_for(driver, lambda d: status_text(d, "chat-status") == "Stopped.")
+    deadline = time.monotonic() + 20
+    while pool_status(server)["queued"] != 0:
+        assert time.monotonic() < deadline, "the stopped request stayed in the queue"
+        time.sleep(0.2)
+    assert pool_status(server)["active"] == 1  # the long one runs on
+
+
+def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
+    driver: WebDriver, server: ServerProcess, holder: Holder
+) -> None:
+    sign_in(driver, server, ADMIN_KEY)
+    assert by_id(driver, "tab-dashboard").is_displayed()
+    holder.hold(GOOD_KEY, 80)  # 20 s
+    wait_until_running(server)
+    holder.hold(LIMITED_KEY, 4)
     try:
         open_tab(driver, "dashboard")
         card = wait_for(driver, lambda d: (c := pool_card(d, "default")) and c["queue"] == "1 / 16" and c)
@@ -356,9 +407,7 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
         assert not by_id(driver, "dashboard-pulls").is_displayed()  # no pull API on this server
         screenshot(driver, "dashboard")
     finally:
-        stop.set()
-        long_one.join(60)
-        queued.join(60)
+        holder.close()
     wait_for(driver, lambda d: pool_card(d, "default")["queue"] == "0 / 16")
 
 
@@ -409,3 +458,52 @@ def test_an_image_appears_with_the_requested_size(driver: WebDriver, media_serve
     facts = driver.find_element(By.CSS_SELECTOR, "#media-results .facts").text
     assert "seed: 5" in facts and "width: 64" in facts and "height: 48" in facts
     screenshot(driver, "media")
+
+
+RECORD_REQUESTS = """
+window.__bodies = [];
+const original = window.fetch;
+window.fetch = (url, init) => {
+  if (init && typeof init.body === "string") window.__bodies.push(JSON.parse(init.body));
+  return original(url, init);
+};
+"""
+
+
+def test_an_image_edit_sends_the_painted_mask(
+    driver: WebDriver, media_server: ServerProcess, tmp_path: Path
+) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(source)
+    sign_in(driver, media_server, GOOD_KEY)
+    driver.execute_script(RECORD_REQUESTS)
+    open_tab(driver, "media")
+    Select(by_id(driver, "media-type")).select_by_value("i2i")
+    choose(driver, "media-binding", "images")
+    set_field(driver, "media-prompt", "a hat")
+    set_field(driver, "media-steps", "2")
+    by_id(driver, "media-image").send_keys(str(source))
+    canvas = wait_for(driver, expected_conditions.visibility_of_element_located((By.ID, "media-canvas")))
+    wait_for(driver, lambda d: d.execute_script("return arguments[0].width", canvas) == 64)
+    by_id(driver, "media-brush").send_keys(Keys.END)  # the widest brush, from the keyboard
+    webdriver.ActionChains(driver).move_to_element(canvas).click_and_hold().move_by_offset(
+        30, 0
+    ).release().perform()
+    by_id(driver, "media-run").click()
+    image = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results img"), timeout=180)
+    loaded = "return arguments[0].complete && arguments[0].naturalWidth"
+    wait_for(driver, lambda d: d.execute_script(loaded, image))
+    size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == [64, 48]  # an edit keeps the input's size
+    [body] = [body for body in driver.execute_script("return window.__bodies") if body.get("generation_type")]
+    assert [item["role"] for item in body["input_data"]] == ["user_prompt", "input_image", "mask_image"]
+    mask = Image.open(io.BytesIO(base64.b64decode(body["input_data"][2]["data"]))).convert("L")
+    assert mask.size == (64, 48)
+    low, high = mask.getextrema()
+    assert (low, high) == (0, 255)  # painted (white) and kept (black) parts
+    screenshot(driver, "media-edit")
