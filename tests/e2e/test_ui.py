@@ -430,8 +430,19 @@ def media_server(
     with running_server(
         tmp_path_factory.mktemp("ui-media"),
         models_folder,
-        bindings={"images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2}},
-        defaults={"ttt_binding": "echo", "tti_binding": "images", "tti_model": "tiny-sd"},
+        bindings={
+            "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
+            "audio": media_instance("transformers_audio_binding", media_models_folder),
+        },
+        defaults={
+            "ttt_binding": "echo",
+            "tti_binding": "images",
+            "tti_model": "tiny-sd",
+            "tts_binding": "audio",
+            "tts_model": "tiny-vits",
+            "stt_binding": "audio",
+            "stt_model": "tiny-whisper",
+        },
     ) as process:
         yield process
 
@@ -507,3 +518,51 @@ def test_an_image_edit_sends_the_painted_mask(
     low, high = mask.getextrema()
     assert (low, high) == (0, 255)  # painted (white) and kept (black) parts
     screenshot(driver, "media-edit")
+
+
+def test_speech_plays_and_a_file_is_transcribed_like_the_api_does(
+    driver: WebDriver, media_server: ServerProcess, tmp_path: Path
+) -> None:
+    import base64
+
+    import numpy as np
+
+    from lollms_server.utils.media import wav_bytes
+
+    sign_in(driver, media_server, GOOD_KEY)
+    open_tab(driver, "media")
+    Select(by_id(driver, "media-type")).select_by_value("tts")
+    choose(driver, "media-binding", "audio")
+    set_field(driver, "media-prompt", "hello world")
+    by_id(driver, "media-run").click()
+    player = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results audio"), timeout=180)
+    assert player.get_attribute("controls") is not None
+    # the browser decodes the WAV the server made: it knows its length, so it can play it
+    duration = wait_for(driver, lambda d: d.execute_script("return arguments[0].duration", player))
+    assert 0 < duration < 60
+    download = driver.find_element(By.CSS_SELECTOR, "#media-results a.download")
+    assert download.get_attribute("download").endswith(".wav")
+
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000) * 0.3
+    audio = tmp_path / "tone.wav"
+    audio.write_bytes(wav_bytes(tone, 16000))
+    Select(by_id(driver, "media-type")).select_by_value("stt")
+    choose(driver, "media-binding", "audio")
+    by_id(driver, "media-audio").send_keys(str(audio))
+    # the model follows the generation type (the speech model cannot transcribe)
+    wait_for(driver, lambda d: Select(by_id(d, "media-model")).first_selected_option.text == "tiny-whisper")
+    by_id(driver, "media-run").click()
+    wait_for(driver, lambda d: (text := status_text(d, "media-status")) == "Done." or "Error" in text, 180)
+    assert status_text(driver, "media-status") == "Done."
+    transcript = driver.find_element(By.CSS_SELECTOR, "#media-results .transcript")
+    item = {"type": "audio", "role": "input_audio", "data": base64.b64encode(audio.read_bytes()).decode()}
+    expected = httpx.post(
+        media_server.url + "/api/v1/generate",
+        json={"generation_type": "stt", "input_data": [item], "binding_name": "audio"},
+        headers={"X-API-Key": GOOD_KEY},
+        timeout=180,
+    )
+    assert expected.status_code == 200, expected.text
+    shown = driver.execute_script("return arguments[0].textContent", transcript)
+    assert shown == expected.json()["output"][0]["data"]
+    screenshot(driver, "media-audio")

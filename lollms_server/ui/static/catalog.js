@@ -54,6 +54,7 @@ export class Catalog {
     const instance = bindingSelect.value;
     const models = instance ? await this.modelsOf(instance) : [];
     const preferred = instance && instance === this.defaults[`${kind}_binding`] ? this.defaults[`${kind}_model`] : (this.instances[instance] || {}).model_name;
-    fillSelect(modelSelect, [["", "binding default"], ...models.map((name) => [name, name])], preferred || "");
+    // the default model for this kind, not the one picked for another kind
+    fillSelect(modelSelect, [["", "binding default"], ...models.map((name) => [name, name])], preferred || "", { keep: false });
   }
 }

@@ -11,9 +11,10 @@ export function element(tag, { text, className, attrs } = {}) {
   return node;
 }
 
-/** Fill ``select`` with ``options`` ([value, label]) and keep the previous choice if still there. */
-export function fillSelect(select, options, preferred) {
-  const previous = select.value || preferred;
+/** Fill ``select`` with ``options`` ([value, label]); choose the previous choice if still there
+ * (unless ``keep`` is false), else ``preferred``. */
+export function fillSelect(select, options, preferred, { keep = true } = {}) {
+  const previous = (keep && select.value) || preferred;
   select.replaceChildren(...options.map(([value, label]) => element("option", { text: label, attrs: { value } })));
   if (options.some(([value]) => value === previous)) select.value = previous;
 }
