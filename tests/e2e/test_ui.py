@@ -447,6 +447,13 @@ def media_server(
         yield process
 
 
+def wait_for_result(driver: WebDriver, selector: str) -> Any:
+    """The result element once the media request is done (an error fails at once)."""
+    wait_for(driver, lambda d: (text := status_text(d, "media-status")) == "Done." or "Error" in text, 180)
+    assert status_text(driver, "media-status") == "Done."
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
 def test_an_image_appears_with_the_requested_size(driver: WebDriver, media_server: ServerProcess) -> None:
     sign_in(driver, media_server, GOOD_KEY)
     open_tab(driver, "media")
@@ -458,7 +465,7 @@ def test_an_image_appears_with_the_requested_size(driver: WebDriver, media_serve
     set_field(driver, "media-steps", "2")
     set_field(driver, "media-seed", "5")
     by_id(driver, "media-run").click()
-    image = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results img"), timeout=180)
+    image = wait_for_result(driver, "#media-results img")
     loaded = "return arguments[0].complete && arguments[0].naturalWidth"
     wait_for(driver, lambda d: d.execute_script(loaded, image))
     size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
@@ -506,7 +513,7 @@ def test_an_image_edit_sends_the_painted_mask(
         30, 0
     ).release().perform()
     by_id(driver, "media-run").click()
-    image = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results img"), timeout=180)
+    image = wait_for_result(driver, "#media-results img")
     loaded = "return arguments[0].complete && arguments[0].naturalWidth"
     wait_for(driver, lambda d: d.execute_script(loaded, image))
     size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
@@ -535,7 +542,7 @@ def test_speech_plays_and_a_file_is_transcribed_like_the_api_does(
     choose(driver, "media-binding", "audio")
     set_field(driver, "media-prompt", "hello world")
     by_id(driver, "media-run").click()
-    player = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#media-results audio"), timeout=180)
+    player = wait_for_result(driver, "#media-results audio")
     assert player.get_attribute("controls") is not None
     # the browser decodes the WAV the server made: it knows its length, so it can play it
     duration = wait_for(driver, lambda d: d.execute_script("return arguments[0].duration", player))
@@ -552,9 +559,7 @@ def test_speech_plays_and_a_file_is_transcribed_like_the_api_does(
     # the model follows the generation type (the speech model cannot transcribe)
     wait_for(driver, lambda d: Select(by_id(d, "media-model")).first_selected_option.text == "tiny-whisper")
     by_id(driver, "media-run").click()
-    wait_for(driver, lambda d: (text := status_text(d, "media-status")) == "Done." or "Error" in text, 180)
-    assert status_text(driver, "media-status") == "Done."
-    transcript = driver.find_element(By.CSS_SELECTOR, "#media-results .transcript")
+    transcript = wait_for_result(driver, "#media-results .transcript")
     item = {"type": "audio", "role": "input_audio", "data": base64.b64encode(audio.read_bytes()).decode()}
     expected = httpx.post(
         media_server.url + "/api/v1/generate",

@@ -54,7 +54,8 @@ export class Catalog {
     const instance = bindingSelect.value;
     const models = instance ? await this.modelsOf(instance) : [];
     const preferred = instance && instance === this.defaults[`${kind}_binding`] ? this.defaults[`${kind}_model`] : (this.instances[instance] || {}).model_name;
-    // the default model for this kind, not the one picked for another kind
-    fillSelect(modelSelect, [["", "binding default"], ...models.map((name) => [name, name])], preferred || "", { keep: false });
+    // the default model for this kind over the one picked for another kind
+    const options = [["", "binding default"], ...models.map((name) => [name, name])];
+    fillSelect(modelSelect, options, preferred || "", { keep: !preferred });
   }
 }

@@ -129,6 +129,7 @@ export class MediaView {
     if (this.controller) return;
     const status = $("media-status");
     const progress = $("media-progress");
+    status.textContent = "Preparing…";
     let body;
     try {
       body = await this.request();
