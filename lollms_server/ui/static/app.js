@@ -61,6 +61,7 @@ async function signIn(key) {
 
 function signOut() {
   views.chat.clear();
+  $("media-results").replaceChildren();
   views.dashboard.stop();
   forgetKey();
   $("tabs").hidden = true;
