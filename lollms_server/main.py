@@ -108,7 +108,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     if docs:
         public_paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     public_prefixes: tuple[str, ...] = ()
-    if config.server.ui:  # the web playground and dashboard: pages without a key, API calls with one
+    if config.server.ui and not pool_worker:  # the web playground and dashboard: pages without a key
         from lollms_server.api.ui import UI_PUBLIC_PATHS, UI_PUBLIC_PREFIX
         from lollms_server.api.ui import router as ui_router
 
