@@ -121,9 +121,19 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
         public_paths.add("/metrics")
     if docs:
         public_paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    public_prefixes: tuple[str, ...] = ()
+    if config.server.ui and not pool_worker:  # the web playground and dashboard: pages without a key
+        from lollms_server.api.ui import UI_PUBLIC_PATHS, UI_PUBLIC_PREFIX
+        from lollms_server.api.ui import router as ui_router
+
+        app.include_router(ui_router)
+        public_paths |= UI_PUBLIC_PATHS
+        public_prefixes = (UI_PUBLIC_PREFIX,)
     # the last added is the outermost: request id and size limit, then CORS (preflights need no
     # key; a 401 carries CORS headers), then the key gate, before any route reads a body
-    app.add_middleware(KeyGateMiddleware, keys=keys, public_paths=public_paths)
+    app.add_middleware(
+        KeyGateMiddleware, keys=keys, public_paths=public_paths, public_prefixes=public_prefixes
+    )
     if config.server.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

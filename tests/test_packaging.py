@@ -39,6 +39,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "lollms_server/data/config.toml.example" in names
     assert "lollms_server/data/zoos/bindings/llamacpp_binding/binding_card.yaml" in names
+    for page in ("index.html", "app.js", "api.js", "markdown.js", "style.css"):  # the web UI
+        assert f"lollms_server/ui/static/{page}" in names, page
     target = folder / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -61,6 +63,8 @@ def test_an_installed_wheel_finds_its_zoos_and_example_config(installed: Path, t
         "cards = BindingManager.discover_cards([DEFAULT_ZOOS_FOLDER / 'bindings'])\n"
         "assert 'llamacpp_binding' in cards and 'diffusers_binding' in cards, sorted(cards)\n"
         "assert 'api_keys = []' in EXAMPLE_CONFIG.read_text()\n"
+        "from lollms_server.api.ui import STATIC_FOLDER\n"
+        "assert STATIC_FOLDER.is_relative_to(root) and (STATIC_FOLDER / 'index.html').is_file()\n"
         "print('ok')\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(installed)}

@@ -45,7 +45,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class KeyGateMiddleware:
     """Refuses a request without a valid key (401) before the app reads or parses its body, so
     an anonymous caller cannot make the server parse megabytes of JSON. Routes without a key:
-    ``public_paths`` (``/health``; ``/metrics`` when public; the OpenAPI pages when on). Routes
+    ``public_paths`` (``/health``; ``/metrics`` when public; the OpenAPI pages and the web UI's
+    pages when on) and paths under ``public_prefixes`` (the UI's static files). Routes
     check the key's scopes again as a dependency.
 
     In ``allow_unauthenticated_localhost`` mode there is no key: only requests whose ``Host`` is
@@ -53,13 +54,21 @@ class KeyGateMiddleware:
     a web page cannot reach the server by DNS rebinding or a cross-site request.
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyStore, public_paths: set[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyStore, public_paths: set[str], public_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.keys = keys
         self.public_paths = public_paths
+        self.public_prefixes = public_prefixes
+
+    def _is_public(self, path: str) -> bool:
+        if path in self.public_paths:
+            return True
+        return bool(self.public_prefixes) and path.startswith(self.public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.public_paths:
+        if scope["type"] != "http" or self._is_public(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
         if self.keys.allow_anonymous:

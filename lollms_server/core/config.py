@@ -51,6 +51,9 @@ class ServerConfig(StrictModel):
         "ended, and its slot given back.",
     )
     docs: bool = Field(True, description="Serve the OpenAPI pages (/docs, /redoc, /openapi.json).")
+    ui: bool = Field(
+        True, description="Serve the web playground and dashboard at / (the pages need no key; the API does)."
+    )
     auto_install_requirements: bool = Field(
         True, description="Install a binding's requirements with pipmaster when it is first used."
     )
