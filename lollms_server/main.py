@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lollms_server import __version__
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
+from lollms_server.api.lollms_v1 import router as lollms_v1_router
 from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
 from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
@@ -97,6 +98,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(lollms_v1_router)  # /lollms/v1 helpers for lollms_client
     if pool_worker:
         from lollms_server.api.pool_rpc import router as pool_rpc_router
 
