@@ -10,7 +10,14 @@ import pytest
 from tests.conftest import ADMIN_KEY, GOOD_KEY, LIMITED_KEY, ONLY_ADMIN_KEY
 
 PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-ADMIN_ONLY = {"/api/v1/status", "/api/v1/queue", "/metrics"}
+ADMIN_ONLY = {
+    "/api/v1/status",
+    "/api/v1/queue",
+    "/metrics",
+    "/api/v1/bindings/echo/commands",
+    "/api/v1/bindings/echo/commands/word_count",
+    "/api/v1/bindings/echo/settings",
+}
 BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/generate": {"prompt": "hello world", "binding_name": "echo", "model_name": "echo"},
     "/api/v1/tokenize": {"text": "hi", "binding_name": "echo", "model_name": "echo"},
@@ -18,6 +25,17 @@ BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/detokenize": {"tokens": [104, 105], "binding_name": "echo", "model_name": "echo"},
     "/v1/chat/completions": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}]},
     "/v1/completions": {"model": "echo/echo", "prompt": "hi"},
+    "/lollms/v1/tokenize": {"model": "echo/echo", "text": "hi"},
+    "/lollms/v1/detokenize": {"model": "echo/echo", "tokens": [104, 105]},
+    "/lollms/v1/context_size": {"model": "echo/echo"},
+    "/api/v1/bindings/echo/commands/word_count": {"parameters": {"text": "a b"}},
+    "/api/v1/bindings/echo/settings": {"settings": {"delay": 0.0}},
+}
+PATH_VALUES = {
+    "{binding_name}": "echo",
+    "{instance}": "echo",
+    "{command}": "word_count",
+    "{model_type}": "llm",
 }
 # routes whose success needs a media or embedding binding: with a good key they must pass
 # authentication and authorization (anything but 401/403); their behaviour is tested elsewhere
@@ -27,6 +45,7 @@ NEEDS_MEDIA = {
     "/v1/images/edits",
     "/v1/audio/speech",
     "/v1/audio/transcriptions",
+    "/lollms/v1/context_size",  # 404 for a binding that does not tell its context size
 }
 
 
@@ -35,7 +54,9 @@ def routes(app: Any) -> list[tuple[str, str]]:
     found = []
     for path, operations in app.openapi()["paths"].items():
         for method in operations:
-            found.append((method.upper(), path.replace("{binding_name}", "echo")))
+            for placeholder, value in PATH_VALUES.items():
+                path = path.replace(placeholder, value)
+            found.append((method.upper(), path))
     return found
 
 

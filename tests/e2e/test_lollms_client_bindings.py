@@ -267,3 +267,32 @@ def test_binding_errors_are_clean(server: ServerProcess) -> None:
 def test_non_admin_keys_still_generate(server: ServerProcess) -> None:
     response = generate(server, {"input_data": [prompt("x y")], "binding_name": "lc_lollms"}, key=GOOD_KEY)
     assert response.status_code == 200, response.text
+
+
+def test_commands_of_a_dropped_in_binding(server: ServerProcess) -> None:
+    url = server.url + "/api/v1/bindings/music/commands"
+    listed = httpx.get(url, headers=AUTH, timeout=30).json()["commands"]
+    assert [command["name"] for command in listed] == ["describe_tone", "fail_command"]
+    body = {"parameters": {"prompt": "abc", "octave": 2}}
+    ran = httpx.post(url + "/describe_tone", json=body, headers=AUTH, timeout=30)
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["result"] == {"status": True, "frequency": 113.0, "style": "calm"}
+    failed = httpx.post(url + "/fail_command", json={"parameters": {}}, headers=AUTH, timeout=30)
+    assert failed.status_code == 500 and "this command always fails" in failed.json()["error"]["message"]
+    undeclared = httpx.post(url + "/generate_music", json={"parameters": {"prompt": "x"}}, headers=AUTH)
+    assert undeclared.status_code == 404
+    user = httpx.post(url + "/describe_tone", json=body, headers={"X-API-Key": GOOD_KEY})
+    assert user.status_code == 403
+
+
+def test_settings_of_a_dropped_in_binding_rebuild_it(server: ServerProcess) -> None:
+    url = server.url + "/api/v1/bindings/music/settings"
+    read = httpx.get(url, headers=AUTH, timeout=30).json()
+    assert read["settings"]["api_key"] == "********" and "very-secret-value" not in json.dumps(read)
+    refused = httpx.put(url, json={"settings": {"style": "wild"}}, headers=AUTH, timeout=30)
+    assert refused.status_code == 400 and "style" in refused.json()["error"]["message"]
+    changed = httpx.put(url, json={"settings": {"style": "loud", "api_key": "********"}}, headers=AUTH)
+    assert changed.status_code == 200, changed.text
+    body = {"parameters": {"prompt": "abc"}}
+    ran = httpx.post(server.url + "/api/v1/bindings/music/commands/describe_tone", json=body, headers=AUTH)
+    assert ran.json()["result"]["style"] == "loud"

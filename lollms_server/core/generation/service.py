@@ -28,6 +28,7 @@ from lollms_server.core.errors import (
 )
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
+from lollms_server.core.generation.gates import InstanceGates
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
 from lollms_server.core.generation.outputs import media_outputs, record, text_output, tokens_of
 from lollms_server.core.generation.queued import QueuedStream
@@ -73,6 +74,7 @@ class GenerationService:
         self.metrics = metrics
         self.timeout = config.resource_manager.generation_timeout
         self.quotas = KeyQuotas()
+        self.gates = InstanceGates(list(bindings.instances))
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
         """The request's personality, else the default one (404 for an unknown name)."""
@@ -356,7 +358,9 @@ class GenerationService:
         on_position: Callable[[int, float], None] | None = None,
     ) -> tuple[PoolSession, Callable[[], None]]:
         """The key's quotas (429), then a slot of the target's pool with its model resident;
-        returns the session and the end of the key's running count."""
+        returns the session and the end of the key's running count (and of the instance's gate:
+        a settings change of the instance waits for it, see ``gates``)."""
+        leave_gate = await self.gates.of(target.name).enter()
         try:
             self.quotas.check(principal)
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
@@ -364,9 +368,19 @@ class GenerationService:
             with self.quotas.waiting(principal):
                 session = await self.pools.admit(target.instance, target.model, ticket, on_position)
         except (RateLimitError, ServiceUnavailableError) as exc:
+            leave_gate()
             if self.metrics is not None:
                 self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
             raise
+        except BaseException:
+            leave_gate()
+            raise
         if self.metrics is not None:
             self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
-        return session, self.quotas.started(principal)
+        stop_running = self.quotas.started(principal)
+
+        def ended() -> None:
+            stop_running()
+            leave_gate()
+
+        return session, ended

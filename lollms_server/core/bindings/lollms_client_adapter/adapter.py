@@ -64,17 +64,17 @@ class LollmsClientBinding(Binding):
         self._loaded: set[str] = set()
 
     # ---- construction and settings -----------------------------------------
-    def _build(self, settings: dict[str, Any]) -> Any:
+    def _build(self, settings: dict[str, Any], model_name: str | None = None) -> Any:
         system_dir = self.models_folder
         system_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = loading.constructor_kwargs(self.card, settings, self.model_name, system_dir)
+        kwargs = loading.constructor_kwargs(self.card, settings, model_name or self.model_name, system_dir)
         return loading.construct(self.card, kwargs)
 
     async def apply_settings(self, settings: dict[str, Any]) -> None:
         """New settings: the object is rebuilt with them, as LollmsClient would."""
-        self.obj = await self.run_blocking(self._build, settings)
-        self.settings = dict(settings)
-        self._loaded.clear()
+        current = getattr(self.obj, "model_name", None)  # the model it serves stays the same
+        self.obj = await self.run_blocking(self._build, settings, current)
+        await super().apply_settings(settings)
 
     def _call_quietly(self, name: str, default: Any, *args: Any) -> Any:
         method = getattr(self.obj, name, None)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lollms_server.core.bindings.cards import BindingCard, SettingSpec
+from lollms_server.core.bindings.commands import normalize_commands
 from lollms_server.core.types import CardGenerationType
 
 logger = logging.getLogger(__name__)
@@ -139,28 +140,9 @@ def build_card(folder: Path, modality: str) -> BindingCard:
             "defaults": defaults,
             "default_model": default_model,
         },
-        commands=_commands(extras.pop("commands", None)),
+        commands=normalize_commands(extras.pop("commands", None)),
         **extras,
     )
-
-
-def _commands(raw: Any) -> list[dict[str, Any]]:
-    """The card's commands in our shape (``params``, a typo variant, read as ``parameters``)."""
-    commands: list[dict[str, Any]] = []
-    for entry in raw if isinstance(raw, list) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            continue
-        parameters = entry.get("parameters", entry.get("params")) or []
-        commands.append(
-            {
-                "name": entry["name"],
-                "title": str(entry.get("title") or entry["name"]),
-                "description": str(entry.get("description") or "").strip(),
-                "parameters": [p for p in parameters if isinstance(p, dict) and p.get("name")],
-                "output": [o for o in entry.get("output") or [] if isinstance(o, dict)],
-            }
-        )
-    return commands
 
 
 def discover_lollms_client_cards(roots: list[Path]) -> dict[str, BindingCard]:
