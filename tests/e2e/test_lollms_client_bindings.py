@@ -196,6 +196,11 @@ def test_image_through_the_lollms_tti_binding_keeps_the_seed(
     )
     direct_image = Image.open(io.BytesIO(base64.b64decode(direct.json()["output"][0]["data"])))
     assert image.convert("RGB").tobytes() == direct_image.convert("RGB").tobytes()
+    # provenance: the dropped-in binding's own chunks are kept, ours complete them
+    assert image.text["Software"] == "LoLLMS" and image.text["Seed"] == "7"
+    assert image.text["AI-Generated"] == "True"
+    assert direct_image.text["Software"].startswith("lollms_server ")
+    assert direct_image.text["Binding"] == "images" and direct_image.text["Model"] == "tiny-sd"
 
 
 def test_canvas_tts_through_v1_audio_speech(server: ServerProcess) -> None:

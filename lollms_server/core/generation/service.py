@@ -147,7 +147,7 @@ class GenerationService:
         finally:
             await admission.release()
         if isinstance(job, MediaJob):
-            outputs = media_outputs(admission, media)
+            outputs = await media_outputs(admission, media)
             record(self.metrics, admission)
         else:
             outputs = [text_output(admission, result)]
@@ -348,6 +348,7 @@ class GenerationService:
             principal.name,
             on_tokens=lambda tokens: self.quotas.add_tokens(principal, tokens),
             on_release=ended,
+            provenance=self.config.provenance,
         )
 
     async def _admitted(
