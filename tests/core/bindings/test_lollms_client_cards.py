@@ -1,0 +1,97 @@
+"""Cards of lollms_client binding folders (copied at test time out of the installed package),
+the constructor arguments LollmsClient would pass, and the errors of a folder that is not one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lollms_server.core.bindings.cards import validate_settings
+from lollms_server.core.bindings.lollms_client_adapter.cards import discover_lollms_client_cards
+from lollms_server.core.bindings.lollms_client_adapter.loading import binding_class, constructor_kwargs
+from lollms_server.core.bindings.lollms_client_adapter.results import checked, sniff
+from lollms_server.core.errors import BindingError, ConfigError
+
+lollms_client = pytest.importorskip("lollms_client")
+PACKAGE = Path(lollms_client.__file__).parent
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for family, name in (
+        ("tti_bindings", "openai"),
+        ("tti_bindings", "leonardo_ai"),
+        ("llm_bindings", "lollms"),
+        ("tts_bindings", "canvas_tts"),
+    ):
+        shutil.copytree(PACKAGE / family / name, tmp_path / family / name)
+    (tmp_path / "tts_bindings" / "no_code").mkdir()  # description only: skipped
+    (tmp_path / "tts_bindings" / "no_code" / "description.yaml").write_text("title: x\n")
+    (tmp_path / "rag_bindings" / "safe").mkdir(parents=True)  # not a modality we serve
+    (tmp_path / "rag_bindings" / "safe" / "__init__.py").write_text("")
+    return tmp_path
+
+
+def test_cards_from_the_two_description_formats(root: Path) -> None:
+    cards = discover_lollms_client_cards([root])
+    assert sorted(cards) == ["lc_llm_lollms", "lc_tti_leonardo_ai", "lc_tti_openai", "lc_tts_canvas_tts"]
+    openai = cards["lc_tti_openai"]
+    assert openai.generation_types == ["tti", "i2i"] and not openai.supports_streaming
+    assert openai.instance_schema["service_key"].secret
+    assert openai.instance_schema["size"].options is not None
+    assert "model_name" not in openai.instance_schema
+    assert [command["name"] for command in openai.commands] == ["list_models", "get_credits", "list_services"]  # type: ignore[attr-defined]
+    assert openai.lollms_client["default_model"] == "gpt-image-1"  # type: ignore[attr-defined]
+    legacy = cards["lc_tti_leonardo_ai"]  # input_parameters
+    assert legacy.instance_schema["api_key"].secret
+    assert cards["lc_llm_lollms"].generation_types == ["ttt", "embed"]
+    assert cards["lc_llm_lollms"].supports_streaming
+    assert all(spec.default is None for key, spec in openai.instance_schema.items() if key != "extra_kwargs")
+
+
+def test_settings_are_validated_and_only_the_set_ones_reach_the_constructor(
+    root: Path, tmp_path: Path
+) -> None:
+    card = discover_lollms_client_cards([root])["lc_tti_openai"]
+    with pytest.raises(ConfigError, match="bindings.x.nope: unknown setting"):
+        validate_settings("x", card, {"nope": 1})
+    with pytest.raises(ConfigError, match="expected bool"):
+        validate_settings("x", card, {"verify_ssl_certificate": "yes"})
+    settings = validate_settings("x", card, {"service_key": "k", "extra_kwargs": {"port": 9}})
+    kwargs = constructor_kwargs(card, settings, "gpt-image-1", tmp_path)
+    assert kwargs == {
+        "service_key": "k",
+        "port": 9,
+        "model_name": "gpt-image-1",
+        "debug": False,
+        "wait_for_server": True,
+        "system_dir": str(tmp_path),
+        "cwd": str(tmp_path),
+    }
+    llm = discover_lollms_client_cards([root])["lc_llm_lollms"]
+    llm_kwargs = constructor_kwargs(llm, validate_settings("y", llm, {}), "echo/echo", tmp_path)
+    assert llm_kwargs["user_name"] == "user" and "wait_for_server" not in llm_kwargs
+
+
+def test_a_folder_whose_class_is_no_lollms_client_binding(tmp_path: Path) -> None:
+    folder = tmp_path / "ttm_bindings" / "impostor"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("BindingName = 'Impostor'\nclass Impostor:\n    pass\n")
+    card = discover_lollms_client_cards([tmp_path])["lc_ttm_impostor"]
+    with pytest.raises(BindingError, match="derived from lollms_client's LollmsTTMBinding"):
+        binding_class(card)
+
+
+def test_results_and_sniffing() -> None:
+    with pytest.raises(BindingError, match="quota exceeded"):
+        checked("x", {"status": False, "message": "quota exceeded"})
+    with pytest.raises(BindingError, match="boom"):
+        checked("x", {"error": "boom"})
+    assert checked("x", {"status": True, "value": 1}) == {"status": True, "value": 1}
+    assert sniff(b"RIFF\x00\x00\x00\x00WAVEfmt ")[1] == "audio/wav"
+    assert sniff(b"\x00\x00\x00\x18ftypisom")[1] == "video/mp4"
+    assert sniff(b"ID3\x03")[1] == "audio/mpeg"
+    assert sniff(b' {"a": 1}')[0] == "json"
+    assert sniff(b"\x01\x02")[0] is None
