@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import shutil
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +68,20 @@ def upstream(
         models_folder,
         bindings={
             "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
+            "slow": {"type": "scripted_binding", "delay": 0.2, "pool": "slow"},
         },
-        defaults={"tti_binding": "images", "tti_model": "tiny-sd"},
+        resource_manager={
+            "pools": {
+                "default": {"limit": 1, "queue_size": 16, "queue_timeout": 120},
+                "slow": {"limit": 1, "queue_size": 4, "queue_timeout": 120},  # a cancel test keeps it busy
+            }
+        },
+        defaults={
+            "tti_binding": "images",
+            "tti_model": "tiny-sd",
+            "i2i_binding": "images",
+            "i2i_model": "tiny-sd",
+        },
     ) as process:
         yield process
 
@@ -88,6 +101,13 @@ def server(
             "lc_openai": {"type": "lc_llm_openai", "model_name": "echo/echo", **remote},
             "lc_lollms": {"type": "lc_llm_lollms", "model_name": "echo/echo", **remote},
             "lc_images": {"type": "lc_tti_lollms", "model_name": "images/tiny-sd", **remote},
+            "lc_slow": {"type": "lc_llm_openai", "model_name": "slow/echo", **remote},
+            "lc_badkey": {
+                "type": "lc_llm_openai",
+                "model_name": "echo/echo",
+                "host_address": upstream.url,
+                "service_key": "wrong-key-0123456789",
+            },
             "canvas": {"type": "lc_tts_canvas_tts", "audio_format": "wav"},
             "hear": {"type": "lc_stt_fake_stt", "model_name": "fake-whisper", "prefix": "got"},
             "music": {"type": "lc_ttm_fake_ttm", "model_name": "tone", "api_key": "very-secret-value"},
@@ -301,3 +321,50 @@ def test_settings_of_a_dropped_in_binding_rebuild_it(server: ServerProcess) -> N
     body = {"parameters": {"prompt": "abc"}}
     ran = httpx.post(server.url + "/api/v1/bindings/music/commands/describe_tone", json=body, headers=AUTH)
     assert ran.json()["result"]["style"] == "loud"
+
+
+def test_image_edit_through_the_lollms_tti_binding(server: ServerProcess) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
+    source = {"type": "image", "role": "input_image", "data": base64.b64encode(buffer.getvalue()).decode()}
+    body = {
+        "generation_type": "i2i",
+        "input_data": [prompt("make it blue"), source],
+        "binding_name": "lc_images",
+        "parameters": {"seed": 2, "width": 64, "height": 48},
+    }
+    response = generate(server, body)
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["output"][0]["data"])))
+    assert image.size == (64, 48) and image.format == "PNG"
+
+
+def test_a_wrong_upstream_key_is_a_clean_error(server: ServerProcess) -> None:
+    response = generate(server, {"input_data": [prompt("hi")], "binding_name": "lc_badkey"})
+    assert response.status_code == 500, response.text
+    assert response.json()["error"]["type"] == "binding_error"
+    assert "wrong-key-0123456789" not in response.text
+
+
+def test_leaving_a_dropped_in_stream_cancels_it(server: ServerProcess) -> None:
+    """200 words at 0.2 s upstream: 40 s if nothing stopped it. The front pool has one slot, so
+    the next request only runs once the cancelled generation has really stopped."""
+    words = " ".join(f"w{index}" for index in range(200))
+    body = {"input_data": [prompt(words)], "binding_name": "lc_slow", "stream": True}
+    with httpx.stream("POST", server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=60) as stream:
+        seen = 0
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["type"] == "chunk":
+                seen += 1
+                if seen == 2:
+                    break
+    started = time.monotonic()
+    # a local binding of the same one-slot pool (the upstream server is still busy: lollms_client's
+    # openai binding returns on cancel but leaves its HTTP stream to the garbage collector)
+    after = generate(
+        server, {"generation_type": "tts", "input_data": [prompt("next")], "binding_name": "canvas"}
+    )
+    assert after.status_code == 200, after.text
+    assert time.monotonic() - started < 25, "the abandoned generation kept the slot"
