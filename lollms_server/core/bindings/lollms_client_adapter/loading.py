@@ -24,7 +24,7 @@ BASE_CLASSES = {
     "ttv": ("lollms_client.lollms_ttv_binding", "LollmsTTVBinding"),
 }
 """Modality -> lollms_client's base class (module, name) its bindings derive from."""
-INSTALL_HINT = "install lollms_server[lollms_client] (scripts/install.sh --extras lollms_client)"
+INSTALL_HINT = "install lollms_server[lollms_client] (scripts/install.sh lollms_client)"
 
 
 def base_class(modality: str) -> Any:
