@@ -30,6 +30,8 @@ FORBIDDEN = [
     ("lollms_server.utils", "lollms_server.core"),
     ("lollms_server.utils", "lollms_server.api"),
     ("lollms_server.errors", "lollms_server."),
+    # the lollms_client adapter is created by the manager, never the other way round
+    ("lollms_server.core.bindings.lollms_client_adapter", "lollms_server.core.bindings.manager"),
 ]
 # re-exporting modules of public import paths: their import is the re-export itself
 SHIMS = {"lollms_server.core.errors", "lollms_server.core.torch_models"}

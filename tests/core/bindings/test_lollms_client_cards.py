@@ -95,3 +95,12 @@ def test_results_and_sniffing() -> None:
     assert sniff(b"ID3\x03")[1] == "audio/mpeg"
     assert sniff(b' {"a": 1}')[0] == "json"
     assert sniff(b"\x01\x02")[0] is None
+
+
+def test_the_server_does_not_import_lollms_client_until_an_instance_starts() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, lollms_server.main; print('lollms_client' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip() == "False", found.stderr
