@@ -149,6 +149,7 @@ def test_cards_are_built_from_description_yaml(server: ServerProcess) -> None:
     assert types["lc_ttv_fake_ttv"]["instance_schema"]["fps"]["type"] == "int"  # legacy list
     instances = listed["binding_instances"]
     assert instances["music"]["settings"]["api_key"] == "********"
+    assert instances["video"]["settings"]["extra_kwargs"] == "********"
     assert instances["lc_openai"]["settings"]["service_key"] == "********"
     assert "very-secret-value" not in json.dumps(listed)
 

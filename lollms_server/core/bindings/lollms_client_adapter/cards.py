@@ -114,7 +114,9 @@ def build_card(folder: Path, modality: str) -> BindingCard:
     schema[EXTRA_KWARGS] = SettingSpec(
         type="dict",
         default={},
-        description="Keyword arguments passed verbatim to the lollms_client binding's constructor.",
+        description="Keyword arguments passed verbatim to the lollms_client binding's constructor "
+        "(masked in listings: they may hold keys).",
+        secret=True,
     )
     metadata = {key: description.get(key) for key in _METADATA_KEYS}
     extras = {
