@@ -31,6 +31,7 @@ from lollms_server.core.bindings.contract import (
 )
 from lollms_server.core.bindings.lollms_client_adapter import loading
 from lollms_server.core.bindings.lollms_client_adapter.cards import lollms_client_info
+from lollms_server.core.bindings.lollms_client_adapter.prompts import generation_kwargs, prompt_of
 from lollms_server.core.bindings.lollms_client_adapter.results import checked, media_output
 from lollms_server.core.bindings.text import StopTextBuffer
 from lollms_server.core.errors import BindingError, LollmsError
@@ -38,16 +39,6 @@ from lollms_server.core.streams import wait_through_cancellation
 
 logger = logging.getLogger(__name__)
 
-TEXT_PARAMETERS = {
-    "max_tokens": "n_predict",
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "repeat_penalty": "repeat_penalty",
-    "repeat_last_n": "repeat_last_n",
-    "seed": "seed",
-}
-"""Our text parameter -> lollms_client's generate_text keyword."""
 CHUNK = 0  # lollms_types.MSG_TYPE.MSG_TYPE_CHUNK
 _OURS_ONLY = {"stop", "system_message", "raw_prompt", "tool_choice", "output_format", "num_images"}
 
@@ -61,6 +52,7 @@ class LollmsClientBinding(Binding):
         self.model_name = context.default_model
         self.obj: Any = self._build(self.settings)
         self.resident_models = bool(self._call_quietly("is_local", False))
+        self._lock = threading.Lock()
         self._loaded: set[str] = set()
 
     # ---- construction and settings -----------------------------------------
@@ -86,10 +78,31 @@ class LollmsClientBinding(Binding):
             logger.debug("%s.%s failed", self.instance_name, name, exc_info=True)
             return default
 
-    async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A blocking call of the binding; an exception becomes a BindingError without details."""
+    def _select(self, model_name: str | None) -> None:
+        """Point the object at ``model_name`` (its ``load_model``, then ``model_name``); call it
+        holding ``_lock``."""
+        if not model_name or model_name == getattr(self.obj, "model_name", None):
+            return
+        loader = getattr(self.obj, "load_model", None)
+        if loader is not None:
+            checked(self.instance_name, loader(model_name))
+        self.obj.model_name = model_name
+        if isinstance(getattr(self.obj, "config", None), dict):
+            self.obj.config["model_name"] = model_name
+
+    async def _run(
+        self, func: Callable[..., Any], *args: Any, model: str | None = None, **kwargs: Any
+    ) -> Any:
+        """A blocking call of the binding with ``model`` selected, one at a time (a lollms_client
+        object holds one model and one cancel flag); an exception becomes a BindingError."""
+
+        def call() -> Any:
+            with self._lock:
+                self._select(model)
+                return func(*args, **kwargs)
+
         try:
-            result = await self.run_blocking(func, *args, **kwargs)
+            result = await self.run_blocking(call)
         except LollmsError:
             raise
         except Exception as exc:
@@ -111,16 +124,7 @@ class LollmsClientBinding(Binding):
         return models
 
     async def load_model(self, model_name: str) -> None:
-        def load() -> None:
-            if model_name != getattr(self.obj, "model_name", None):
-                loader = getattr(self.obj, "load_model", None)
-                if loader is not None:
-                    checked(self.instance_name, loader(model_name))
-                self.obj.model_name = model_name
-                if isinstance(getattr(self.obj, "config", None), dict):
-                    self.obj.config["model_name"] = model_name
-
-        await self._run(load)
+        await self._run(lambda: None, model=model_name)
         self._loaded.add(model_name)
 
     async def unload_model(self, model_name: str) -> None:
@@ -160,7 +164,7 @@ class LollmsClientBinding(Binding):
         if self.modality != "llm":
             raise BindingError(f"Binding '{self.instance_name}' does not generate text.")
         stops = StopTextBuffer(request.stop)
-        pieces = self._text_pieces(request, cancel)
+        pieces = self._text_pieces(model_name, request, cancel)
         stopped = False
         try:
             async for piece in pieces:
@@ -178,10 +182,7 @@ class LollmsClientBinding(Binding):
 
     def _text_call(self, request: TextRequest) -> Callable[[Callable[..., bool]], Any]:
         """The blocking generation, given its streaming callback."""
-        kwargs: dict[str, Any] = {"stream": True, "think": False}
-        for ours, theirs in TEXT_PARAMETERS.items():
-            if request.parameters.get(ours) is not None:
-                kwargs[theirs] = request.parameters[ours]
+        kwargs = generation_kwargs(request)
         obj = self.obj
         overrides = type(obj).generate_from_messages is not loading.base_class("llm").generate_from_messages
         if request.prompt is None and overrides:
@@ -189,12 +190,14 @@ class LollmsClientBinding(Binding):
             return lambda callback: obj.generate_from_messages(
                 messages, streaming_callback=callback, **kwargs
             )
-        prompt, system, images = _prompt_of(request)
+        prompt, system, images = prompt_of(request)
         return lambda callback: obj.generate_text(
             prompt, images=images or None, system_prompt=system, streaming_callback=callback, **kwargs
         )
 
-    async def _text_pieces(self, request: TextRequest, cancel: CancelToken) -> AsyncGenerator[str, None]:
+    async def _text_pieces(
+        self, model_name: str, request: TextRequest, cancel: CancelToken
+    ) -> AsyncGenerator[str, None]:
         """Text pieces of the binding's callback, as they come; stopping early cancels it."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -213,8 +216,10 @@ class LollmsClientBinding(Binding):
             return True
 
         def run() -> Any:
-            obj.reset_cancel()
-            return call(callback)
+            with self._lock:
+                self._select(model_name)
+                obj.reset_cancel()
+                return call(callback)
 
         work = asyncio.ensure_future(threads.run_cancellable(run, cancel))
         try:
@@ -247,16 +252,16 @@ class LollmsClientBinding(Binding):
                 work.exception()  # retrieved: a failure after the consumer left is only logged
 
     async def tokenize(self, model_name: str, text: str) -> list[int]:
-        return list(await self._run(self.obj.tokenize, text))
+        return list(await self._run(self.obj.tokenize, text, model=model_name))
 
     async def detokenize(self, model_name: str, tokens: list[int]) -> str:
-        return str(await self._run(self.obj.detokenize, tokens))
+        return str(await self._run(self.obj.detokenize, tokens, model=model_name))
 
     async def embed(self, model_name: str, texts: list[str]) -> list[list[float]]:
         def run() -> list[list[float]]:
             return [list(self.obj.embed(text)) for text in texts]
 
-        return list(await self._run(run))
+        return list(await self._run(run, model=model_name))
 
     # ---- media -----------------------------------------------------------------
     def _media_kwargs(self, request: MediaRequest, names: dict[str, str]) -> dict[str, Any]:
@@ -267,9 +272,11 @@ class LollmsClientBinding(Binding):
             kwargs[names.get(key, key)] = value
         return kwargs
 
-    async def _media(self, call: Callable[[], Any], cancel: CancelToken, expected: Any) -> list[MediaOutput]:
+    async def _media(
+        self, model_name: str, call: Callable[[], Any], cancel: CancelToken, expected: Any
+    ) -> list[MediaOutput]:
         cancel.check()
-        result = await self._run(call)
+        result = await self._run(call, model=model_name)
         return [media_output(self.instance_name, expected, result)]
 
     async def generate_image(
@@ -294,7 +301,7 @@ class LollmsClientBinding(Binding):
             ]
 
         cancel.check()
-        images = await self._run(run)
+        images = await self._run(run, model=model_name)
         if isinstance(images, bytes | bytearray):
             images = [images]
         return [media_output(self.instance_name, "image", image) for image in images or []]
@@ -308,7 +315,10 @@ class LollmsClientBinding(Binding):
         mask = base64.b64encode(request.mask).decode("ascii") if request.mask else None
         obj = self.obj
         return await self._media(
-            lambda: obj.edit_image(images=images, prompt=request.prompt, mask=mask, **kwargs), cancel, "image"
+            model_name,
+            lambda: obj.edit_image(images=images, prompt=request.prompt, mask=mask, **kwargs),
+            cancel,
+            "image",
         )
 
     async def synthesize_speech(
@@ -318,7 +328,7 @@ class LollmsClientBinding(Binding):
         voice = kwargs.pop("voice", None)
         obj = self.obj
         return await self._media(
-            lambda: obj.generate_audio(request.prompt, voice=voice, **kwargs), cancel, "audio"
+            model_name, lambda: obj.generate_audio(request.prompt, voice=voice, **kwargs), cancel, "audio"
         )
 
     async def generate_music(
@@ -326,14 +336,18 @@ class LollmsClientBinding(Binding):
     ) -> list[MediaOutput]:
         kwargs = self._media_kwargs(request, {})
         obj = self.obj
-        return await self._media(lambda: obj.generate_music(request.prompt, **kwargs), cancel, "audio")
+        return await self._media(
+            model_name, lambda: obj.generate_music(request.prompt, **kwargs), cancel, "audio"
+        )
 
     async def generate_video(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
         kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"})
         obj = self.obj
-        return await self._media(lambda: obj.generate_video(request.prompt, **kwargs), cancel, "video")
+        return await self._media(
+            model_name, lambda: obj.generate_video(request.prompt, **kwargs), cancel, "video"
+        )
 
     async def transcribe(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
@@ -352,7 +366,7 @@ class LollmsClientBinding(Binding):
                 return obj.transcribe_audio(str(path), model=model_name, **kwargs)
 
         cancel.check()
-        text = await self._run(run)
+        text = await self._run(run, model=model_name)
         if not isinstance(text, str):
             raise BindingError(f"Binding '{self.instance_name}' returned no transcription.")
         return [MediaOutput("text", text, "text/plain")]
@@ -382,30 +396,3 @@ def _json(parameters: dict[str, Any]) -> str:
     import json
 
     return json.dumps(parameters, sort_keys=True, default=str)
-
-
-def _prompt_of(request: TextRequest) -> tuple[str, str, list[str]]:
-    """(prompt, system prompt, image data URLs) for ``generate_text``: one user turn as it is,
-    several as a ``!@>user:``/``!@>assistant:`` discussion."""
-    if request.prompt is not None:
-        return request.prompt, "", []
-    system: list[str] = []
-    turns: list[tuple[str, str]] = []
-    images: list[str] = []
-    for message in request.messages:
-        content = message.get("content")
-        text = content if isinstance(content, str) else ""
-        if isinstance(content, list):
-            for part in content:
-                if part.get("type") == "text":
-                    text += str(part.get("text", ""))
-                elif part.get("type") == "image_url":
-                    images.append(str((part.get("image_url") or {}).get("url", "")))
-        if message.get("role") == "system":
-            system.append(text)
-        else:
-            turns.append((str(message.get("role")), text))
-    if len(turns) == 1 and turns[0][0] == "user":
-        return turns[0][1], "\n".join(system), images
-    prompt = "".join(f"!@>{role}: {text}\n" for role, text in turns) + "!@>assistant: "
-    return prompt, "\n".join(system), images

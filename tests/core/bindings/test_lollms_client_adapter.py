@@ -104,3 +104,28 @@ def test_the_server_does_not_import_lollms_client_until_an_instance_starts() -> 
     code = "import sys, lollms_server.main; print('lollms_client' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert found.stdout.strip() == "False", found.stderr
+
+
+def test_prompts_for_bindings_without_generate_from_messages() -> None:
+    from lollms_server.core.bindings import TextRequest
+    from lollms_server.core.bindings.lollms_client_adapter.prompts import generation_kwargs, prompt_of
+
+    one = TextRequest(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    assert prompt_of(one) == ("Hi", "Be brief.", [])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    turns = TextRequest(
+        messages=[
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": [{"type": "text", "text": "And this?"}, image]},
+        ],
+        parameters={"max_tokens": 5, "top_k": 3, "stop": ["x"]},
+    )
+    prompt, system, images = prompt_of(turns)
+    assert prompt == "!@>user: Hello\n!@>assistant: Hi!\n!@>user: And this?\n!@>assistant: "
+    assert system == "" and images == ["data:image/png;base64,AAAA"]
+    assert generation_kwargs(turns) == {"stream": True, "think": False, "n_predict": 5, "top_k": 3}
+    raw = TextRequest(messages=[], prompt="raw text")
+    assert prompt_of(raw) == ("raw text", "", [])
