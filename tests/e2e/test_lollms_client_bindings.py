@@ -369,3 +369,37 @@ def test_leaving_a_dropped_in_stream_cancels_it(server: ServerProcess) -> None:
     )
     assert after.status_code == 200, after.text
     assert time.monotonic() - started < 25, "the abandoned generation kept the slot"
+
+
+def test_a_dropped_in_binding_in_a_worker_process_pool(tmp_path: Path, models_folder: Path) -> None:
+    """The worker process discovers and builds it the same way; commands and live settings need
+    an in-process pool (409 with the reason)."""
+    bindings_folder = dropped_bindings(tmp_path / "bindings")
+    with running_server(
+        tmp_path,
+        models_folder,
+        paths={"bindings_folder": str(bindings_folder)},
+        resource_manager={
+            "pools": {
+                "default": {"limit": 1, "queue_size": 16, "queue_timeout": 30},
+                "isolated": {"limit": 1, "queue_size": 8, "isolation": "process"},
+            }
+        },
+        bindings={"music": {"type": "lc_ttm_fake_ttm", "pool": "isolated"}},
+    ) as process:
+        body = {"generation_type": "ttm", "input_data": [prompt("a tune")], "binding_name": "music"}
+        music = generate(process, body)
+        assert music.status_code == 200, music.text
+        assert music.json()["output"][0]["mime_type"] == "audio/wav"
+        command = httpx.post(
+            process.url + "/api/v1/bindings/music/commands/describe_tone",
+            json={"parameters": {"prompt": "a"}},
+            headers=AUTH,
+        )
+        assert command.status_code == 409 and "process" in command.json()["error"]["message"]
+        settings = httpx.put(
+            process.url + "/api/v1/bindings/music/settings",
+            json={"settings": {"style": "loud"}},
+            headers=AUTH,
+        )
+        assert settings.status_code == 409
