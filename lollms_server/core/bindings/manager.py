@@ -160,7 +160,7 @@ class BindingManager:
         if is_lollms_client_card(card):
             from lollms_server.core.bindings.lollms_client_adapter.adapter import LollmsClientBinding
 
-            return LollmsClientBinding(instance.context())
+            return LollmsClientBinding(instance.context(), self.config.server.auto_install_requirements)
         if card.requirements and self.config.server.auto_install_requirements:
             self._install_requirements(card)
         module = self._import(card)

@@ -129,3 +129,22 @@ def test_prompts_for_bindings_without_generate_from_messages() -> None:
     assert generation_kwargs(turns) == {"stream": True, "think": False, "n_predict": 5, "top_k": 3}
     raw = TextRequest(messages=[], prompt="raw text")
     assert prompt_of(raw) == ("raw text", "", [])
+
+
+def test_without_auto_install_a_missing_package_is_an_error_not_a_pip_run(tmp_path: Path) -> None:
+    import pipmaster
+
+    from lollms_server.core.bindings.lollms_client_adapter.loading import construct
+
+    folder = tmp_path / "stt_bindings" / "needs_more"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(
+        "import pipmaster as pm\n"
+        "pm.ensure_packages(['lollms-test-surely-missing-pkg'])\n"
+        "import lollms_test_surely_missing_pkg\n"
+    )
+    card = discover_lollms_client_cards([tmp_path])["lc_stt_needs_more"]
+    original = pipmaster.ensure_packages
+    with pytest.raises(BindingError, match=r"missing a dependency \(lollms_test_surely_missing_pkg\)"):
+        construct(card, {}, auto_install=False)
+    assert pipmaster.ensure_packages is original

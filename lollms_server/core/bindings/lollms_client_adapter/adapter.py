@@ -46,8 +46,9 @@ _OURS_ONLY = {"stop", "system_message", "raw_prompt", "tool_choice", "output_for
 class LollmsClientBinding(Binding):
     """One instance of a lollms_client binding type (``lc_<modality>_<folder>``)."""
 
-    def __init__(self, context: BindingContext) -> None:
+    def __init__(self, context: BindingContext, auto_install: bool = True) -> None:
         super().__init__(context)
+        self.auto_install = auto_install
         self.modality: str = lollms_client_info(self.card)["modality"]
         self.model_name = context.default_model
         self.obj: Any = self._build(self.settings)
@@ -60,7 +61,7 @@ class LollmsClientBinding(Binding):
         system_dir = self.models_folder
         system_dir.mkdir(parents=True, exist_ok=True)
         kwargs = loading.constructor_kwargs(self.card, settings, model_name or self.model_name, system_dir)
-        return loading.construct(self.card, kwargs)
+        return loading.construct(self.card, kwargs, self.auto_install)
 
     async def apply_settings(self, settings: dict[str, Any]) -> None:
         """New settings: the object is rebuilt with them, as LollmsClient would."""

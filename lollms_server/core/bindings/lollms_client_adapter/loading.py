@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,34 @@ def base_class(modality: str) -> Any:
             f"{INSTALL_HINT}."
         ) from exc
     return getattr(module, class_name)
+
+
+_PIPMASTER_LOCK = threading.Lock()
+
+
+@contextmanager
+def installs_allowed(allowed: bool) -> Iterator[None]:
+    """While a lollms_client binding imports and starts: with ``allowed`` false
+    (``server.auto_install_requirements = false``), its ``pipmaster.ensure_packages`` calls only
+    check (pipmaster's dry run), so a missing package is a clear import error, not a pip run in
+    the server's interpreter."""
+    if allowed:
+        yield
+        return
+    import pipmaster
+
+    with _PIPMASTER_LOCK:
+        original = pipmaster.ensure_packages
+
+        def check_only(requirements: Any, *args: Any, **kwargs: Any) -> bool:
+            kwargs["dry_run"] = True
+            return bool(original(requirements, *args, **kwargs))
+
+        pipmaster.ensure_packages = check_only
+        try:
+            yield
+        finally:
+            pipmaster.ensure_packages = original
 
 
 def binding_class(card: BindingCard) -> type:
@@ -93,11 +124,19 @@ def constructor_kwargs(
     return kwargs
 
 
-def construct(card: BindingCard, kwargs: dict[str, Any]) -> Any:
-    """Import the class and build the object (blocking: run in a thread)."""
-    cls = binding_class(card)
-    try:
-        return cls(**kwargs)
-    except Exception as exc:
-        logger.exception("lollms_client binding %s failed to start", card.type_name)
-        raise BindingError(f"Binding type '{card.type_name}' failed to start: {type(exc).__name__}.") from exc
+def construct(card: BindingCard, kwargs: dict[str, Any], auto_install: bool = True) -> Any:
+    """Import the class and build the object (blocking: run in a thread); without
+    ``auto_install`` the binding's pipmaster calls only check (see ``installs_allowed``)."""
+    with installs_allowed(auto_install):
+        cls = binding_class(card)
+        try:
+            return cls(**kwargs)
+        except ImportError as exc:
+            raise BindingError(
+                f"Binding type '{card.type_name}' is missing a dependency ({exc.name or 'unknown'})."
+            ) from exc
+        except Exception as exc:
+            logger.exception("lollms_client binding %s failed to start", card.type_name)
+            raise BindingError(
+                f"Binding type '{card.type_name}' failed to start: {type(exc).__name__}."
+            ) from exc
