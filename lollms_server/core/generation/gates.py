@@ -1,5 +1,6 @@
 """Per-instance gates: generations pass while no settings change is pending; a settings change
-waits until the running generations of its instance have finished, and new ones wait for it."""
+waits until the running generations of its instance have finished, and newly admitted ones (with
+their pool slot) wait for it. Requests still queued for a slot do not hold a change back."""
 
 from __future__ import annotations
 

@@ -361,7 +361,6 @@ class GenerationService:
         """The key's quotas (429), then a slot of the target's pool with its model resident;
         returns the session and the end of the key's running count (and of the instance's gate:
         a settings change of the instance waits for it, see ``gates``)."""
-        leave_gate = await self.gates.of(target.name).enter()
         try:
             self.quotas.check(principal)
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
@@ -369,12 +368,13 @@ class GenerationService:
             with self.quotas.waiting(principal):
                 session = await self.pools.admit(target.instance, target.model, ticket, on_position)
         except (RateLimitError, ServiceUnavailableError) as exc:
-            leave_gate()
             if self.metrics is not None:
                 self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
             raise
+        try:  # with its slot, it waits while a settings change of its instance is applied
+            leave_gate = await self.gates.of(target.name).enter()
         except BaseException:
-            leave_gate()
+            await session.aclose()
             raise
         if self.metrics is not None:
             self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
