@@ -152,10 +152,17 @@ def test_speech_in_mp3_and_transcription(client: Any, server: ServerProcess, tmp
     wav_bytes = lc.llm.tts_generate("hello world", model="audio/tiny-vits", response_format="wav")
     with wave.open(io.BytesIO(wav_bytes)) as audio:
         assert audio.getnframes() > 0
-    for response_format, magic in (("flac", b"fLaC"), ("opus", b"OggS")):
+    for response_format, mime in (("flac", "audio/flac"), ("opus", "audio/ogg"), ("aac", "audio/aac")):
         body = {"model": "audio/tiny-vits", "input": "hi", "response_format": response_format}
         encoded = httpx.post(server.url + "/v1/audio/speech", json=body, headers=AUTH, timeout=120)
-        assert encoded.status_code == 200 and encoded.content[:4] == magic, encoded.text[:200]
+        assert encoded.status_code == 200, encoded.text[:200]
+        assert encoded.headers["content-type"] == mime
+        head = encoded.content[:4]
+        assert {
+            "flac": head == b"fLaC",
+            "opus": head == b"OggS",
+            "aac": head[0] == 0xFF and head[1] & 0xF6 == 0xF0,
+        }[response_format]
     path = tmp_path / "speech.wav"
     path.write_bytes(wav_bytes)
     text = lc.llm.transcribe_audio(str(path), model="audio/tiny-whisper")
