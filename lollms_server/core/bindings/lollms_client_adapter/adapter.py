@@ -32,7 +32,12 @@ from lollms_server.core.bindings.contract import (
 from lollms_server.core.bindings.lollms_client_adapter import loading
 from lollms_server.core.bindings.lollms_client_adapter.cards import lollms_client_info
 from lollms_server.core.bindings.lollms_client_adapter.prompts import generation_kwargs, prompt_of
-from lollms_server.core.bindings.lollms_client_adapter.results import checked, media_output
+from lollms_server.core.bindings.lollms_client_adapter.results import (
+    checked,
+    media_output,
+    parameters_json,
+    progress_from,
+)
 from lollms_server.core.bindings.text import StopTextBuffer
 from lollms_server.core.errors import BindingError, LollmsError
 from lollms_server.core.streams import wait_through_cancellation
@@ -92,18 +97,29 @@ class LollmsClientBinding(Binding):
             self.obj.config["model_name"] = model_name
 
     async def _run(
-        self, func: Callable[..., Any], *args: Any, model: str | None = None, **kwargs: Any
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        model: str | None = None,
+        cancel: CancelToken | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """A blocking call of the binding with ``model`` selected, one at a time (a lollms_client
-        object holds one model and one cancel flag); an exception becomes a BindingError."""
+        """A blocking call of the binding; with ``model``, that model selected and one such call
+        at a time (a lollms_client object holds one model and one cancel flag). A generation
+        (``cancel`` given) runs in the generation executor. An exception becomes a BindingError."""
 
         def call() -> Any:
+            if model is None:  # listings, commands: no model state involved
+                return func(*args, **kwargs)
             with self._lock:
                 self._select(model)
                 return func(*args, **kwargs)
 
         try:
-            result = await self.run_blocking(call)
+            if cancel is not None:
+                result = await self.run_cancellable(call, cancel)
+            else:
+                result = await self.run_blocking(call)
         except LollmsError:
             raise
         except Exception as exc:
@@ -277,7 +293,7 @@ class LollmsClientBinding(Binding):
         self, model_name: str, call: Callable[[], Any], cancel: CancelToken, expected: Any
     ) -> list[MediaOutput]:
         cancel.check()
-        result = await self._run(call, model=model_name)
+        result = await self._run(call, model=model_name, cancel=cancel)
         return [media_output(self.instance_name, expected, result)]
 
     async def generate_image(
@@ -287,7 +303,7 @@ class LollmsClientBinding(Binding):
         count = int(request.parameters.get("num_images", 1))
         kwargs.setdefault("width", 512)
         kwargs.setdefault("height", 512)
-        kwargs["metadata"] = {"parameters": _json(request.parameters)}
+        kwargs["metadata"] = {"parameters": parameters_json(request.parameters)}
         obj = self.obj
 
         own_generate = type(obj).generate is not loading.base_class("tti").generate
@@ -302,7 +318,7 @@ class LollmsClientBinding(Binding):
             ]
 
         cancel.check()
-        images = await self._run(run, model=model_name)
+        images = await self._run(run, model=model_name, cancel=cancel)
         if isinstance(images, bytes | bytearray):
             images = [images]
         return [media_output(self.instance_name, "image", image) for image in images or []]
@@ -311,7 +327,7 @@ class LollmsClientBinding(Binding):
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
         kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"})
-        kwargs["metadata"] = {"parameters": _json(request.parameters)}
+        kwargs["metadata"] = {"parameters": parameters_json(request.parameters)}
         images = [base64.b64encode(image).decode("ascii") for image in request.images]
         mask = base64.b64encode(request.mask).decode("ascii") if request.mask else None
         obj = self.obj
@@ -367,7 +383,7 @@ class LollmsClientBinding(Binding):
                 return obj.transcribe_audio(str(path), model=model_name, **kwargs)
 
         cancel.check()
-        text = await self._run(run, model=model_name)
+        text = await self._run(run, model=model_name, cancel=cancel)
         if not isinstance(text, str):
             raise BindingError(f"Binding '{self.instance_name}' returned no transcription.")
         return [MediaOutput("text", text, "text/plain")]
@@ -382,18 +398,7 @@ class LollmsClientBinding(Binding):
         kwargs = dict(parameters)
         try:
             if "progress_callback" in inspect.signature(method).parameters:
-                kwargs["progress_callback"] = lambda info: _progress_of(info, progress)
+                kwargs["progress_callback"] = lambda info: progress_from(info, progress)
         except (TypeError, ValueError):
             pass
         return await self._run(method, **kwargs)
-
-
-def _progress_of(info: Any, progress: Progress) -> None:
-    if isinstance(info, dict) and isinstance(info.get("completed"), int | float):
-        progress(int(info["completed"]), int(info.get("total") or 0))
-
-
-def _json(parameters: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(parameters, sort_keys=True, default=str)

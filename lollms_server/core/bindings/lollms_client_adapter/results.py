@@ -3,10 +3,11 @@ MediaOutput with a sniffed mime type."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal
 
-from lollms_server.core.bindings.contract import MediaOutput
+from lollms_server.core.bindings.contract import MediaOutput, Progress
 from lollms_server.core.errors import BindingError
 
 logger = logging.getLogger(__name__)
@@ -73,3 +74,15 @@ def media_output(instance: str, expected: MediaKind, data: Any) -> MediaOutput:
     if expected == "image" and kind != "image":
         raise BindingError(f"Binding '{instance}' returned {mime} instead of an image.")
     return MediaOutput(expected, bytes(data), mime)
+
+
+def parameters_json(parameters: dict[str, Any]) -> str:
+    """Our parameters as the ``parameters`` PNG chunk (lollms_client's ``process_image`` writes
+    the ``metadata`` it is given and drops the source image's own chunks)."""
+    return json.dumps(parameters, sort_keys=True, default=str)
+
+
+def progress_from(info: Any, progress: Progress) -> None:
+    """A command's ``progress_callback({status, completed, total})`` as our progress."""
+    if isinstance(info, dict) and isinstance(info.get("completed"), int | float):
+        progress(int(info["completed"]), int(info.get("total") or 0))
