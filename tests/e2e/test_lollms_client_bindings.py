@@ -287,6 +287,11 @@ def test_binding_errors_are_clean(server: ServerProcess) -> None:
         server, {"generation_type": "ttm", "input_data": [prompt("raise")], "binding_name": "music"}
     )
     assert raised.status_code == 500 and "secret internal detail" not in raised.text
+    leak = generate(
+        server, {"generation_type": "ttm", "input_data": [prompt("leak")], "binding_name": "music"}
+    )
+    assert leak.status_code == 500 and "very-secret-value" not in leak.text
+    assert "key ******** refused" in leak.json()["error"]["message"]
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200
 
 

@@ -84,6 +84,17 @@ class LollmsClientBinding(Binding):
             logger.debug("%s.%s failed", self.instance_name, name, exc_info=True)
             return default
 
+    def _checked(self, result: Any) -> Any:
+        """``result``, or a BindingError naming the binding's error without this instance's secrets."""
+        schema = self.card.instance_schema
+        secrets = [
+            str(v)
+            for k, v in self.settings.items()
+            if k in schema and schema[k].secret and k != "extra_kwargs"
+        ]
+        secrets += [str(v) for v in (self.settings.get("extra_kwargs") or {}).values() if isinstance(v, str)]
+        return checked(self.instance_name, result, tuple(s for s in secrets if len(s) >= 4))
+
     def _select(self, model_name: str | None) -> None:
         """Point the object at ``model_name`` (its ``load_model``, then ``model_name``); call it
         holding ``_lock``."""
@@ -91,7 +102,7 @@ class LollmsClientBinding(Binding):
             return
         loader = getattr(self.obj, "load_model", None)
         if loader is not None:
-            checked(self.instance_name, loader(model_name))
+            self._checked(loader(model_name))
         self.obj.model_name = model_name
         if isinstance(getattr(self.obj, "config", None), dict):
             self.obj.config["model_name"] = model_name
@@ -125,7 +136,7 @@ class LollmsClientBinding(Binding):
         except Exception as exc:
             logger.exception("lollms_client binding %s failed", self.instance_name)
             raise BindingError(f"Binding '{self.instance_name}' failed ({type(exc).__name__}).") from exc
-        return checked(self.instance_name, result)
+        return self._checked(result)
 
     # ---- model lifecycle --------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
@@ -257,7 +268,7 @@ class LollmsClientBinding(Binding):
             except Exception as exc:
                 logger.exception("lollms_client binding %s failed", self.instance_name)
                 raise BindingError(f"Binding '{self.instance_name}' failed ({type(exc).__name__}).") from exc
-            checked(self.instance_name, result)
+            self._checked(result)
             if not streamed and isinstance(result, str) and result:  # it ignored stream=True
                 yield result
         finally:
@@ -310,12 +321,9 @@ class LollmsClientBinding(Binding):
 
         def run() -> Any:
             if own_generate:  # an omni binding: n images from one call
-                result = checked(self.instance_name, obj.generate(request.prompt, n=count, **kwargs))
+                result = self._checked(obj.generate(request.prompt, n=count, **kwargs))
                 return result.get("images") if isinstance(result, dict) else result
-            return [
-                checked(self.instance_name, obj.generate_image(request.prompt, **kwargs))
-                for _ in range(count)
-            ]
+            return [self._checked(obj.generate_image(request.prompt, **kwargs)) for _ in range(count)]
 
         cancel.check()
         images = await self._run(run, model=model_name, cancel=cancel)

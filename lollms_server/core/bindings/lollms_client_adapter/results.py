@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from lollms_server.core.bindings.contract import MediaOutput, Progress
 from lollms_server.core.errors import BindingError
+from lollms_server.utils.paths import without_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,16 @@ def failure_message(result: Any) -> str | None:
     return None
 
 
-def checked(instance: str, result: Any) -> Any:
-    """``result``, or a clean BindingError when it is an error dict (details go to the log)."""
+def checked(instance: str, result: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """``result``, or a clean BindingError when it is an error dict: its message without the
+    instance's ``secrets`` nor URL credentials (the whole message goes to the log)."""
     message = failure_message(result)
     if message is not None:
         logger.warning("lollms_client binding %s reported: %s", instance, message[:500])
-        raise BindingError(f"Binding '{instance}' failed: {message[:200]}")
+        shown = without_userinfo(message[:200])
+        for secret in secrets:
+            shown = shown.replace(secret, "********")
+        raise BindingError(f"Binding '{instance}' failed: {shown}")
     return result
 
 
