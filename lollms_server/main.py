@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from lollms_server import __version__
+from lollms_server.api.binding_admin import router as binding_admin_router
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
+from lollms_server.api.lollms_v1 import router as lollms_v1_router
 from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
 from lollms_server.api.models_routes import router as models_router
 from lollms_server.api.ollama_compat import OllamaErrorShape
@@ -111,6 +113,8 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ollama_router)  # /api/chat, /api/tags...: beside /api/v1, never over it
     app.include_router(models_router)
+    app.include_router(lollms_v1_router)  # /lollms/v1 helpers for lollms_client
+    app.include_router(binding_admin_router)  # /api/v1/bindings/{instance}/commands|settings
     if pool_worker:
         from lollms_server.api.pool_rpc import router as pool_rpc_router
 

@@ -47,5 +47,16 @@ case ",$EXTRAS," in
         fi ;;
 esac
 
+# lollms_client: the pinned package without its heavy optional dependencies (pymupdf4llm pulls
+# onnxruntime), then what its bindings need (the list of the lollms_client extra in pyproject.toml)
+case ",$EXTRAS," in
+    *,lollms_client,*)
+        EXTRAS="$(echo ",$EXTRAS," | sed 's/,lollms_client,/,/g; s/^,//; s/,$//')"
+        echo ">> installing lollms-client==1.21.1 (--no-deps) and its bindings' dependencies"
+        "$PY" -m pip install --quiet --no-deps "lollms-client==1.21.1"
+        "$PY" -m pip install --quiet "openai>=2.32" tiktoken httpx requests "ascii-colors>=0.13.0" \
+            "pipmaster>=1.2.0" pyyaml pydantic numpy pillow sqlalchemy jsonschema filelock ;;
+esac
+
 echo ">> installing lollms_server[$EXTRAS]"
-"$PY" -m pip install --quiet -e ".[$EXTRAS]"
+"$PY" -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"

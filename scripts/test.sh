@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${LOLLMS_VENV:-.venv}"
 
-scripts/install.sh "${LOLLMS_TEST_EXTRAS:-all,distributed,dev}"
+scripts/install.sh "${LOLLMS_TEST_EXTRAS:-all,distributed,dev,lollms_client}"
 export OMP_WAIT_POLICY=passive HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 echo ">> ruff"

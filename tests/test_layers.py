@@ -42,6 +42,8 @@ FORBIDDEN = [
     ("lollms_server.api.ollama_compat", "lollms_server.core.pools"),
     ("lollms_server.api.ollama_compat", "lollms_server.core.resource_manager"),
     ("lollms_server.api.openai_compat", "lollms_server.api.ollama_compat"),
+    # the lollms_client adapter is created by the manager, never the other way round
+    ("lollms_server.core.bindings.lollms_client_adapter", "lollms_server.core.bindings.manager"),
 ]
 # re-exporting modules of public import paths: their import is the re-export itself
 SHIMS = {"lollms_server.core.errors", "lollms_server.core.torch_models"}

@@ -369,6 +369,24 @@ class PersonalityOverride(BaseModel):
     enabled: bool = Field(True, description="Set false to hide this personality.")
 
 
+class ProvenanceConfig(StrictModel):
+    """``[provenance]``: what every image output carries (one step, whatever the binding)."""
+
+    metadata: bool = Field(
+        True, description="Write PNG text chunks: software, binding, model, seed and all parameters."
+    )
+    watermark_image: Path | None = Field(None, description="Image (PNG with alpha) pasted on every image.")
+    watermark_position: Literal["bottom-right", "bottom-left", "top-right", "top-left", "center"] = Field(
+        "bottom-right", description="Where the watermark goes."
+    )
+    watermark_scale: float = Field(
+        0.2, gt=0, le=1, description="Watermark width as a fraction of the image's."
+    )
+    watermark_opacity: float = Field(
+        0.5, ge=0, le=1, description="Watermark opacity (0 invisible, 1 opaque)."
+    )
+
+
 class AppConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging settings.")
@@ -394,6 +412,9 @@ class AppConfig(StrictModel):
     )
     personalities_config: dict[str, PersonalityOverride] = Field(
         default_factory=dict, description="Per-personality switches and overrides."
+    )
+    provenance: ProvenanceConfig = Field(
+        default_factory=ProvenanceConfig, description="Metadata and watermark of image outputs."
     )
     config_path: Path | None = Field(None, exclude=True, description="File this config came from.")
 
@@ -438,6 +459,8 @@ class AppConfig(StrictModel):
         for pool in self.resource_manager.pools.values():
             if pool.venv is not None:
                 pool.venv = absolute(pool.venv)
+        if self.provenance.watermark_image is not None:
+            self.provenance.watermark_image = absolute(self.provenance.watermark_image)
 
     def check_references(self, source: str) -> None:
         pools = self.resource_manager.pools

@@ -15,11 +15,19 @@ MODEL_MANAGEMENT = {
     "/api/v1/models/pull",
     "/api/v1/models/pulls",
     "/api/v1/models/pulls/{pull_id}",
-    "/api/v1/models/{instance}/{model}",
+    "/api/v1/models/echo/{model}",  # {instance} -> echo (PATH_VALUES)
     "/api/pull",
     "/api/delete",
 }
-ADMIN_ONLY = {"/api/v1/status", "/api/v1/queue", "/metrics", *MODEL_MANAGEMENT}
+ADMIN_ONLY = {
+    "/api/v1/status",
+    "/api/v1/queue",
+    "/metrics",
+    "/api/v1/bindings/echo/commands",
+    "/api/v1/bindings/echo/commands/word_count",
+    "/api/v1/bindings/echo/settings",
+    *MODEL_MANAGEMENT,
+}
 BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/generate": {"prompt": "hello world", "binding_name": "echo", "model_name": "echo"},
     "/api/v1/tokenize": {"text": "hi", "binding_name": "echo", "model_name": "echo"},
@@ -37,6 +45,17 @@ BODIES: dict[str, dict[str, Any]] = {
     "/api/pull": {"model": "echo/owner/repo/file.gguf"},
     "/api/delete": {"model": "llm/absent.gguf"},
     "/api/v1/models/pull": {"binding": "echo", "ref": "owner/repo/file.gguf", "stream": False},
+    "/lollms/v1/tokenize": {"model": "echo/echo", "text": "hi"},
+    "/lollms/v1/detokenize": {"model": "echo/echo", "tokens": [104, 105]},
+    "/lollms/v1/context_size": {"model": "echo/echo"},
+    "/api/v1/bindings/echo/commands/word_count": {"parameters": {"text": "a b"}},
+    "/api/v1/bindings/echo/settings": {"settings": {"delay": 0.0}},
+}
+PATH_VALUES = {
+    "{binding_name}": "echo",
+    "{instance}": "echo",
+    "{command}": "word_count",
+    "{model_type}": "llm",
 }
 # routes whose success needs a media or embedding binding: with a good key they must pass
 # authentication and authorization (anything but 401/403); their behaviour is tested elsewhere
@@ -49,6 +68,7 @@ NEEDS_MEDIA = {
     "/api/embed",
     "/api/embeddings",
     *MODEL_MANAGEMENT,
+    "/lollms/v1/context_size",  # 404 for a binding that does not tell its context size
 }
 
 
@@ -57,7 +77,9 @@ def routes(app: Any) -> list[tuple[str, str]]:
     found = []
     for path, operations in app.openapi()["paths"].items():
         for method in operations:
-            found.append((method.upper(), path.replace("{binding_name}", "echo")))
+            for placeholder, value in PATH_VALUES.items():
+                path = path.replace(placeholder, value)
+            found.append((method.upper(), path))
     return found
 
 

@@ -80,6 +80,30 @@ class ImageGenerationRequest(OpenAIModel):
     response_format: Literal["b64_json", "url"] | None = None
     quality: str | None = None
     style: str | None = None
+    # extension fields (lollms_client's image bindings send them)
+    seed: int | None = Field(None, description="Seed of the generation (extension).")
+    negative_prompt: str | None = Field(None, max_length=32_000, description="What to avoid (extension).")
+    num_inference_steps: int | None = Field(None, ge=1, le=1000, description="Steps (extension).")
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="Guidance scale (extension).")
+
+    def extension_parameters(self) -> dict[str, Any]:
+        """The extension fields as native parameters (``num_inference_steps`` is ``steps``)."""
+        return image_extension_parameters(
+            self.seed, self.negative_prompt, self.num_inference_steps, self.guidance_scale
+        )
+
+
+def image_extension_parameters(
+    seed: int | None, negative_prompt: str | None, steps: int | None, guidance_scale: float | None
+) -> dict[str, Any]:
+    """Native parameters of the image extension fields that were sent."""
+    found = {
+        "seed": seed,
+        "negative_prompt": negative_prompt,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+    }
+    return {key: value for key, value in found.items() if value not in (None, "")}
 
 
 class SpeechRequest(OpenAIModel):

@@ -25,6 +25,7 @@ from lollms_server.api.openai_compat.protocol import (
     EmbeddingRequest,
     ImageGenerationRequest,
     SpeechRequest,
+    image_extension_parameters,
 )
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import BadRequestError, LollmsError
@@ -303,7 +304,11 @@ async def images_generations(
         generation_type="tti",
         binding_name=instance,
         model_name=model,
-        parameters={"num_images": body.n, **translate.size_parameters(body.size)},
+        parameters={
+            "num_images": body.n,
+            **translate.size_parameters(body.size),
+            **body.extension_parameters(),
+        },
     )
     response = await _generate(request, generation, native, principal, request_id)
     return translate.image_data(response.output, body.response_format, body.prompt)
@@ -322,8 +327,13 @@ async def images_edits(
     n: Annotated[int, Form(ge=1, le=10)] = 1,
     size: Annotated[str | None, Form(max_length=16)] = None,
     response_format: Annotated[str | None, Form(max_length=16)] = None,
+    seed: Annotated[int | None, Form(description="Extension.")] = None,
+    negative_prompt: Annotated[str | None, Form(max_length=32_000, description="Extension.")] = None,
+    num_inference_steps: Annotated[int | None, Form(ge=1, le=1000, description="Extension.")] = None,
+    guidance_scale: Annotated[float | None, Form(ge=0, le=100, description="Extension.")] = None,
 ) -> Any:
     instance, model_name = translate.split_model(model)
+    extension = image_extension_parameters(seed, negative_prompt, num_inference_steps, guidance_scale)
     inputs = [
         InputData(type="text", role="user_prompt", data=prompt),
         InputData(type="image", role="input_image", data=base64.b64encode(await image.read()).decode()),
@@ -338,7 +348,7 @@ async def images_edits(
         generation_type="i2i",
         binding_name=instance,
         model_name=model_name,
-        parameters={"num_images": n, **translate.size_parameters(size)},
+        parameters={"num_images": n, **translate.size_parameters(size), **extension},
     )
     response = await _generate(request, generation, native, principal, request_id)
     return translate.image_data(response.output, response_format, prompt)
@@ -355,8 +365,6 @@ async def audio_speech(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Response:
-    if body.response_format not in ("wav", "pcm"):
-        raise BadRequestError("response_format must be 'wav' or 'pcm'.", param="response_format")
     instance, model = translate.split_model(body.model)
     parameters: dict[str, Any] = {}
     if body.voice:
@@ -371,10 +379,10 @@ async def audio_speech(
     )
     response = await _generate(request, generation, native, principal, request_id)
     audio = next(output for output in response.output if output.type == "audio")
-    data = base64.b64decode(audio.data)
-    if body.response_format == "pcm":
-        return Response(translate.wav_to_pcm(data), media_type="audio/pcm")
-    return Response(data, media_type="audio/wav")
+    data, media_type = await translate.speech_bytes(
+        base64.b64decode(audio.data), audio.mime_type or "application/octet-stream", body.response_format
+    )
+    return Response(data, media_type=media_type)
 
 
 @router.post("/audio/transcriptions")

@@ -15,6 +15,8 @@ from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, Chat
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation.tools import tool_call_text, tool_result_text
 from lollms_server.core.types import InputData, OutputData, StreamChunk
+from lollms_server.utils.audio_encoding import encode_audio
+from lollms_server.utils.media import AUDIO_FORMATS, audio_format
 
 FINISH_REASONS = {"length": "length", "stop": "stop", "tool_calls": "tool_calls"}
 DONE = b"data: [DONE]\n\n"
@@ -262,6 +264,21 @@ def image_data(outputs: list[OutputData], response_format: str | None, prompt: s
         else:
             data.append({"b64_json": output.data, "revised_prompt": prompt})
     return {"created": int(time.time()), "data": data}
+
+
+async def speech_bytes(data: bytes, mime_type: str, response_format: str) -> tuple[bytes, str]:
+    """A binding's speech in the asked ``response_format``: WAV as is or as raw ``pcm``, other
+    formats encoded by the bundled ffmpeg (off the loop); audio already in that format as is;
+    output that is not audio (a binding's manifest) as it is, with its own mime type."""
+    found = audio_format(data)
+    if found is None:
+        return data, mime_type
+    if response_format == found:
+        return data, AUDIO_FORMATS.get(found, mime_type)
+    if response_format == "pcm":
+        wav = data if found == "wav" else (await encode_audio(data, "wav"))[0]
+        return wav_to_pcm(wav), "audio/pcm"
+    return await encode_audio(data, response_format)
 
 
 def wav_to_pcm(data: bytes) -> bytes:

@@ -8,6 +8,7 @@ bridges (:meth:`Binding.run_blocking`, :meth:`Binding.run_cancellable`,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,24 @@ class Binding:
 
     async def detokenize(self, model_name: str, tokens: list[int]) -> str:
         raise BadRequestError(f"Binding '{self.instance_name}' cannot detokenize.")
+
+    # ---- commands and runtime settings ------------------------------------
+    async def run_command(self, name: str, parameters: dict[str, Any], progress: Progress) -> Any:
+        """Run command ``name`` of the card's ``commands`` (the API allows declared names only,
+        with checked parameters): the method ``command_<name>``, awaited when it is async, else
+        run in a thread. Returns something JSON can carry."""
+        method = getattr(self, f"command_{name}", None)
+        if not callable(method):
+            raise BindingError(f"Binding '{self.instance_name}' does not implement command '{name}'.")
+        if inspect.iscoroutinefunction(method):
+            return await method(**parameters)
+        return await self.run_blocking(method, **parameters)
+
+    async def apply_settings(self, settings: dict[str, Any]) -> None:
+        """New validated settings, applied between generations (none of this instance runs).
+        A binding that builds clients or loads state from its settings at start overrides this."""
+        self.settings = dict(settings)
+        self.context.settings = dict(settings)
 
     # ---- helpers for subclasses -------------------------------------------
     def resolve_model_path(self, model_name: str, suffixes: tuple[str, ...] = ()) -> Path:

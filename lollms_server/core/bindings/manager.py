@@ -17,6 +17,11 @@ from typing import Any
 
 from lollms_server.core.bindings.base import Binding, BindingContext
 from lollms_server.core.bindings.cards import BindingCard, discover_cards, validate_settings
+from lollms_server.core.bindings.lollms_client_adapter import (
+    discover_lollms_client_cards,
+    is_lollms_client_card,
+    lollms_client_info,
+)
 from lollms_server.core.config import AppConfig, BindingInstanceConfig, DownloadsConfig
 from lollms_server.core.errors import BindingError, ConfigError, NotFoundError
 from lollms_server.core.types import GENERATION_KINDS
@@ -84,7 +89,9 @@ class BindingManager:
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
-        self.cards = discover_cards([config.paths.zoos_folder / "bindings", config.paths.bindings_folder])
+        roots = [config.paths.zoos_folder / "bindings", config.paths.bindings_folder]
+        self.cards = discover_cards(roots)
+        self.cards.update(discover_lollms_client_cards(roots))  # lc_<modality>_<folder> types
         self.instances: dict[str, BindingInstance] = {}
         for name, instance_config in config.bindings.items():
             self.instances[name] = self._configure(name, instance_config)
@@ -124,6 +131,9 @@ class BindingManager:
             raise ConfigError(
                 f"bindings.{name}.type: unknown binding type '{instance_config.type}' (known: {known})"
             )
+        if is_lollms_client_card(card) and instance_config.model_name is None:
+            default_model = lollms_client_info(card).get("default_model")  # description.yaml's
+            instance_config = instance_config.model_copy(update={"model_name": default_model})
         settings = validate_settings(name, card, instance_config.settings())
         models_folder = instance_config.models_folder or (
             self.config.paths.models_folder / (card.models_subfolder or card.type_name)
@@ -167,6 +177,10 @@ class BindingManager:
 
     def _create(self, instance: BindingInstance) -> Binding:
         card = instance.card
+        if is_lollms_client_card(card):
+            from lollms_server.core.bindings.lollms_client_adapter.adapter import LollmsClientBinding
+
+            return LollmsClientBinding(instance.context(), self.config.server.auto_install_requirements)
         if card.requirements and self.config.server.auto_install_requirements:
             self._install_requirements(card)
         module = self._import(card)

@@ -17,6 +17,7 @@ from lollms_server.core.bindings import (
     Progress,
     TextRequest,
 )
+from lollms_server.core.config import ProvenanceConfig
 from lollms_server.core.functions import FunctionSpec
 from lollms_server.core.generation.routing import Target
 from lollms_server.core.personalities import Personality
@@ -83,6 +84,8 @@ class Admission:
     """Counts generated tokens against the key's tokens_per_minute."""
     on_release: Callable[[], None] = lambda: None
     """Ends the key's running count (its max_concurrent)."""
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    """What every image output carries (``[provenance]``)."""
 
     @property
     def binding(self) -> Binding:

@@ -3,11 +3,13 @@ the metrics of a finished generation (one epilogue for answers and streams)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from lollms_server.core.bindings import MediaOutput, TextResult
 from lollms_server.core.errors import BindingError, LollmsError
 from lollms_server.core.generation.admission import Admission
+from lollms_server.core.generation.provenance import provenance_text, stamp_images
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.types import OutputData, StreamChunk
 from lollms_server.utils.media import encode_base64
@@ -35,10 +37,16 @@ def text_output(admission: Admission, result: TextResult) -> OutputData:
     return OutputData(type="text", data=result.text, mime_type="text/plain", metadata=metadata)
 
 
-def media_outputs(admission: Admission, outputs: list[MediaOutput]) -> list[OutputData]:
+async def media_outputs(admission: Admission, outputs: list[MediaOutput]) -> list[OutputData]:
+    """A media generation's outputs as API outputs; every image passes the provenance step
+    (text chunks, watermark: ``provenance``), in a thread."""
     if not outputs:
         raise BindingError(f"Binding '{admission.target.name}' returned no output.")
     metadata = _metadata(admission)
+    if any(output.type == "image" for output in outputs):
+        target = admission.target
+        text = provenance_text(target.name, target.model, admission.parameters)
+        outputs = await asyncio.to_thread(stamp_images, outputs, text, admission.provenance)
     return [to_output_data(output, metadata) for output in outputs]
 
 

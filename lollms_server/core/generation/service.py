@@ -29,6 +29,7 @@ from lollms_server.core.errors import (
 from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
 from lollms_server.core.generation.first_use import DownloadWatch, ModelFetcher, await_model
+from lollms_server.core.generation.gates import InstanceGates
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
 from lollms_server.core.generation.outputs import media_outputs, record, text_output
 from lollms_server.core.generation.queued import QueuedStream
@@ -77,6 +78,7 @@ class GenerationService:
         self.model_fetcher: ModelFetcher | None = None
         """Starts or joins the pull of a missing model (``PullManager.for_first_use``), before
         admission: a first-use download holds no slot (see ``first_use``)."""
+        self.gates = InstanceGates(list(bindings.instances))
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
         """The request's personality, else the default one (404 for an unknown name)."""
@@ -149,7 +151,7 @@ class GenerationService:
         finally:
             await admission.release()
         if isinstance(job, MediaJob):
-            outputs = media_outputs(admission, media)
+            outputs = await media_outputs(admission, media)
             record(self.metrics, admission)
         else:
             outputs = [text_output(admission, result)]
@@ -378,6 +380,7 @@ class GenerationService:
             principal.name,
             on_tokens=lambda tokens: self.quotas.add_tokens(principal, tokens),
             on_release=ended,
+            provenance=self.config.provenance,
         )
 
     async def _admitted(
@@ -391,7 +394,8 @@ class GenerationService:
         """The key's quotas (429), the model's first-use download if it needs one (outside the
         pool: streamed, up to the generation timeout with ``on_download`` progress; else up to the
         pool's queue_timeout, then 503), then a slot of the target's pool with its model resident;
-        returns the session and the end of the key's running count."""
+        returns the session and the end of the key's running count (and of the instance's gate:
+        a settings change of the instance waits for it, see ``gates``)."""
         try:
             self.quotas.check(principal)
             wait = (
@@ -408,6 +412,17 @@ class GenerationService:
             if self.metrics is not None:
                 self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
             raise
+        try:  # with its slot, it waits while a settings change of its instance is applied
+            leave_gate = await self.gates.of(target.name).enter()
+        except BaseException:
+            await session.aclose()
+            raise
         if self.metrics is not None:
             self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
-        return session, self.quotas.started(principal)
+        stop_running = self.quotas.started(principal)
+
+        def ended() -> None:
+            stop_running()
+            leave_gate()
+
+        return session, ended

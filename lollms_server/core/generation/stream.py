@@ -160,6 +160,6 @@ class GenerationStream:
         finally:
             await items.aclose()
         self.timings.finished(started)
-        data = media_outputs(self.admission, outputs)
+        data = await media_outputs(self.admission, outputs)
         record(self.metrics, self.admission)
         yield final_chunk(data, self.request_id)

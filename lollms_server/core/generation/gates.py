@@ -1,0 +1,77 @@
+"""Per-instance gates: generations pass while no settings change is pending; a settings change
+waits until the running generations of its instance have finished, and newly admitted ones (with
+their pool slot) wait for it. Requests still queued for a slot do not hold a change back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+
+class InstanceGate:
+    """Many generations or one settings change (writer preference: a pending change stops new
+    generations from starting, so it cannot wait forever behind a busy instance)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._changing = False
+        self._condition = asyncio.Condition()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def enter(self) -> Callable[[], None]:
+        """Wait until no change is pending, count one generation in; returns its exit."""
+        async with self._condition:
+            await self._condition.wait_for(lambda: not self._changing)
+            self._running += 1
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self._running -= 1
+            if self._running == 0:
+                try:
+                    asyncio.get_running_loop().create_task(self._notify())
+                except RuntimeError:  # no loop: nothing can be waiting on this gate
+                    pass
+
+        return leave
+
+    async def _notify(self) -> None:
+        async with self._condition:
+            self._condition.notify_all()
+
+    @asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """Hold the instance while its settings change: after its running generations, before new ones."""
+        async with self._condition:
+            await self._condition.wait_for(lambda: not self._changing)
+            self._changing = True
+            try:
+                await self._condition.wait_for(lambda: self._running == 0)
+            except BaseException:
+                self._changing = False
+                self._condition.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._changing = False
+                self._condition.notify_all()
+
+
+class InstanceGates:
+    """One gate per configured instance (the names come from the config: bounded)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._gates = {name: InstanceGate() for name in names}
+
+    def of(self, name: str) -> InstanceGate:
+        return self._gates.setdefault(name, InstanceGate())

@@ -1,0 +1,150 @@
+"""Cards of lollms_client binding folders (copied at test time out of the installed package),
+the constructor arguments LollmsClient would pass, and the errors of a folder that is not one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lollms_server.core.bindings.cards import validate_settings
+from lollms_server.core.bindings.lollms_client_adapter.cards import discover_lollms_client_cards
+from lollms_server.core.bindings.lollms_client_adapter.loading import binding_class, constructor_kwargs
+from lollms_server.core.bindings.lollms_client_adapter.results import checked, sniff
+from lollms_server.core.errors import BindingError, ConfigError
+
+lollms_client = pytest.importorskip("lollms_client")
+PACKAGE = Path(lollms_client.__file__).parent
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for family, name in (
+        ("tti_bindings", "openai"),
+        ("tti_bindings", "leonardo_ai"),
+        ("llm_bindings", "lollms"),
+        ("tts_bindings", "canvas_tts"),
+    ):
+        shutil.copytree(PACKAGE / family / name, tmp_path / family / name)
+    (tmp_path / "tts_bindings" / "no_code").mkdir()  # description only: skipped
+    (tmp_path / "tts_bindings" / "no_code" / "description.yaml").write_text("title: x\n")
+    (tmp_path / "rag_bindings" / "safe").mkdir(parents=True)  # not a modality we serve
+    (tmp_path / "rag_bindings" / "safe" / "__init__.py").write_text("")
+    return tmp_path
+
+
+def test_cards_from_the_two_description_formats(root: Path) -> None:
+    cards = discover_lollms_client_cards([root])
+    assert sorted(cards) == ["lc_llm_lollms", "lc_tti_leonardo_ai", "lc_tti_openai", "lc_tts_canvas_tts"]
+    openai = cards["lc_tti_openai"]
+    assert openai.generation_types == ["tti", "i2i"] and not openai.supports_streaming
+    assert openai.instance_schema["service_key"].secret
+    assert openai.instance_schema["size"].options is not None
+    assert "model_name" not in openai.instance_schema
+    assert [command["name"] for command in openai.commands] == ["list_models", "get_credits", "list_services"]  # type: ignore[attr-defined]
+    assert openai.lollms_client["default_model"] == "gpt-image-1"  # type: ignore[attr-defined]
+    legacy = cards["lc_tti_leonardo_ai"]  # input_parameters
+    assert legacy.instance_schema["api_key"].secret
+    assert cards["lc_llm_lollms"].generation_types == ["ttt", "embed"]
+    assert cards["lc_llm_lollms"].supports_streaming
+    assert all(spec.default is None for key, spec in openai.instance_schema.items() if key != "extra_kwargs")
+
+
+def test_settings_are_validated_and_only_the_set_ones_reach_the_constructor(
+    root: Path, tmp_path: Path
+) -> None:
+    card = discover_lollms_client_cards([root])["lc_tti_openai"]
+    with pytest.raises(ConfigError, match="bindings.x.nope: unknown setting"):
+        validate_settings("x", card, {"nope": 1})
+    with pytest.raises(ConfigError, match="expected bool"):
+        validate_settings("x", card, {"verify_ssl_certificate": "yes"})
+    settings = validate_settings("x", card, {"service_key": "k", "extra_kwargs": {"port": 9}})
+    kwargs = constructor_kwargs(card, settings, "gpt-image-1", tmp_path)
+    assert kwargs == {
+        "service_key": "k",
+        "port": 9,
+        "model_name": "gpt-image-1",
+        "debug": False,
+        "wait_for_server": True,
+        "system_dir": str(tmp_path),
+        "cwd": str(tmp_path),
+    }
+    llm = discover_lollms_client_cards([root])["lc_llm_lollms"]
+    llm_kwargs = constructor_kwargs(llm, validate_settings("y", llm, {}), "echo/echo", tmp_path)
+    assert llm_kwargs["user_name"] == "user" and "wait_for_server" not in llm_kwargs
+
+
+def test_a_folder_whose_class_is_no_lollms_client_binding(tmp_path: Path) -> None:
+    folder = tmp_path / "ttm_bindings" / "impostor"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("BindingName = 'Impostor'\nclass Impostor:\n    pass\n")
+    card = discover_lollms_client_cards([tmp_path])["lc_ttm_impostor"]
+    with pytest.raises(BindingError, match="derived from lollms_client's LollmsTTMBinding"):
+        binding_class(card)
+
+
+def test_results_and_sniffing() -> None:
+    with pytest.raises(BindingError, match="quota exceeded"):
+        checked("x", {"status": False, "message": "quota exceeded"})
+    with pytest.raises(BindingError, match="boom"):
+        checked("x", {"error": "boom"})
+    assert checked("x", {"status": True, "value": 1}) == {"status": True, "value": 1}
+    assert sniff(b"RIFF\x00\x00\x00\x00WAVEfmt ")[1] == "audio/wav"
+    assert sniff(b"\x00\x00\x00\x18ftypisom")[1] == "video/mp4"
+    assert sniff(b"ID3\x03")[1] == "audio/mpeg"
+    assert sniff(b' {"a": 1}')[0] == "json"
+    assert sniff(b"\x01\x02")[0] is None
+
+
+def test_the_server_does_not_import_lollms_client_until_an_instance_starts() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, lollms_server.main; print('lollms_client' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip() == "False", found.stderr
+
+
+def test_prompts_for_bindings_without_generate_from_messages() -> None:
+    from lollms_server.core.bindings import TextRequest
+    from lollms_server.core.bindings.lollms_client_adapter.prompts import generation_kwargs, prompt_of
+
+    one = TextRequest(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    assert prompt_of(one) == ("Hi", "Be brief.", [])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    turns = TextRequest(
+        messages=[
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": [{"type": "text", "text": "And this?"}, image]},
+        ],
+        parameters={"max_tokens": 5, "top_k": 3, "stop": ["x"]},
+    )
+    prompt, system, images = prompt_of(turns)
+    assert prompt == "!@>user: Hello\n!@>assistant: Hi!\n!@>user: And this?\n!@>assistant: "
+    assert system == "" and images == ["data:image/png;base64,AAAA"]
+    assert generation_kwargs(turns) == {"stream": True, "think": False, "n_predict": 5, "top_k": 3}
+    raw = TextRequest(messages=[], prompt="raw text")
+    assert prompt_of(raw) == ("raw text", "", [])
+
+
+def test_without_auto_install_a_missing_package_is_an_error_not_a_pip_run(tmp_path: Path) -> None:
+    import pipmaster
+
+    from lollms_server.core.bindings.lollms_client_adapter.loading import construct
+
+    folder = tmp_path / "stt_bindings" / "needs_more"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(
+        "import pipmaster as pm\n"
+        "pm.ensure_packages(['lollms-test-surely-missing-pkg'])\n"
+        "import lollms_test_surely_missing_pkg\n"
+    )
+    card = discover_lollms_client_cards([tmp_path])["lc_stt_needs_more"]
+    original = pipmaster.ensure_packages
+    with pytest.raises(BindingError, match=r"missing a dependency \(lollms_test_surely_missing_pkg\)"):
+        construct(card, {}, auto_install=False)
+    assert pipmaster.ensure_packages is original
