@@ -59,9 +59,13 @@ class LoadedLlama:
         self.chat_formatter: Any = None  # built once from the model's chat template
 
 
-def with_parallel_context(llama: Any, parallel: int) -> None:
+FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.cpp's LLAMA_FLASH_ATTN_TYPE_*
+
+
+def with_batch_context(llama: Any, parallel: int, flash_attention: str) -> None:
     """Give ``llama`` a context of ``parallel`` sequences, each with the context size it was
-    created with (llama-cpp-python's constructor makes one sequence only)."""
+    created with, and llama.cpp's flash attention choice (llama-cpp-python's constructor makes one
+    sequence only and switches flash attention off)."""
     import numpy as np
     from llama_cpp import _internals, llama_context_params
 
@@ -70,7 +74,8 @@ def with_parallel_context(llama: Any, parallel: int) -> None:
     params.n_ctx = per_sequence * parallel
     params.n_seq_max = parallel
     params.kv_unified = False  # each sequence its own n_ctx cells: no request starves another
-    llama._ctx.close()  # the one-sequence context goes before the bigger one is made
+    params.flash_attn_type = FLASH_ATTENTION[flash_attention]
+    llama._ctx.close()  # the first context goes before the new one is made
     context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
     llama._stack.enter_context(contextlib.closing(context))
     llama._ctx, llama.context_params = context, params
@@ -177,8 +182,7 @@ class LlamaCppBinding(Binding):
         )
         parallel = max(1, int(settings["parallel"]))
         try:
-            if parallel > 1:
-                with_parallel_context(llama, parallel)
+            with_batch_context(llama, parallel, settings["flash_attention"])
             engine = BatchEngine(llama, parallel, settings["n_batch"])
         except BaseException:
             llama.close()
