@@ -26,6 +26,10 @@ def postgres_bin() -> Path | None:
 
 def missing_reason() -> str | None:
     """Why no PostgreSQL server can be started here, or None."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install lollms_server[postgres])"
     if postgres_bin() is None:
         return "PostgreSQL is not installed (apt-get install postgresql: /usr/lib/postgresql/*/bin/initdb)"
     if os.geteuid() == 0:
@@ -76,7 +80,9 @@ class PostgresServer:
         """A new empty database; returns its URL."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=lollms dbname=postgres", autocommit=True) as db:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=lollms dbname=postgres", autocommit=True
+        ) as db:
             db.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

@@ -82,6 +82,8 @@ class RunningJob:
         self.cancel_token = CancelToken()
         self.cancel_asked = False
         self.lost = False
+        self.marked = False
+        """The database says ``running`` (an attempt counted)."""
         self.work: asyncio.Future[GenerateResponse] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -106,6 +108,8 @@ class RunningJob:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
                 self.watch.entered.set()
+            if self.watch.started.is_set() and not self.marked:  # ended within a heartbeat tick
+                self.marked = await store.call(store.mark_running, job_id, self.runner.owner)
             if outcome is None:  # given back to the queue
                 await store.call(store.requeue, job_id, self.runner.owner)
                 return
@@ -192,11 +196,11 @@ class RunningJob:
         """Renew the lease, record progress and the start, and notice a cancel asked elsewhere."""
         runner, job_id = self.runner, self.job.id
         tick = min(0.5, runner.config.lease_seconds / 3)
-        marked, written = False, None
+        written = None
         while True:
             try:
-                if self.watch.started.is_set() and not marked:
-                    marked = await runner.store.call(runner.store.mark_running, job_id, runner.owner)
+                if self.watch.started.is_set() and not self.marked:
+                    self.marked = await runner.store.call(runner.store.mark_running, job_id, runner.owner)
                 progress = self.watch.latest if self.watch.latest != written else None
                 asked = await runner.store.call(
                     runner.store.heartbeat, job_id, runner.owner, runner.config.lease_seconds, progress
@@ -211,7 +215,7 @@ class RunningJob:
                     self.cancel()
             except SQLAlchemyError as exc:
                 logger.warning("Job %s: lease renewal failed (%s)", job_id, type(exc).__name__)
-            if marked or self.watch.started.is_set():
+            if self.marked or self.watch.started.is_set():
                 await asyncio.sleep(tick)
             else:
                 with suppress(asyncio.TimeoutError):
