@@ -18,7 +18,14 @@ from lollms_server.api.models import ERROR_RESPONSES, GenerateRequest, GenerateR
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.jobs import JobService
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {**ERROR_RESPONSES[404], "description": "No such job (or another key's job)"},
+    409: {**ERROR_RESPONSES[400], "description": "The job has not succeeded (no result yet)"},
+    413: {**ERROR_RESPONSES[413], "description": "The key's stored job results are full"},
+    429: {**ERROR_RESPONSES[400], "description": "The key has max_jobs_per_key unfinished jobs"},
+}
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=JOB_RESPONSES)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from lollms_server.api.deps import GenerateUser
-from lollms_server.api.jobs import JobsDep
+from lollms_server.api.jobs import JOB_RESPONSES, JobsDep
 from lollms_server.api.openai_compat.translate import size_parameters, split_model
 from lollms_server.core.errors import BadRequestError, NotFoundError
 from lollms_server.core.jobs import JobService
@@ -21,7 +21,7 @@ from lollms_server.core.jobs.store import JobRecord
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest
 
-router = APIRouter(prefix="/v1/videos", tags=["openai"])
+router = APIRouter(prefix="/v1/videos", tags=["openai"], responses=JOB_RESPONSES)
 
 VIDEO_FPS = 8
 STATUSES = {
@@ -108,7 +108,28 @@ async def video_object(jobs: JobService, job: JobRecord) -> dict[str, Any]:
     }
 
 
-@router.post("")
+CREATE_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        "prompt": {"type": "string", "minLength": 1, "maxLength": 32000},
+                        "model": {"type": "string", "maxLength": 512},
+                        "size": {"type": "string", "maxLength": 16, "example": "512x512"},
+                        "seconds": {"type": "string", "maxLength": 4, "example": "4"},
+                    },
+                }
+            }
+        },
+        "required": True,
+    }
+}
+
+
+@router.post("", openapi_extra=CREATE_BODY)
 async def create_video(request: Request, principal: GenerateUser, jobs: JobsDep) -> dict[str, Any]:
     """Start a video job (multipart form like OpenAI's, or JSON)."""
     generate, extra = _request(await _fields(request))
