@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import io
 import json
 import signal
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, GOOD_KEY, LIMITED_KEY, base_config
+from tests.conftest import ADMIN_KEY, AUTH, GOOD_KEY, LIMITED_KEY, base_config, media_instance
 from tests.e2e.sse import parse_events
 from tests.postgres import PostgresServer, missing_reason
 from tests.processes import ServerProcess, start_lollms
@@ -403,3 +404,30 @@ def test_video_jobs_with_the_openai_sdk(jobs_factory: Callable[..., Jobs]) -> No
         client.videos.retrieve(video.id)
     with pytest.raises(openai.BadRequestError):
         client.videos.create(prompt="", model="media")
+
+
+def test_a_job_on_a_real_tiny_diffusion_model(tmp_path: Path, media_models_folder: Path) -> None:
+    """The same life through the diffusers binding on the suite's tiny random-weight model."""
+    site = Jobs(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}", 1, 0.0)
+    site.config["bindings"]["images"] = {
+        **media_instance("diffusers_binding", media_models_folder),
+        "default_steps": 3,
+        "default_width": 64,
+        "default_height": 64,
+    }
+    site.config["defaults"].update(tti_binding="images", tti_model="tiny-sd")
+    try:
+        server = site.start()
+        job_id = site.submit(server, "a lighthouse", "tti", parameters={"seed": 7})
+        view = site.wait(server, job_id, finished, timeout=300)
+        assert view["status"] == "succeeded", view
+        raw = httpx.get(server.url + view["outputs"][0]["url"], headers=USER, timeout=30)
+        assert raw.headers["content-type"] == "image/png"
+        from PIL import Image
+
+        assert Image.open(io.BytesIO(raw.content)).size == (64, 64)
+        result = httpx.get(server.url + view["result_url"], headers=USER, timeout=30).json()
+        metadata = result["output"][0]["metadata"]
+        assert (metadata["binding"], metadata["model"], metadata["seed"]) == ("images", "tiny-sd", 7)
+    finally:
+        site.stop()

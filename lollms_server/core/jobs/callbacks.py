@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 def check_callback_url(url: str, allowed_hosts: list[str]) -> str:
     """``url`` when it is http(s) and names an allowed host (``host`` or ``host:port``), else 400."""
+    if any(ord(character) < 33 or ord(character) == 127 for character in url):
+        raise BadRequestError("callback_url may not hold spaces or control characters.", param="callback_url")
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
 
 EVENTS_POLL_SECONDS = 0.5
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def new_job_id(prefix: str = "job") -> str:
@@ -138,7 +140,7 @@ class JobService:
     # ---- reading ---------------------------------------------------------------------------
     async def find(self, principal: Principal, job_id: str) -> JobRecord:
         """The caller's job (any job for an admin key), else 404."""
-        job = await self.store.call(self.store.get, job_id) if len(job_id) <= 64 else None
+        job = await self.store.call(self.store.get, job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None or not _may_see(principal, job):
             raise NotFoundError("No such job.", param="job_id")
         return job

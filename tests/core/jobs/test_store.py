@@ -144,6 +144,7 @@ def test_callbacks_only_go_to_allowed_hosts() -> None:
         "ftp://hooks.example/",
         "http://user:pw@hooks.example/",
         "http://hooks.example.evil.example/",
+        "http://hooks.example/\x00",
     ):
         with pytest.raises(BadRequestError):
             check_callback_url(url, allowed)
