@@ -368,6 +368,22 @@ def test_kill_9_with_one_job_running_and_two_queued(jobs_factory: Callable[..., 
     assert all(view["attempts"] == 1 for view in views[1:])
 
 
+def test_a_graceful_stop_lets_the_running_job_finish_and_requeues_the_others(
+    jobs_factory: Callable[..., Jobs],
+) -> None:
+    site = jobs_factory(steps=20, step_seconds=0.1, retry_interrupted=False)
+    site.config["server"]["shutdown_grace_seconds"] = 60
+    server = site.start("first")
+    ids = [site.submit(server, f"job {index}") for index in range(2)]
+    site.wait(server, ids[0], lambda view: view["status"] == "running")
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(60)
+    restarted = site.start("second")
+    views = [site.wait(restarted, job_id, finished, timeout=60) for job_id in ids]
+    assert [(view["status"], view["attempts"]) for view in views] == [("succeeded", 1)] * 2, views
+    assert site.run_lines() == ["job 0", "job 1"]
+
+
 def test_two_servers_on_one_database_never_run_a_job_twice(jobs_factory: Callable[..., Jobs]) -> None:
     site = jobs_factory(steps=3, step_seconds=0.05)
     servers = [site.start("one"), site.start("two")]

@@ -272,14 +272,22 @@ class JobRunner:
         running.cancel()
         return True
 
-    async def close(self) -> None:
-        """Stop claiming; stop this process's jobs and let other servers (or the next start)
-        take them over at once (a running one counts as interrupted)."""
+    async def close(self, grace_seconds: float = 0.0) -> None:
+        """Stop claiming; jobs that have not started go back to the queue at once, running ones
+        get ``grace_seconds`` to finish; then the rest stop, and other servers (or the next
+        start) take them over at once (a running one counts as interrupted)."""
         self.closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        tasks = [running.task for running in self.active.values() if running.task is not None]
+        jobs = list(self.active.values())
+        running = {job.task for job in jobs if job.task is not None and job.watch.started.is_set()}
+        for job in jobs:
+            if job.task is not None and job.task not in running:
+                job.task.cancel()
+        if running and grace_seconds > 0:
+            await asyncio.wait(running, timeout=grace_seconds)
+        tasks = [job.task for job in jobs if job.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -77,7 +77,8 @@ class JobService:
         return service
 
     async def close(self) -> None:
-        await self.runner.close()
+        """Stop the runner (running jobs get ``server.shutdown_grace_seconds`` to finish)."""
+        await self.runner.close(self.config.server.shutdown_grace_seconds)
         for task in list(self._callbacks):
             task.cancel()
         await asyncio.gather(*self._callbacks, return_exceptions=True)
