@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import GOOD_KEY
+from tests.conftest import ADMIN_KEY, GOOD_KEY
 
 USER = {"X-API-Key": GOOD_KEY}
 
@@ -29,6 +29,9 @@ async def test_a_text_job_runs_and_its_output_is_plain_text(app_client: Any, tmp
         assert output.headers["content-type"].startswith("text/plain")
         result = (await client.get(f"/api/v1/jobs/{job_id}/result", headers=USER)).json()
         assert result["output"][0]["data"] == output.text and "hello jobs" in output.text
+        metrics = (await client.get("/metrics", headers={"X-API-Key": ADMIN_KEY})).text
+        assert 'lollms_jobs_total{event="submitted",generation_type="ttt"} 1.0' in metrics
+        assert 'lollms_jobs_total{event="succeeded",generation_type="ttt"} 1.0' in metrics
         bad = await client.get("/api/v1/jobs/..%2F..%2Fetc", headers=USER)
         assert bad.status_code == 404
     assert (tmp_path / "jobs.db").exists()

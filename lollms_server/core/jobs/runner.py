@@ -187,6 +187,8 @@ class RunningJob:
             if outcome.saved is not None:
                 await asyncio.to_thread(runner.results.remove, job_id)
             return
+        if runner.generation.metrics is not None:
+            runner.generation.metrics.observe_job(self.job.generation_type, outcome.status)
         if runner.on_finish is not None:
             finished = await runner.store.call(runner.store.get, job_id)
             if finished is not None:

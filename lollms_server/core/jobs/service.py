@@ -135,6 +135,8 @@ class JobService:
             attempts=0,
             cancel_requested=False,
         )
+        if self.generation.metrics is not None:
+            self.generation.metrics.observe_job(request.generation_type, "submitted")
         self.runner.wake()
         return job
 
