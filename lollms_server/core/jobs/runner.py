@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -47,17 +48,24 @@ class JobWatch(GenerationWatcher):
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self.entered = asyncio.Event()
         """The generation is in its pool's queue, or holds its slot, or has ended."""
         self.started = asyncio.Event()
         self.latest: tuple[int, int] | None = None
 
+    def _set(self, event: asyncio.Event) -> None:
+        if threading.get_ident() == self._thread:
+            event.set()
+        else:
+            self._loop.call_soon_threadsafe(event.set)
+
     def position(self, position: int, eta: float) -> None:
-        self._loop.call_soon_threadsafe(self.entered.set)
+        self._set(self.entered)
 
     def admitted(self) -> None:
-        self._loop.call_soon_threadsafe(self.entered.set)
-        self._loop.call_soon_threadsafe(self.started.set)
+        self._set(self.entered)
+        self._set(self.started)
 
     def progress(self, step: int, total: int) -> None:
         self.latest = (step, total)
@@ -116,6 +124,19 @@ class RunningJob:
             await self._record(outcome)
         except SQLAlchemyError:
             logger.exception("Job %s: the jobs database failed; its lease will expire", job_id)
+        except Exception:  # never leave a job to be claimed again and again
+            logger.exception("Job %s failed unexpectedly", job_id)
+            with suppress(Exception):
+                await store.call(
+                    store.finish,
+                    job_id,
+                    self.runner.owner,
+                    FAILED,
+                    self.runner.config.result_ttl_hours * 3600,
+                    error_type="internal_error",
+                    error_message="The job failed unexpectedly.",
+                    error_status=500,
+                )
         finally:
             self.runner.active.pop(job_id, None)
             self.runner.wake()
@@ -126,7 +147,12 @@ class RunningJob:
             return Outcome(
                 FAILED, None, "permission_error", "The job's API key is no longer configured.", 403
             )
-        request = GenerateRequest.model_validate_json(self.job.request_json)
+        try:
+            request = GenerateRequest.model_validate_json(self.job.request_json)
+        except ValueError:  # kept by an older version whose requests this one no longer takes
+            return Outcome(
+                FAILED, None, "invalid_request_error", "The stored request is no longer valid.", 400
+            )
         generation = self.runner.generation
         work = asyncio.ensure_future(
             generation.generate(request, principal, self.job.id, self.cancel_token, watch=self.watch)
@@ -152,7 +178,12 @@ class RunningJob:
             return Outcome(FAILED, None, "internal_error", "The job failed unexpectedly.", 500)
         if self.cancel_asked:
             return Outcome(CANCELLED, None, "cancelled", "The job was cancelled.", None)
-        saved = await asyncio.to_thread(self.runner.results.save, self.job.id, response)
+        try:
+            saved = await asyncio.to_thread(self.runner.results.save, self.job.id, response)
+        except OSError as exc:
+            logger.error("Job %s: its outputs could not be stored (%s)", self.job.id, exc)
+            await asyncio.to_thread(self.runner.results.remove, self.job.id)
+            return Outcome(FAILED, None, "internal_error", "The job's outputs could not be stored.", 500)
         _, stored = await self.runner.store.call(self.runner.store.usage, self.job.owner)
         allowed = self.runner.config.max_result_mb_per_key * 2**20
         if stored + saved.total_bytes > allowed:
