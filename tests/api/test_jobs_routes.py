@@ -4,6 +4,7 @@ tests/e2e/test_jobs.py): a text job through the scripted binding, and ``enabled 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,41 @@ async def test_disabled_jobs_serve_no_job_routes(app_client: Any, tmp_path: Path
             response = await client.request(method, path, json={"prompt": "x"}, headers=USER)
             assert response.status_code == 404, (method, path)
     assert not (tmp_path / "jobs.db").exists()
+
+
+async def wait_finished(client: Any, job_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        view: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}", headers=USER)).json()
+        if view["status"] not in ("queued", "running"):
+            return view
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+async def test_stored_results_are_bounded_per_key(app_client: Any) -> None:
+    async with app_client(jobs={"poll_seconds": 0.1, "max_result_mb_per_key": 0.001}) as client:
+        body = {"prompt": "x" * 2000, "binding_name": "echo", "model_name": "echo"}
+        too_big = (await client.post("/api/v1/jobs", json=body, headers=USER)).json()["job_id"]
+        view = await wait_finished(client, too_big)
+        assert view["status"] == "failed" and view["error"]["type"] == "payload_too_large", view
+        store = client.app.state.jobs.store
+        await store.call(
+            store.create,
+            id="job_filler",
+            owner="user",
+            source="native",
+            generation_type="tti",
+            request_json="{}",
+            extra_json="{}",
+            status="succeeded",
+            created_at=time.time(),
+            result_bytes=2**20,
+            attempts=1,
+            cancel_requested=False,
+        )
+        refused = await client.post("/api/v1/jobs", json={**body, "prompt": "small"}, headers=USER)
+        assert refused.status_code == 413 and refused.json()["error"]["type"] == "payload_too_large"
+        other = await client.post(
+            "/api/v1/jobs", json={**body, "prompt": "small"}, headers={"X-API-Key": ADMIN_KEY}
+        )
+        assert other.status_code == 202  # another key's results do not count
