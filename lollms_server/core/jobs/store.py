@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     or_,
@@ -247,7 +248,19 @@ class JobStore:
         SQLite runs one writer at a time)."""
         column = jobs_table.c
         now = time.time()
-        waiting = and_(column.status == QUEUED, column.cancel_requested.is_(False), _unleased(now))
+        # a server that died held its running job and the jobs queued behind it; their leases
+        # expire at slightly different times: the ones behind wait until the running one is
+        # back in the queue (or failed), so they keep their order
+        ahead = jobs_table.alias("ahead")
+        behind_a_dead_run = exists().where(
+            ahead.c.status == RUNNING, ahead.c.lease_owner == column.lease_owner, ahead.c.seq < column.seq
+        )
+        waiting = and_(
+            column.status == QUEUED,
+            column.cancel_requested.is_(False),
+            _unleased(now),
+            ~behind_a_dead_run,
+        )
         oldest = (
             select(column.seq).where(waiting).order_by(column.seq).limit(1).with_for_update(skip_locked=True)
         ).scalar_subquery()

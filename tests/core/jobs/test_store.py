@@ -89,6 +89,20 @@ def test_a_running_job_whose_lease_expired_runs_once_more_or_fails_interrupted(
     assert job is not None and (job.status, job.error_type, job.attempts) == ("failed", "interrupted", 2)
 
 
+def test_jobs_a_dead_server_held_keep_their_order_whatever_lease_expires_first(store: JobStore) -> None:
+    add(store, "job_0")
+    add(store, "job_1")
+    assert store.claim("dead", 0.6) is not None and store.mark_running("job_0", "dead")
+    assert store.claim("dead", 0.05) is not None  # queued behind job_0, its lease ends first
+    time.sleep(0.1)
+    assert store.recover(True, 60) == 0
+    assert store.claim("next", 30) is None  # job_1 waits for job_0 to be back in the queue
+    time.sleep(0.6)
+    assert store.recover(True, 60) == 1
+    first, second = store.claim("next", 30), store.claim("next", 30)
+    assert (first and first.id, second and second.id) == ("job_0", "job_1")
+
+
 def test_a_claimed_job_not_started_is_simply_claimed_again(store: JobStore) -> None:
     add(store, "job_0")
     assert store.claim("dead", 0.05) is not None
