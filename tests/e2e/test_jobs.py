@@ -81,7 +81,7 @@ class Jobs:
             jobs={
                 "database_url": database_url,
                 "jobs_folder": str(folder / "outputs"),
-                "lease_seconds": 2,
+                "lease_seconds": 4,  # short, for the restart tests; a busy 2-core CI box still renews it
                 "poll_seconds": 0.2,
                 **jobs,
             },
