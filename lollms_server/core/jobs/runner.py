@@ -283,10 +283,12 @@ class JobRunner:
         self.active: dict[str, RunningJob] = {}
         self._wake = asyncio.Event()
         self._busy_until = 0.0
+        self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.closing = False
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     def wake(self) -> None:
@@ -353,7 +355,10 @@ class JobRunner:
     async def _fill(self) -> None:
         """Claim jobs up to ``concurrency``, each once the previous one is in its queue."""
         while len(self.active) < self.config.concurrency and time.monotonic() >= self._busy_until:
-            job = await self.store.call(self.store.claim, self.owner, self.config.lease_seconds)
+            after_restart = time.monotonic() - self._started < self.config.lease_seconds
+            job = await self.store.call(
+                self.store.claim, self.owner, self.config.lease_seconds, after_restart=after_restart
+            )
             if job is None:
                 return
             running = RunningJob(self, job)

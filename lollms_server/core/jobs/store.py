@@ -241,25 +241,29 @@ class JobStore:
         return int(ahead) + 1
 
     # ---- the runner's side ---------------------------------------------------------------
-    def claim(self, owner: str, lease_seconds: float) -> JobRecord | None:
+    def claim(self, owner: str, lease_seconds: float, *, after_restart: bool = False) -> JobRecord | None:
         """The oldest queued job nobody holds, now held by ``owner``; None when there is none.
         One ``UPDATE ... RETURNING`` whose condition is checked again on the row it changes, so
         of two servers racing for a job one wins (PostgreSQL skips rows another claim locked;
-        SQLite runs one writer at a time)."""
+        SQLite runs one writer at a time).
+
+        Order across a crash: the jobs a dead server held behind its running job wait until that
+        job is back in the queue (their leases expire at slightly different times). With
+        ``after_restart`` (a server's first lease period, when a running job of another server
+        may be one that died with the previous process), no job behind a running one is taken."""
         column = jobs_table.c
         now = time.time()
-        # a server that died held its running job and the jobs queued behind it; their leases
-        # expire at slightly different times: the ones behind wait until the running one is
-        # back in the queue (or failed), so they keep their order
         ahead = jobs_table.alias("ahead")
-        behind_a_dead_run = exists().where(
-            ahead.c.status == RUNNING, ahead.c.lease_owner == column.lease_owner, ahead.c.seq < column.seq
-        )
+        running_ahead = and_(ahead.c.status == RUNNING, ahead.c.seq < column.seq)
+        if after_restart:
+            running_ahead = and_(running_ahead, ahead.c.lease_owner != owner)
+        else:
+            running_ahead = and_(running_ahead, ahead.c.lease_owner == column.lease_owner)
         waiting = and_(
             column.status == QUEUED,
             column.cancel_requested.is_(False),
             _unleased(now),
-            ~behind_a_dead_run,
+            ~exists().where(running_ahead),
         )
         oldest = (
             select(column.seq).where(waiting).order_by(column.seq).limit(1).with_for_update(skip_locked=True)

@@ -103,6 +103,19 @@ def test_jobs_a_dead_server_held_keep_their_order_whatever_lease_expires_first(s
     assert (first and first.id, second and second.id) == ("job_0", "job_1")
 
 
+def test_a_new_server_takes_no_job_behind_another_servers_running_one_in_its_first_lease(
+    store: JobStore,
+) -> None:
+    add(store, "job_0")
+    add(store, "job_1")  # never claimed: the old server died first
+    assert store.claim("old", 0.3) is not None and store.mark_running("job_0", "old")
+    assert store.claim("new", 30, after_restart=True) is None
+    assert store.claim("old", 30, after_restart=True) is not None  # its own running job is no reason
+    store.delete_many(["job_1"])
+    add(store, "job_2")
+    assert store.claim("other", 30) is not None  # a server up for a while takes it
+
+
 def test_a_claimed_job_not_started_is_simply_claimed_again(store: JobStore) -> None:
     add(store, "job_0")
     assert store.claim("dead", 0.05) is not None
