@@ -82,3 +82,15 @@ async def test_stored_results_are_bounded_per_key(app_client: Any) -> None:
             "/api/v1/jobs", json={**body, "prompt": "small"}, headers={"X-API-Key": ADMIN_KEY}
         )
         assert other.status_code == 202  # another key's results do not count
+
+
+async def test_a_database_that_cannot_be_used_fails_the_start_without_its_password(app_client: Any) -> None:
+    import pytest
+
+    from lollms_server.core.errors import ConfigError
+
+    url = "postgresql://lollms:s3cret-pw@127.0.0.1:1/jobs"
+    with pytest.raises(ConfigError) as failure:
+        async with app_client(jobs={"database_url": url}):
+            pass
+    assert "s3cret" not in str(failure.value) and "jobs.database_url" in str(failure.value)

@@ -17,8 +17,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from lollms_server.core.config import AppConfig
-from lollms_server.core.errors import ConflictError, NotFoundError, PayloadTooLargeError, RateLimitError
+from lollms_server.core.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+)
 from lollms_server.core.generation.media_inputs import check_inputs
 from lollms_server.core.generation.service import GenerationService
 from lollms_server.core.jobs.callbacks import check_callback_url, notify
@@ -69,9 +77,16 @@ class JobService:
         generation: GenerationService,
         principal_named: Callable[[str], Principal | None],
     ) -> JobService:
-        """Connect, create the schema if needed and start the runner."""
-        store = JobStore(config.jobs.database_url)
-        await store.call(store.create_schema)
+        """Connect, create the schema if needed and start the runner (a database that cannot be
+        used fails the start with a ConfigError that does not echo the URL and its password)."""
+        try:
+            store = JobStore(config.jobs.database_url)
+            await store.call(store.create_schema)
+        except (ImportError, ValueError, SQLAlchemyError) as exc:
+            raise ConfigError(
+                f"jobs.database_url: the jobs database cannot be used ({type(exc).__name__}); "
+                "postgresql:// needs lollms_server[postgres]"
+            ) from None
         service = cls(config, store, generation, principal_named)
         service.runner.start()
         return service
