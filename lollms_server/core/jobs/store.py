@@ -247,23 +247,24 @@ class JobStore:
         of two servers racing for a job one wins (PostgreSQL skips rows another claim locked;
         SQLite runs one writer at a time).
 
-        Order across a crash: the jobs a dead server held behind its running job wait until that
-        job is back in the queue (their leases expire at slightly different times). With
-        ``after_restart`` (a server's first lease period, when a running job of another server
-        may be one that died with the previous process), no job behind a running one is taken."""
+        Order across a crash: the leases of the jobs a dead server held expire at slightly
+        different times, so a job is not taken while an earlier one of the same holder is still
+        held (or running, waiting to be recovered). With ``after_restart`` (a server's first
+        lease period, when another server's jobs may be those of the process that died before
+        this one started), no job behind one held by another server is taken."""
         column = jobs_table.c
         now = time.time()
         ahead = jobs_table.alias("ahead")
-        running_ahead = and_(ahead.c.status == RUNNING, ahead.c.seq < column.seq)
+        unfinished = ahead.c.status.in_((QUEUED, RUNNING))
+        blocking = and_(unfinished, ahead.c.lease_owner == column.lease_owner)
         if after_restart:
-            running_ahead = and_(running_ahead, ahead.c.lease_owner != owner)
-        else:
-            running_ahead = and_(running_ahead, ahead.c.lease_owner == column.lease_owner)
+            held_elsewhere = and_(unfinished, ahead.c.lease_owner.is_not(None), ahead.c.lease_owner != owner)
+            blocking = or_(blocking, held_elsewhere)
         waiting = and_(
             column.status == QUEUED,
             column.cancel_requested.is_(False),
             _unleased(now),
-            ~exists().where(running_ahead),
+            ~exists().where(ahead.c.seq < column.seq, blocking),
         )
         oldest = (
             select(column.seq).where(waiting).order_by(column.seq).limit(1).with_for_update(skip_locked=True)

@@ -103,6 +103,18 @@ def test_jobs_a_dead_server_held_keep_their_order_whatever_lease_expires_first(s
     assert (first and first.id, second and second.id) == ("job_0", "job_1")
 
 
+def test_queued_jobs_a_dead_server_held_keep_their_order_when_their_leases_end_apart(store: JobStore) -> None:
+    add(store, "job_0")
+    add(store, "job_1")
+    assert store.claim("dead", 0.6) is not None
+    assert store.claim("dead", 0.05) is not None
+    time.sleep(0.1)
+    assert store.claim("next", 30) is None  # job_1's lease ended first; job_0 is still held
+    time.sleep(0.6)
+    first = store.claim("next", 30)
+    assert first is not None and first.id == "job_0"
+
+
 def test_a_new_server_takes_no_job_behind_another_servers_running_one_in_its_first_lease(
     store: JobStore,
 ) -> None:
