@@ -72,6 +72,11 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             host = pools.hosts[pool]
             assert isinstance(host, LocalPoolHost), "a pool worker runs its pool in process"
             app.state.leases = LeaseTable(host, config.resource_manager.generation_timeout)
+        jobs_enabled = config.jobs.enabled and not pool_worker
+        if jobs_enabled:  # durable async jobs: one runner per server process, leases in the database
+            from lollms_server.core.jobs import JobService
+
+            app.state.jobs = await JobService.open(config, app.state.generation, keys.principal_named)
         metrics.watch(pools.snapshot)
         app.state.pulls = pull_manager(config, bindings, pools)
         app.state.generation.model_fetcher = app.state.pulls.for_first_use
@@ -92,6 +97,8 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             await app.state.pulls.close()
             if pool_worker:
                 await app.state.leases.close_all()
+            if jobs_enabled:
+                await app.state.jobs.close()
             await pools.close()
 
     docs = config.server.docs
@@ -115,6 +122,12 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(models_router)
     app.include_router(lollms_v1_router)  # /lollms/v1 helpers for lollms_client
     app.include_router(binding_admin_router)  # /api/v1/bindings/{instance}/commands|settings
+    if config.jobs.enabled and not pool_worker:
+        from lollms_server.api.jobs import router as jobs_router
+        from lollms_server.api.openai_compat.videos import router as videos_router
+
+        app.include_router(jobs_router)
+        app.include_router(videos_router)
     if pool_worker:
         from lollms_server.api.pool_rpc import router as pool_rpc_router
 

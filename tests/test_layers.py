@@ -32,6 +32,16 @@ FORBIDDEN = [
     ("lollms_server.core.models", "lollms_server.core.pools"),
     ("lollms_server.core.bindings", "lollms_server.core.models"),
     ("lollms_server.core.pools", "lollms_server.core.models"),
+    # jobs sit on top of generation: nothing else in core knows them, and they reach pools only
+    # through GenerationService
+    ("lollms_server.core.generation", "lollms_server.core.jobs"),
+    ("lollms_server.core.pools", "lollms_server.core.jobs"),
+    ("lollms_server.core.bindings", "lollms_server.core.jobs"),
+    ("lollms_server.core.resource_manager", "lollms_server.core.jobs"),
+    ("lollms_server.core.scheduler", "lollms_server.core.jobs"),
+    ("lollms_server.core.jobs", "lollms_server.core.pools"),
+    ("lollms_server.core.jobs", "lollms_server.core.resource_manager"),
+    ("lollms_server.core.jobs", "lollms_server.core.scheduler"),
     ("lollms_server.utils", "lollms_server.core"),
     ("lollms_server.utils", "lollms_server.api"),
     ("lollms_server.errors", "lollms_server."),

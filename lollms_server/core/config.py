@@ -9,7 +9,7 @@ values are never echoed, so a secret cannot leak through an error message.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -342,6 +342,59 @@ class ClusterConfig(StrictModel):
         return self.pools.get(name) or ClusterPoolConfig()
 
 
+class JobsConfig(StrictModel):
+    """``[jobs]``: durable async jobs (``/api/v1/jobs``, ``/v1/videos``), kept in a database."""
+
+    enabled: bool = Field(True, description="Serve /api/v1/jobs and /v1/videos and run queued jobs.")
+    database_url: str = Field(
+        "sqlite:///jobs.db",
+        description="SQLAlchemy URL of the jobs database: sqlite:///file (relative to the config file's "
+        "folder) or postgresql://user:password@host/db (psycopg 3) for several gateway hosts.",
+    )
+    jobs_folder: Path = Field(Path("jobs"), description="Where job outputs are stored as files.")
+    result_ttl_hours: float = Field(
+        24.0, gt=0, description="Hours a finished job and its outputs are kept before cleanup."
+    )
+    max_jobs_per_key: int = Field(
+        100, ge=1, description="Queued and running jobs one API key may have at once (more: 429)."
+    )
+    max_result_mb_per_key: float = Field(
+        1024.0, gt=0, description="Stored results of one API key (more: new jobs get 413)."
+    )
+    allowed_callback_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a job's callback_url may name ('host' or 'host:port'); none by default.",
+    )
+    callback_timeout: float = Field(10.0, gt=0, description="Seconds a completion callback may take.")
+    retry_interrupted: bool = Field(
+        True,
+        description="A job that was running when its server stopped or crashed runs once more; "
+        "false: it fails with reason 'interrupted'.",
+    )
+    lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="A server holds each job it runs under a lease it renews; a lease not renewed for "
+        "this long (the server died) lets another server take the job.",
+    )
+    concurrency: int = Field(
+        4, ge=1, description="Jobs one server process holds at once (running or waiting in its pools)."
+    )
+    poll_seconds: float = Field(1.0, gt=0, description="Seconds between looks for new jobs in the database.")
+    cleanup_interval_seconds: float = Field(
+        60.0, gt=0, description="Seconds between removals of expired jobs and their outputs."
+    )
+
+    def resolve_paths(self, absolute: Callable[[Path], Path]) -> None:
+        """``jobs_folder`` and a relative SQLite file against the config file's folder."""
+        self.jobs_folder = absolute(self.jobs_folder)
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            file = self.database_url[len(prefix) :]
+            if file and file != ":memory:" and not file.startswith("/"):
+                self.database_url = prefix + str(absolute(Path(file)))
+
+
 class BindingInstanceConfig(BaseModel):
     """One ``[bindings.<instance>]`` table: common keys plus the type's own settings.
 
@@ -410,6 +463,7 @@ class AppConfig(StrictModel):
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="Scaling out: pools as Ray actors."
     )
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="Durable async jobs.")
     personalities_config: dict[str, PersonalityOverride] = Field(
         default_factory=dict, description="Per-personality switches and overrides."
     )
@@ -461,6 +515,7 @@ class AppConfig(StrictModel):
                 pool.venv = absolute(pool.venv)
         if self.provenance.watermark_image is not None:
             self.provenance.watermark_image = absolute(self.provenance.watermark_image)
+        self.jobs.resolve_paths(absolute)
 
     def check_references(self, source: str) -> None:
         pools = self.resource_manager.pools

@@ -123,6 +123,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.jobs = Counter(
+            "lollms_jobs",
+            "Async jobs by what happened to them here: submitted, succeeded, failed, cancelled.",
+            ["generation_type", "event"],
+            registry=self.registry,
+        )
+
+    def observe_job(self, generation_type: str, event: str) -> None:
+        self.jobs.labels(generation_type, event).inc()
+
     def observe_admission(self, pool: str, key: str, wait_seconds: float) -> None:
         self.queue_wait.labels(pool, key).observe(max(wait_seconds, 0.0))
 

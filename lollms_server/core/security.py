@@ -143,6 +143,13 @@ class KeyStore:
         anonymous = Principal(name=ANONYMOUS.name, scopes=frozenset(config.security.anonymous_scopes))
         return cls(entries, allow_anonymous, anonymous)
 
+    def principal_named(self, name: str) -> Principal | None:
+        """The Principal of the key called ``name`` (the anonymous one in anonymous mode), or
+        None: work accepted earlier runs as its key is configured now (async jobs)."""
+        if self.allow_anonymous:
+            return self.anonymous if name == self.anonymous.name else None
+        return next((principal for _, principal in self._entries if principal.name == name), None)
+
     @property
     def api_key_required(self) -> bool:
         return not self.allow_anonymous

@@ -54,6 +54,20 @@ QUEUED_STREAM_AFTER_SECONDS = 2.0
 admitted sooner keeps plain HTTP errors (a full queue, a short queue timeout: 503 + Retry-After)."""
 
 
+class GenerationWatcher:
+    """What a caller of :meth:`GenerationService.generate` may hear while it runs (the base class
+    ignores everything). ``progress`` may be called from a binding's thread."""
+
+    def position(self, position: int, eta: float) -> None:
+        """The request waits in its pool's queue at ``position`` (a slot in about ``eta`` s)."""
+
+    def admitted(self) -> None:
+        """The request holds its slot with the model resident: the generation starts."""
+
+    def progress(self, step: int, total: int) -> None:
+        """A media generation finished ``step`` of ``total`` steps."""
+
+
 class GenerationService:
     """Runs generations for the API; built once per app and kept on ``app.state``."""
 
@@ -119,9 +133,11 @@ class GenerationService:
         cancel: CancelToken,
         *,
         personalities: bool = True,
+        watch: GenerationWatcher | None = None,
     ) -> GenerateResponse:
         """Run one request to completion (the client leaving cancels it). ``personalities``
-        false: no personality at all, not even the default one (a workflow's sub-generations)."""
+        false: no personality at all, not even the default one (a workflow's sub-generations).
+        ``watch`` hears the queue position, the admission and the media progress (async jobs)."""
         personality = self.personality_of(request) if personalities else None
         if personality is not None and personality.scripted:
             runner = self._workflow(personality, request, principal, request_id, cancel)
@@ -132,14 +148,14 @@ class GenerationService:
                 output=outputs,
                 execution_time=round(time.monotonic() - runner.started, 6),
             )
-        admission = await self.admit(request, principal, personality)
+        watch = watch or GenerationWatcher()
+        admission = await self.admit(request, principal, personality, on_position=watch.position)
         job, timings = admission.job, admission.timings
         try:
+            watch.admitted()
             started = time.monotonic()
             if isinstance(job, MediaJob):
-                media = await self._bounded(
-                    admission.run_media(job.request, cancel, lambda step, total: None), cancel
-                )
+                media = await self._bounded(admission.run_media(job.request, cancel, watch.progress), cancel)
             elif job.tools:
                 loop = ToolLoop(admission, job, self.functions, self.config.functions.max_rounds, cancel)
                 result = await self._bounded(loop.run(), cancel)
