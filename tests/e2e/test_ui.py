@@ -405,10 +405,24 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
         keys = by_id(driver, "dashboard-keys").text
         assert "user" in keys and "limited" in keys
         assert by_id(driver, "dashboard-pulls").is_displayed()  # this server has the model-pull API
+        job = httpx.post(
+            server.url + "/api/v1/jobs",
+            json={
+                "binding_name": "echo",
+                "model_name": "echo",
+                "input_data": [{"type": "text", "role": "user_prompt", "data": "a job for later"}],
+            },
+            headers={"X-API-Key": ADMIN_KEY},
+            timeout=10,
+        )
+        assert job.status_code == 202, job.text
+        job_id = job.json()["job_id"]
+        wait_for(driver, lambda d: f"{job_id}: ttt queued" in by_id(d, "job-list").text)
         screenshot(driver, "dashboard")
     finally:
         holder.close()
     wait_for(driver, lambda d: pool_card(d, "default")["queue"] == "0 / 16")
+    wait_for(driver, lambda d: f"{job_id}: ttt succeeded" in by_id(d, "job-list").text)
 
 
 def test_the_chat_fits_a_phone_screen(driver: WebDriver, server: ServerProcess) -> None:

@@ -170,8 +170,14 @@ export class DashboardView {
     try {
       const answer = await api("/api/v1/jobs");
       $("dashboard-jobs").hidden = false;
-      const jobs = Array.isArray(answer) ? answer : answer.jobs || [];
-      $("job-list").replaceChildren(...jobs.map((job) => element("li", { text: `${job.id || job.job_id}: ${job.status || job.state || ""} ${job.generation_type || ""}` })));
+      // GET /api/v1/jobs: {object: "list", data: [{id, status, generation_type, queue_position, progress}]}
+      const jobs = Array.isArray(answer) ? answer : answer.data || [];
+      $("job-list").replaceChildren(...jobs.map((job) => {
+        const where = job.status === "queued" && job.queue_position ? ` (position ${job.queue_position})` : "";
+        const item = element("li", { text: `${job.id}: ${job.generation_type} ${job.status}${where}` });
+        if (job.progress) item.append(element("progress", { attrs: { max: job.progress.total, value: job.progress.step } }));
+        return item;
+      }));
     } catch (error) {
       if (absent(error)) {
         $("dashboard-jobs").hidden = true;
