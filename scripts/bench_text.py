@@ -4,7 +4,8 @@ On the same GGUF and prompt it measures time to first token (TTFT) and tokens/s 
   (a) ``llama_cpp.Llama`` called directly: streamed ``create_chat_completion`` (what an
       application would write) and the non-streamed call (no per-token work at all),
   (b) lollms_server's SSE stream (a real server process on 127.0.0.1),
-  (c) 8 concurrent SSE streams through lollms_server (one pool slot: served one after another),
+  (c) 8 concurrent SSE streams through lollms_server (decoded together: pool limit and the
+      instance's ``parallel`` set to ``--concurrent``),
   (d) llama-cpp-python's own OpenAI server as a peer, when ``llama-cpp-python[server]`` is installed,
 and prints the ratios against the direct calls. Without ``--model`` it builds the tiny random
 GGUF the tests use (per-token overhead dominates there, which is what this measures);
@@ -380,6 +381,10 @@ async def bench_prefix(url: str, model: str, runs: int) -> tuple[float, float]:
     return statistics.median(colds) * 1000, statistics.median(cacheds) * 1000
 
 
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads: int) -> None:
     n_ctx = 2048
     print(
@@ -400,10 +405,12 @@ def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads
         try:
             asyncio.run(bench_clients(url, model.name, 1, 8))  # warm-up (model load)
             rows = []
-            for clients in counts:
-                limit = batched_limit(model, clients, tokens, threads, n_ctx)
-                served = asyncio.run(bench_clients(url, model.name, clients, tokens))
-                rows.append((clients, served, limit))
+            for clients in counts:  # alternated runs, medians: this machine's noise hits both alike
+                limits, serveds = [], []
+                for _ in range(runs):
+                    limits.append(batched_limit(model, clients, tokens, threads, n_ctx))
+                    serveds.append(asyncio.run(bench_clients(url, model.name, clients, tokens)))
+                rows.append((clients, medians(serveds), medians(limits)))
             cold, cached = asyncio.run(bench_prefix(url, model.name, runs))
         finally:
             server.stop()
@@ -472,7 +479,18 @@ def main() -> None:
             model, args.tokens, args.runs, args.threads
         )
 
-        lollms = start_server(model, workdir, args.threads, args.isolation)
+        lollms = start_server(
+            model,
+            workdir,
+            args.threads,
+            args.isolation,
+            settings={"parallel": args.concurrent},
+            resource_manager={
+                "pools": {
+                    "default": {"limit": args.concurrent, "queue_size": 64, "isolation": args.isolation}
+                }
+            },
+        )
         url = lollms.url
         try:
             body = {

@@ -28,6 +28,7 @@ from lollms_server.core.bindings.contract import (
 from lollms_server.core.bindings.manager import BindingInstance, BindingManager
 from lollms_server.core.bindings.text import StopTextBuffer
 from lollms_server.core.bindings.threads import with_progress
+from lollms_server.core.streams import wait_through_cancellation
 from lollms_server.errors import BadRequestError, BindingError, NotFoundError, error_for_status
 from lollms_server.utils.media import png_bytes, wav_bytes
 from lollms_server.utils.paths import safe_join, without_userinfo
@@ -52,6 +53,7 @@ __all__ = [  # the public API bindings build on
     "error_for_status",
     "png_bytes",
     "safe_join",
+    "wait_through_cancellation",
     "wav_bytes",
     "without_userinfo",
     # for the server itself

@@ -9,6 +9,7 @@ high-level calls (forced chat formats, images, native tool calls) get the contex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -29,9 +30,10 @@ from lollms_server.core.bindings import (
     TextChunk,
     TextRequest,
     safe_join,
+    wait_through_cancellation,
 )
 
-from .batching import RANDOM_SEED, BatchEngine, Finished, Sampling, SequenceRequest
+from .batching import RANDOM_SEED, BatchEngine, Finished, LoopSink, Sampling, SequenceRequest
 from .structured import requested_grammar
 
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
@@ -279,12 +281,39 @@ class LlamaCppBinding(Binding):
         loaded = self._loaded(model_name)
         prompt_and_stops = self._prompt(loaded, request)
         if prompt_and_stops is None:  # a forced chat_format or images: llama-cpp-python's handlers
-            produce = self._handler_stream(loaded, request, cancel)
-        else:
-            prompt, template_stops = prompt_and_stops
-            produce = self._token_stream(loaded, request, prompt, template_stops, cancel)
-        async for chunk in self.stream_from_thread(produce, cancel):
+            async for chunk in self.stream_from_thread(self._handler_stream(loaded, request, cancel), cancel):
+                yield chunk
+            return
+        prompt, template_stops = prompt_and_stops
+        sequence = await self.run_blocking(self._sequence, loaded, request, prompt, template_stops, cancel)
+        async for chunk in self._engine_stream(loaded.engine, sequence):
             yield chunk
+
+    @staticmethod
+    async def _engine_stream(
+        engine: BatchEngine, sequence: SequenceRequest
+    ) -> AsyncGenerator[TextChunk, None]:
+        """The request as one sequence of the model's batch engine; its events come to this loop
+        once per decode step. A consumer that leaves ends the sequence at the next step, and is
+        let go once the engine has dropped it."""
+        sink = LoopSink(asyncio.get_running_loop())
+        engine.submit(sequence, sink)
+        try:
+            while True:
+                event = await sink.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, Finished):
+                    if event.reason == "cancelled":
+                        raise GenerationCancelled()
+                    yield TextChunk("", event.reason, event.usage, {"sequence_timings": event.timings})
+                    return
+                if event:
+                    yield TextChunk(event)
+        finally:
+            if not sink.ended.is_set():
+                sequence.cancelled.set()
+                await wait_through_cancellation(asyncio.ensure_future(sink.ended.wait()))
 
     def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[str, list[str]] | None:
         """The prompt text through the model's own chat template (None: let a handler do it)."""
@@ -309,29 +338,6 @@ class LlamaCppBinding(Binding):
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         )
         return formatted.prompt, [stop for stop in stops if stop]
-
-    def _token_stream(
-        self,
-        loaded: LoadedLlama,
-        request: TextRequest,
-        prompt: str,
-        template_stops: list[str],
-        cancel: CancelToken,
-    ) -> Callable[[], Iterator[TextChunk]]:
-        """The request as one sequence of the model's batch engine."""
-
-        def produce() -> Iterator[TextChunk]:
-            engine = loaded.engine
-            sequence = self._sequence(loaded, request, prompt, template_stops, cancel)
-            for event in engine.generate(sequence):
-                if isinstance(event, Finished):
-                    if event.reason == "cancelled":
-                        raise GenerationCancelled()
-                    yield TextChunk("", event.reason, event.usage, {"sequence_timings": event.timings})
-                elif event:
-                    yield TextChunk(event)
-
-        return produce
 
     def _sequence(
         self,

@@ -24,10 +24,10 @@ high-level calls: forced chat formats, vision, native tool calls).
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import ctypes
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -86,6 +86,36 @@ class Finished:
     reason: str  # "stop" | "length" | "cancelled"
     usage: dict[str, int]
     timings: dict[str, float]  # wall-clock (time.time()) instants of the server side
+
+
+class EventSink:
+    """Where one sequence's events go: its text pieces, then a :class:`Finished` or the exception
+    that failed it. The engine hands over each step's events at once, after the step's sampling."""
+
+    def deliver(self, events: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class LoopSink(EventSink):
+    """Events for a coroutine on an asyncio loop: one ``call_soon_threadsafe`` per loop and step,
+    whatever the number of sequences (no thread per request, no GIL ping-pong with the decode
+    thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.ended = asyncio.Event()  # set on the loop once the engine is done with the sequence
+
+    def deliver(self, events: list[Any]) -> None:  # on the loop
+        for event in events:
+            self.queue.put_nowait(event)
+            if isinstance(event, (Finished, BaseException)):
+                self.ended.set()
+
+
+def deliver_on_loop(batch: list[tuple[LoopSink, list[Any]]]) -> None:
+    for sink, events in batch:
+        sink.deliver(events)
 
 
 class SamplerChain:
@@ -152,9 +182,10 @@ def check_grammar(vocab: Any, grammar: str) -> None:
 class Sequence:
     """The engine's state for one request."""
 
-    def __init__(self, request: SequenceRequest, events: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, request: SequenceRequest, sink: EventSink) -> None:
         self.request = request
-        self.events = events
+        self.sink = sink
+        self.outbox: list[Any] = []  # this step's events, handed over by ``BatchEngine._flush``
         self.slot: Slot | None = None
         self.sampler: SamplerChain | None = None
         self.pending: deque[int] = deque()  # prompt tokens still to decode
@@ -215,27 +246,21 @@ class BatchEngine:
             if token >= 0
         ]
         self._piece = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes (a vocabulary never changes)
+        self._eog: dict[int, bool] = {}
+        self._finished: list[Sequence] = []  # ended since the last flush
         self.thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self.thread.start()
 
     # ---- the caller's side (any thread) -------------------------------------------
-    def generate(self, request: SequenceRequest) -> Iterator[str | Finished]:
-        """Queue ``request``; yield its text pieces as they come, then its :class:`Finished`.
-        Raises what failed it. Blocks between items: run it in a worker thread."""
-        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        sequence = Sequence(request, events)
+    def submit(self, request: SequenceRequest, sink: EventSink) -> None:
+        """Queue ``request``; its events go to ``sink`` (any thread may call this)."""
+        sequence = Sequence(request, sink)
         with self.condition:
             if self.closed:
                 raise RuntimeError("The model was unloaded.")
             self.waiting.append(sequence)
             self.condition.notify_all()
-        while True:
-            event = events.get()
-            if isinstance(event, BaseException):
-                raise event
-            yield event
-            if isinstance(event, Finished):
-                return
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -297,6 +322,7 @@ class BatchEngine:
                     self._end(sequence, error=exc)
                 self._clear_cache()
             finally:
+                self._flush()
                 with self.condition:
                     self._busy_thread = False
                     self.condition.notify_all()
@@ -305,6 +331,7 @@ class BatchEngine:
             for sequence in [*self.active, *self.waiting]:
                 self._end(sequence, error=error)
             self.waiting.clear()
+            self._flush()
 
     def _admit(self) -> bool:
         """Move waiting requests into free slots (under the condition); True when there is work."""
@@ -321,6 +348,7 @@ class BatchEngine:
                     self._place(sequence, free)
                 except Exception as exc:  # noqa: BLE001 - a bad grammar fails only its request
                     self._end(sequence, error=exc)
+            self._flush()
         return bool(self.active) and not self.exclusive_held
 
     def _place(self, sequence: Sequence, free: list[Slot]) -> None:
@@ -400,13 +428,16 @@ class BatchEngine:
         assert sequence.sampler is not None and sequence.slot is not None
         token = sequence.sampler.sample(self.ctx, index)
         sequence.timings.setdefault("first_token", now)
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        end = self._eog.get(token)
+        if end is None:
+            end = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        if end:
             self._end(sequence, reason="stop")
             return
         sequence.produced += 1
         piece, stopped = sequence.text.push(sequence.decoder.decode(self._token_bytes(token)))
         if piece:
-            sequence.events.put(piece)
+            sequence.outbox.append(piece)
         if stopped:
             self._end(sequence, reason="stop")
         elif sequence.produced >= sequence.request.max_tokens or len(sequence.slot.tokens) >= self.n_ctx_seq:
@@ -415,11 +446,15 @@ class BatchEngine:
             sequence.next_token = token
 
     def _token_bytes(self, token: int) -> bytes:
+        known = self._pieces.get(token)
+        if known is not None:
+            return known
         size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         if size < 0:  # a piece longer than the buffer
             self._piece = ctypes.create_string_buffer(-size)
             size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
-        return self._piece.raw[:size]
+        piece = self._pieces[token] = self._piece.raw[:size]
+        return piece
 
     def _end(self, sequence: Sequence, *, reason: str = "stop", error: BaseException | None = None) -> None:
         slot = sequence.slot
@@ -435,20 +470,42 @@ class BatchEngine:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                 slot.tokens.clear()
         if error is not None:
-            sequence.events.put(error)
+            sequence.outbox.append(error)
+            self._finished.append(sequence)
             return
         if reason == "length":
             tail, _ = sequence.text.push(sequence.decoder.decode(b"", final=True))
             tail += sequence.text.flush()
             if tail:
-                sequence.events.put(tail)
+                sequence.outbox.append(tail)
         sequence.timings["finished"] = time.time()
         usage = {
             "prompt_tokens": len(sequence.request.tokens),
             "completion_tokens": sequence.produced,
             "cached_tokens": sequence.cached_tokens,
         }
-        sequence.events.put(Finished(reason, usage, sequence.timings))
+        sequence.outbox.append(Finished(reason, usage, sequence.timings))
+        self._finished.append(sequence)
+
+    def _flush(self) -> None:
+        """Hand over the events of this step: one call per event loop, after all the sampling
+        (the consumers then run while the next ``llama_decode`` has released the GIL)."""
+        by_loop: dict[Any, list[tuple[LoopSink, list[Any]]]] = {}
+        for sequence in [*self.active, *self._finished]:
+            if not sequence.outbox:
+                continue
+            events, sequence.outbox = sequence.outbox, []
+            sink = sequence.sink
+            if isinstance(sink, LoopSink):
+                by_loop.setdefault(sink.loop, []).append((sink, events))
+            else:
+                sink.deliver(events)
+        self._finished.clear()
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(deliver_on_loop, batch)
+            except RuntimeError:  # that loop is closed: nobody listens any more
+                pass
 
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)
