@@ -148,21 +148,13 @@ MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm}
 
 def init_model(path: Path, args: argparse.Namespace) -> int:
     """``init --model``: pull the model, then make it the default text model of the config."""
-    import asyncio
-
-    from lollms_server.cli_models import pull_model, set_default_text_model
-    from lollms_server.core.errors import LollmsError
+    from lollms_server.cli_models import pull_or_exit_code, set_default_text_model
 
     config = load_config(path)
     instance = args.binding or config.defaults.ttt_binding
-    try:
-        names = asyncio.run(pull_model(config, instance, args.model, sys.stderr))
-    except KeyboardInterrupt:
-        sys.stderr.write("\nInterrupted; run the same command again to resume the download.\n")
-        return 130
-    except LollmsError as exc:
-        sys.stderr.write(f"lollms-server init: {exc.message}\n")
-        return 1
+    names = pull_or_exit_code(config, instance, args.model, "init")
+    if isinstance(names, int):
+        return names
     if instance is not None and instance == config.defaults.ttt_binding:
         set_default_text_model(path, names[0])
         load_config(path)  # still valid

@@ -117,15 +117,23 @@ async def pull_model(config: AppConfig, instance: str | None, ref: str, stream: 
         await pulls.close()
 
 
-def run_pull(config: AppConfig, args: argparse.Namespace) -> int:
+def pull_or_exit_code(config: AppConfig, instance: str | None, ref: str, command: str) -> list[str] | int:
+    """Pull ``ref`` with progress bars: the installed model names, or the exit code of a failure
+    (its message written, or the hint that the same command resumes an interrupted pull)."""
     try:
-        names = asyncio.run(pull_model(config, args.binding, args.ref, sys.stderr))
+        return asyncio.run(pull_model(config, instance, ref, sys.stderr))
     except KeyboardInterrupt:
         sys.stderr.write("\nInterrupted; run the same command again to resume the download.\n")
         return 130
     except LollmsError as exc:
-        sys.stderr.write(f"lollms-server pull: {exc.message}\n")
+        sys.stderr.write(f"lollms-server {command}: {exc.message}\n")
         return 1
+
+
+def run_pull(config: AppConfig, args: argparse.Namespace) -> int:
+    names = pull_or_exit_code(config, args.binding, args.ref, "pull")
+    if isinstance(names, int):
+        return names
     for name in names:
         sys.stdout.write(f"{name}\n")
     return 0
