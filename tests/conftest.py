@@ -107,6 +107,25 @@ def media_instance(kind: str, media_models_folder: Path, **settings: Any) -> dic
     return {"type": kind, "device": "cpu", "models_folder": str(media_models_folder / kind), **settings}
 
 
+def media_sections(media_models_folder: Path) -> dict[str, Any]:
+    """Config sections of the tiny diffusers and audio instances (``images``, ``audio``) and the
+    defaults naming their models: the media half of several end-to-end servers."""
+    return {
+        "bindings": {
+            "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
+            "audio": media_instance("transformers_audio_binding", media_models_folder),
+        },
+        "defaults": {
+            "tti_binding": "images",
+            "tti_model": "tiny-sd",
+            "tts_binding": "audio",
+            "tts_model": "tiny-vits",
+            "stt_binding": "audio",
+            "stt_model": "tiny-whisper",
+        },
+    }
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, models_folder: Path) -> Callable[..., AppConfig]:
     def make(**sections: Any) -> AppConfig:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, media_instance, running_server
+from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, media_sections, running_server
 
 pytest.importorskip("lollms_client")
 pytest.importorskip("openai")
@@ -27,20 +27,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, models_folder: Path, media_models_folder: Path
 ) -> Iterator[ServerProcess]:
     with running_server(
-        tmp_path_factory.mktemp("lollms-client"),
-        models_folder,
-        bindings={
-            "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
-            "audio": media_instance("transformers_audio_binding", media_models_folder),
-        },
-        defaults={
-            "tti_binding": "images",
-            "tti_model": "tiny-sd",
-            "tts_binding": "audio",
-            "tts_model": "tiny-vits",
-            "stt_binding": "audio",
-            "stt_model": "tiny-whisper",
-        },
+        tmp_path_factory.mktemp("lollms-client"), models_folder, **media_sections(media_models_folder)
     ) as process:
         yield process
 

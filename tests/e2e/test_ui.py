@@ -22,7 +22,7 @@ from tests.conftest import (
     LIMITED_KEY,
     REPO,
     ServerProcess,
-    media_instance,
+    media_sections,
     running_server,
 )
 from tests.e2e.sse import iter_events
@@ -441,23 +441,9 @@ def test_the_chat_fits_a_phone_screen(driver: WebDriver, server: ServerProcess) 
 def media_server(
     tmp_path_factory: pytest.TempPathFactory, models_folder: Path, media_models_folder: Path
 ) -> Iterator[ServerProcess]:
-    with running_server(
-        tmp_path_factory.mktemp("ui-media"),
-        models_folder,
-        bindings={
-            "images": {**media_instance("diffusers_binding", media_models_folder), "default_steps": 2},
-            "audio": media_instance("transformers_audio_binding", media_models_folder),
-        },
-        defaults={
-            "ttt_binding": "echo",
-            "tti_binding": "images",
-            "tti_model": "tiny-sd",
-            "tts_binding": "audio",
-            "tts_model": "tiny-vits",
-            "stt_binding": "audio",
-            "stt_model": "tiny-whisper",
-        },
-    ) as process:
+    sections = media_sections(media_models_folder)
+    sections["defaults"]["ttt_binding"] = "echo"
+    with running_server(tmp_path_factory.mktemp("ui-media"), models_folder, **sections) as process:
         yield process
 
 
