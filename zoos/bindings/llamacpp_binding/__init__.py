@@ -77,6 +77,7 @@ def with_batch_context(llama: Any, parallel: int, flash_attention: str) -> None:
     params.n_seq_max = parallel
     params.kv_unified = False  # each sequence its own n_ctx cells: no request starves another
     params.flash_attn_type = FLASH_ATTENTION[flash_attention]
+    params.n_batch = max(params.n_batch, parallel)  # one token of every sequence fits a decode
     llama._ctx.close()  # the first context goes before the new one is made
     context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
     llama._stack.enter_context(contextlib.closing(context))

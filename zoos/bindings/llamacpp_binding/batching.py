@@ -224,7 +224,7 @@ class BatchEngine:
         self.vocab = llama._model.vocab
         self.n_vocab = int(llama.n_vocab())
         self.parallel = parallel
-        self.n_batch = max(1, n_batch)
+        self.n_batch = max(n_batch, parallel)  # room for one token of every sequence
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
