@@ -164,6 +164,9 @@ async def test_a_gbnf_grammar_constrains_the_answer(binding: Binding) -> None:
         ({"grammar": "root ::= ( unclosed"}, "parameters.grammar"),
         ({"grammar": ""}, "parameters.grammar"),
         ({"logit_bias": {"99999": 1}}, "parameters.logit_bias"),
+        # a finished grammar allows only the end of sequence: banning it would abort llama.cpp
+        ({"grammar": 'root ::= "a"', "ignore_eos": True}, "parameters.ignore_eos"),
+        ({"json_schema": {"type": "boolean"}, "logit_bias": {"5": -100}}, "parameters.logit_bias"),
     ],
 )
 async def test_invalid_grammars_and_biases_are_refused(
@@ -204,3 +207,9 @@ async def test_llama_cpp_handlers_get_the_context_alone_between_batched_requests
             assert chunks[-1].finish_reason == "length" and chunks[-1].usage["completion_tokens"] == 30  # type: ignore[index]
     finally:
         await binding.unload_model(MODEL)
+
+
+async def test_an_empty_prompt_is_refused(binding: Binding) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        await run(binding, TextRequest(messages=[], prompt="", parameters={"max_tokens": 4}))
+    assert caught.value.param == "input_data"

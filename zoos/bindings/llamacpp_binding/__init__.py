@@ -314,6 +314,7 @@ class LlamaCppBinding(Binding):
         finally:
             if not sink.ended.is_set():
                 sequence.cancelled.set()
+                engine.wake()  # a request still waiting for a sequence leaves at once
                 await wait_through_cancellation(asyncio.ensure_future(sink.ended.wait()))
 
     def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[str, list[str]] | None:
@@ -352,6 +353,8 @@ class LlamaCppBinding(Binding):
         checking a grammar take time)."""
         llama, engine, parameters = loaded.llama, loaded.engine, request.parameters
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if not tokens:
+            raise BadRequestError("The prompt is empty.", param="input_data")
         room = engine.n_ctx_seq - len(tokens)
         if room <= 0:
             raise BadRequestError(
@@ -373,6 +376,13 @@ class LlamaCppBinding(Binding):
             logit_bias=self._logit_bias(parameters.get("logit_bias"), llama.n_vocab()),
             grammar=requested_grammar(parameters, llama._model.vocab),
         )
+        if sampling.grammar and (parameters.get("ignore_eos") or sampling.logit_bias):
+            # a finished grammar allows only the end of sequence: banning it (or the tokens the
+            # grammar needs) would leave llama.cpp's grammar sampler nothing it may accept
+            raise BadRequestError(
+                "A grammar or JSON schema cannot be combined with ignore_eos or logit_bias.",
+                param="parameters.ignore_eos" if parameters.get("ignore_eos") else "parameters.logit_bias",
+            )
         return SequenceRequest(
             tokens=list(tokens),
             max_tokens=min(int(parameters.get("max_tokens") or room), room),
@@ -415,8 +425,8 @@ class LlamaCppBinding(Binding):
         kwargs: dict[str, Any] = {key: parameters[key] for key in SAMPLING_KEYS if key in parameters}
         if request.stop:
             kwargs["stop"] = request.stop
-        if "max_tokens" in kwargs:
-            kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.llama.n_ctx())
+        if "max_tokens" in kwargs:  # sequence 0 has the context of one sequence
+            kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.engine.n_ctx_seq)
         return kwargs
 
     def _handler_stream(

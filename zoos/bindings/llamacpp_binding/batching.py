@@ -224,7 +224,9 @@ class BatchEngine:
         self.vocab = llama._model.vocab
         self.n_vocab = int(llama.n_vocab())
         self.parallel = parallel
-        self.n_batch = max(n_batch, parallel)  # room for one token of every sequence
+        # what the context takes per decode (llama-cpp-python caps it at n_ctx): room for one
+        # token of every sequence, as the binding sets it
+        self.n_batch = min(max(n_batch, parallel), int(llama_cpp.llama_n_batch(self.ctx)))
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -287,9 +289,17 @@ class BatchEngine:
                 self.exclusive_held = False
                 self.condition.notify_all()
 
-    def close(self) -> None:
-        """Stop the thread (running sequences end with an error) and free the batch."""
+    def wake(self) -> None:
+        """Have the decode thread look again (a waiting request was cancelled)."""
         with self.condition:
+            self.condition.notify_all()
+
+    def close(self) -> None:
+        """Stop the thread (running sequences end with an error) and free the batch; a caller
+        holding the context through :meth:`exclusive` finishes first."""
+        with self.condition:
+            while self.exclusive_held:
+                self.condition.wait()
             self.closed = True
             self.condition.notify_all()
         self.thread.join()
@@ -335,6 +345,9 @@ class BatchEngine:
 
     def _admit(self) -> bool:
         """Move waiting requests into free slots (under the condition); True when there is work."""
+        for sequence in [item for item in self.waiting if item.request.cancelled.is_set()]:
+            self.waiting.remove(sequence)  # a client that left while waiting, even for exclusive()
+            self._end(sequence, reason="cancelled")
         if not self.exclusive_held and not self.exclusive_waiters:
             while self.waiting:
                 free = [slot for slot in self.slots if slot.sequence is None]
@@ -348,7 +361,7 @@ class BatchEngine:
                     self._place(sequence, free)
                 except Exception as exc:  # noqa: BLE001 - a bad grammar fails only its request
                     self._end(sequence, error=exc)
-            self._flush()
+        self._flush()
         return bool(self.active) and not self.exclusive_held
 
     def _place(self, sequence: Sequence, free: list[Slot]) -> None:
@@ -432,7 +445,7 @@ class BatchEngine:
         if end is None:
             end = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         if end:
-            self._end(sequence, reason="stop")
+            self._end(sequence, reason="stop", flush=True)  # text held back for a stop is kept
             return
         sequence.produced += 1
         piece, stopped = sequence.text.push(sequence.decoder.decode(self._token_bytes(token)))
@@ -456,7 +469,16 @@ class BatchEngine:
         piece = self._pieces[token] = self._piece.raw[:size]
         return piece
 
-    def _end(self, sequence: Sequence, *, reason: str = "stop", error: BaseException | None = None) -> None:
+    def _end(
+        self,
+        sequence: Sequence,
+        *,
+        reason: str = "stop",
+        error: BaseException | None = None,
+        flush: bool = False,
+    ) -> None:
+        """End ``sequence``: free its slot (its KV too when cancelled or failed) and queue its
+        last events; ``flush`` (and a ``length`` end) emits text held back for a stop string."""
         slot = sequence.slot
         if sequence in self.active:
             self.active.remove(sequence)
@@ -473,7 +495,7 @@ class BatchEngine:
             sequence.outbox.append(error)
             self._finished.append(sequence)
             return
-        if reason == "length":
+        if reason == "length" or flush:
             tail, _ = sequence.text.push(sequence.decoder.decode(b"", final=True))
             tail += sequence.text.flush()
             if tail:
