@@ -92,6 +92,8 @@ class RunningJob:
         self.lost = False
         self.marked = False
         """The database says ``running`` (an attempt counted)."""
+        self.requeue_delay = 0.0
+        """Seconds a job given back by a busy pool or key stays untaken."""
         self.work: asyncio.Future[GenerateResponse] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -119,7 +121,7 @@ class RunningJob:
             if self.watch.started.is_set() and not self.marked:  # ended within a heartbeat tick
                 self.marked = await store.call(store.mark_running, job_id, self.runner.owner)
             if outcome is None:  # given back to the queue
-                await store.call(store.requeue, job_id, self.runner.owner)
+                await store.call(store.requeue, job_id, self.runner.owner, self.requeue_delay)
                 return
             await self._record(outcome)
         except SQLAlchemyError:
@@ -169,7 +171,9 @@ class RunningJob:
         except (ServiceUnavailableError, RateLimitError) as exc:
             if self.watch.started.is_set():
                 return Outcome(FAILED, None, exc.error_type, exc.message, exc.status_code)
-            self.runner.back_off(getattr(exc, "retry_after", BUSY_BACKOFF_SECONDS))
+            delay = min(BUSY_BACKOFF_SECONDS, max(0.5, float(getattr(exc, "retry_after", None) or 0)))
+            self.runner.back_off(delay)
+            self.requeue_delay = delay  # this job waits that long; the ones behind it may go first
             return None
         except LollmsError as exc:
             return Outcome(FAILED, None, exc.error_type, exc.message, exc.status_code)

@@ -153,6 +153,14 @@ def engine_for(url: str) -> Engine:
 
 
 def _unleased(now: float) -> Any:
+    """Nobody holds the job: no lease, or one that ran out (a job given back by a busy pool has
+    no owner and a lease end in the near future: nobody takes it before then)."""
+    column = jobs_table.c
+    return or_(column.lease_expires.is_(None), column.lease_expires < now)
+
+
+def _not_held(now: float) -> Any:
+    """No server holds the job (it may still wait out a busy pool's delay)."""
     column = jobs_table.c
     return or_(column.lease_owner.is_(None), column.lease_expires < now)
 
@@ -311,9 +319,12 @@ class JobStore:
         job = self.get(job_id)
         return bool(job is not None and job.cancel_requested)
 
-    def requeue(self, job_id: str, owner: str) -> bool:
-        """Give back a claimed job that has not started (its pool was busy): it waits again."""
-        return self._owned(job_id, owner, lease_owner=None, lease_expires=None, status=QUEUED)
+    def requeue(self, job_id: str, owner: str, delay: float = 0.0) -> bool:
+        """Give back a claimed job that has not started (its pool or key was busy): it waits
+        again, untaken for ``delay`` seconds, so jobs queued behind it (another pool, another key)
+        are not held up by one that keeps being refused."""
+        until = time.time() + delay if delay > 0 else None
+        return self._owned(job_id, owner, lease_owner=None, lease_expires=until, status=QUEUED)
 
     def finish(self, job_id: str, owner: str, status: str, ttl_seconds: float, **values: Any) -> bool:
         """The end of a job this server holds; False when its lease was lost meanwhile."""
@@ -386,7 +397,7 @@ class JobStore:
         with self.engine.begin() as connection:
             connection.execute(
                 update(jobs_table)
-                .where(column.id == job_id, column.status == QUEUED, _unleased(now))
+                .where(column.id == job_id, column.status == QUEUED, _not_held(now))
                 .values(
                     status=CANCELLED,
                     error_type="cancelled",

@@ -138,6 +138,27 @@ def test_a_claimed_job_not_started_is_simply_claimed_again(store: JobStore) -> N
     assert job is not None and job.attempts == 0
 
 
+def test_a_job_a_busy_pool_refused_lets_the_ones_behind_it_go_first(store: JobStore) -> None:
+    add(store, "job_0")
+    add(store, "job_1")
+    refused = store.claim("a", 30)
+    assert refused is not None and refused.id == "job_0"
+    assert store.requeue("job_0", "a", delay=0.4)
+    behind = store.claim("a", 30)
+    assert behind is not None and behind.id == "job_1"  # not stuck behind job_0
+    assert store.claim("b", 30) is None  # job_0 waits out its delay
+    time.sleep(0.5)
+    again = store.claim("b", 30)
+    assert again is not None and again.id == "job_0"
+
+
+def test_a_job_waiting_out_a_delay_can_be_cancelled(store: JobStore) -> None:
+    add(store, "job_0")
+    assert store.claim("a", 30) is not None and store.requeue("job_0", "a", delay=30)
+    cancelled = store.request_cancel("job_0", 60)
+    assert cancelled is not None and cancelled.status == "cancelled"
+
+
 def test_only_the_lease_owner_writes_and_cancels_reach_it(store: JobStore) -> None:
     add(store, "job_0")
     add(store, "job_1")
