@@ -30,7 +30,13 @@ def ffmpeg_executable() -> str:
             "(pip install lollms_server[audio]); ask for wav or pcm.",
             param="response_format",
         ) from None
-    executable: str = imageio_ffmpeg.get_ffmpeg_exe()
+    try:
+        executable: str = imageio_ffmpeg.get_ffmpeg_exe()  # runs `ffmpeg -version` the first time
+    except RuntimeError:  # no bundled build for this platform and no ffmpeg on the PATH
+        raise BadRequestError(
+            "This server has no ffmpeg to encode mp3, opus, aac or flac; ask for wav or pcm.",
+            param="response_format",
+        ) from None
     return executable
 
 
@@ -39,8 +45,9 @@ async def encode_audio(
 ) -> tuple[bytes, str]:
     """``data`` (any container ffmpeg reads) encoded as ``target``; returns (bytes, mime type)."""
     arguments, mime = ENCODINGS[target]
+    executable = await asyncio.to_thread(ffmpeg_executable)
     process = await asyncio.create_subprocess_exec(
-        ffmpeg_executable(),
+        executable,
         "-hide_banner",
         "-loglevel",
         "error",

@@ -275,3 +275,14 @@ async def test_a_tool_call_with_object_arguments_is_accepted(app_client: Any) ->
         body = {"model": "echo", "messages": messages}
         response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
         assert response.status_code == 200, response.text
+
+
+def test_sizes_and_durations_take_ascii_digits_only() -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails: such sizes are a 400, not a 500."""
+    from lollms_server.api.openai_compat.translate import size_parameters
+    from lollms_server.core.errors import BadRequestError
+
+    for size in ("²x²", "5١2x512", "x512", "512x"):
+        with pytest.raises(BadRequestError):
+            size_parameters(size)
+    assert size_parameters("64x48") == {"width": 64, "height": 48}

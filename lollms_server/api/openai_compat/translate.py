@@ -182,7 +182,7 @@ def size_parameters(size: str | None) -> dict[str, int]:
     if size in (None, "", "auto"):
         return {}
     width, _, height = str(size).partition("x")
-    if not (width.isdigit() and height.isdigit()):
+    if not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit()):
         raise BadRequestError("size must look like 512x512.", param="size")
     return {"width": int(width), "height": int(height)}
 

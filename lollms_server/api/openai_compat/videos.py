@@ -68,7 +68,7 @@ def _request(fields: dict[str, Any]) -> tuple[GenerateRequest, dict[str, Any]]:
     model, size, seconds = _text(fields, "model", 512), _text(fields, "size", 16), _text(fields, "seconds", 4)
     parameters: dict[str, Any] = dict(size_parameters(size))
     if seconds is not None:
-        if not seconds.isdigit() or not 1 <= int(seconds) <= 60:
+        if not (seconds.isascii() and seconds.isdigit()) or not 1 <= int(seconds) <= 60:
             raise BadRequestError("seconds must be a whole number from 1 to 60.", param="seconds")
         parameters.update(num_frames=int(seconds) * VIDEO_FPS, fps=VIDEO_FPS)
     binding, model_name = split_model(model)

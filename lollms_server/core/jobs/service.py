@@ -226,7 +226,10 @@ class JobService:
         """The job's ``GenerateResponse`` (409 until it has succeeded)."""
         job = self._succeeded(await self.find(principal, job_id))
         assert job.result_json is not None
-        return await asyncio.to_thread(self.results.response, job.id, job.result_json, job.outputs)
+        try:
+            return await asyncio.to_thread(self.results.response, job.id, job.result_json, job.outputs)
+        except FileNotFoundError:  # its files went with a cleanup that raced this read
+            raise NotFoundError("No such job.", param="job_id") from None
 
     async def output(self, principal: Principal, job_id: str, index: int) -> tuple[Path, str]:
         """One output's file and mime type (409 until succeeded, 404 for an unknown index)."""
@@ -234,7 +237,10 @@ class JobService:
         outputs = job.outputs
         if not 0 <= index < len(outputs):
             raise NotFoundError(f"The job has {len(outputs)} outputs.", param="index")
-        return self.results.path(job.id, outputs[index]), str(outputs[index]["mime_type"])
+        path = self.results.path(job.id, outputs[index])
+        if not await asyncio.to_thread(path.is_file):  # removed by a cleanup meanwhile
+            raise NotFoundError("No such job.", param="job_id")
+        return path, str(outputs[index]["mime_type"])
 
     @staticmethod
     def _succeeded(job: JobRecord) -> JobRecord:
@@ -246,8 +252,17 @@ class JobService:
         """The job's status each time it changes, until it ends (read from the database, so a
         job another server runs is watched the same way)."""
         last: dict[str, Any] | None = None
+        first = True
         while True:
-            view = await self.public(await self.find(principal, job_id))
+            try:
+                job = await self.find(principal, job_id)
+            except NotFoundError:
+                if first:
+                    raise  # before the stream: a plain 404
+                yield {"id": job_id, "object": "job", "status": "deleted"}  # gone while watched
+                return
+            first = False
+            view = await self.public(job)
             if view != last:
                 last = view
                 yield view
@@ -273,9 +288,9 @@ class JobService:
     async def cleanup(self) -> int:
         """Remove jobs past ``result_ttl_hours`` and their files."""
         expired = await self.store.call(self.store.expired)
+        await self.store.call(self.store.delete_many, expired)  # rows first: no job without its files
         for job_id in expired:
             await asyncio.to_thread(self.results.remove, job_id)
-        await self.store.call(self.store.delete_many, expired)
         return len(expired)
 
     async def _finished(self, job: JobRecord) -> None:

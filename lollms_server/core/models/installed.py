@@ -36,6 +36,8 @@ def model_path(instance: BindingInstance, model: str) -> Path:
     """The file or folder of an installed ``model`` (400 if the name escapes, 404 if absent)."""
     kind = model_files_of(instance)
     path = safe_join(instance.models_folder, model)
+    if path.resolve() == instance.models_folder.resolve():  # "." names the whole models folder
+        raise NotFoundError(f"Model '{printable(model)}' is not installed for binding '{instance.name}'.")
     if kind == "gguf" and path.is_file() and path.suffix.lower() == ".gguf":
         return path
     if kind == "snapshot" and path.is_dir() and any((path / marker).is_file() for marker in MARKERS):

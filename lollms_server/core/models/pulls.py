@@ -330,7 +330,7 @@ class PullManager:
     async def delete_model(self, instance: str, model: str) -> None:
         """Delete an installed model: 404 unknown, 409 while loaded, in use or being pulled."""
         target = self.bindings.instance(instance)
-        path = model_path(target, model)
+        path = await asyncio.to_thread(model_path, target, model)
         for pull in self.running.values():
             if pull.folder == target.models_folder and pull.plan.installed_name == model:
                 raise ConflictError(f"Model '{model}' is being pulled (pull {pull.id}).")

@@ -296,6 +296,8 @@ async def test_delete_refuses_a_loaded_model_then_removes_it(tmp_path: Path, hub
             await pulls.delete_model("llm", name)
         with pytest.raises(BadRequestError):
             await pulls.delete_model("llm", "../../outside.gguf")
+        with pytest.raises(NotFoundError):  # "." is the models folder itself: never deleted
+            await pulls.delete_model("llm", ".")
         with pytest.raises(LollmsError):
             await pulls.delete_model("nope", name)
     finally:
