@@ -48,7 +48,13 @@ def config(tmp: Path, models_folder: Path, workers: int = 1, **pool: Any) -> dic
         },
         bindings={
             "echo": {"type": "scripted_binding"},
-            "llm": {"type": "llamacpp_binding", "pool": "gpu", "model_name": "tiny.gguf", "n_threads": 1},
+            "llm": {
+                "type": "llamacpp_binding",
+                "pool": "gpu",
+                "model_name": "tiny.gguf",
+                "n_threads": 1,
+                "n_ctx": 16384,
+            },
         },
     )
 
@@ -70,8 +76,9 @@ def test_two_server_processes_share_one_worker_fifo(tmp_path: Path, models_folde
                 assert warm.post("/api/v1/generate", json=body(stream=False)).status_code == 200
         pid = worker_pid(tmp_path / "run")
 
+        # the first runs for seconds (the batch engine streams the tiny model at ~2,000 tokens/s)
         # separate connections, so both server processes take requests
-        bodies = [body(max_tokens=3000 if index == 0 else 16) for index in range(8)]
+        bodies = [body(max_tokens=12000 if index == 0 else 16) for index in range(8)]
         results = asyncio.run(staggered_streams([server.url] * 8, bodies, [0.4] + [0.25] * 7))
         assert_served_in_arrival_order(results)
         status = httpx.get(server.url + "/api/v1/status", headers=AUTH, timeout=10).json()
