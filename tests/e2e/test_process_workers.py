@@ -79,7 +79,8 @@ def test_two_server_processes_share_one_worker_fifo(tmp_path: Path, models_folde
         # the first runs for seconds (the batch engine streams the tiny model at ~2,000 tokens/s)
         # separate connections, so both server processes take requests
         bodies = [body(max_tokens=12000 if index == 0 else 16) for index in range(8)]
-        results = asyncio.run(staggered_streams([server.url] * 8, bodies, [0.4] + [0.25] * 7))
+        # 0.5 s apart: two gateway processes hand requests on with some jitter under load
+        results = asyncio.run(staggered_streams([server.url] * 8, bodies, [0.5] * 8))
         assert_served_in_arrival_order(results)
         status = httpx.get(server.url + "/api/v1/status", headers=AUTH, timeout=10).json()
         worker = status["workers"]["gpu"]
