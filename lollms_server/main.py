@@ -20,12 +20,11 @@ from lollms_server import __version__
 from lollms_server.api.binding_admin import router as binding_admin_router
 from lollms_server.api.endpoints import health_router, router
 from lollms_server.api.errors import install_error_handlers
+from lollms_server.api.families import mount as mount_families
+from lollms_server.api.kit.errors import FamilyErrorShape
 from lollms_server.api.lollms_v1 import router as lollms_v1_router
 from lollms_server.api.middleware import KeyGateMiddleware, RequestGuardMiddleware
 from lollms_server.api.models_routes import router as models_router
-from lollms_server.api.ollama_compat import OllamaErrorShape
-from lollms_server.api.ollama_compat import router as ollama_router
-from lollms_server.api.openai_compat import router as openai_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.functions import FunctionManager
@@ -117,8 +116,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.state.started_at = time.time()
     app.include_router(health_router)
     app.include_router(router)
-    app.include_router(openai_router)
-    app.include_router(ollama_router)  # /api/chat, /api/tags...: beside /api/v1, never over it
+    mount_families(app)  # /v1 (OpenAI), /api/chat... (Ollama, beside /api/v1), /v1/messages...
     app.include_router(models_router)
     app.include_router(lollms_v1_router)  # /lollms/v1 helpers for lollms_client
     app.include_router(binding_admin_router)  # /api/v1/bindings/{instance}/commands|settings
@@ -159,7 +157,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(RequestGuardMiddleware, max_bytes=config.server.max_request_bytes, metrics=metrics)
-    app.add_middleware(OllamaErrorShape)  # outermost: every error on an Ollama path as {"error": ...}
+    app.add_middleware(FamilyErrorShape)  # outermost: every error in its API family's shape
     return app
 
 

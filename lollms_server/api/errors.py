@@ -1,8 +1,9 @@
 """Exception handlers: every error the app returns has the one JSON shape (DESIGN §8).
 
-``LollmsError`` carries its status; FastAPI's validation errors become 422 (400 on ``/v1`` and
-the Ollama paths, as their clients expect); Starlette's HTTP errors (404 route, 405 method...) keep their
-status with our shape; a client that left gets an empty 499.
+``LollmsError`` carries its status; FastAPI's validation errors become 422 (or the status of the
+API family owning the path, ``api.families``: 400 where its clients expect it); Starlette's HTTP
+errors (404 route, 405 method...) keep their status with our shape; a client that left gets an
+empty 499. Families with their own error shape rewrite these bodies (``kit.errors``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lollms_server.api import families
 from lollms_server.api.cancellation import CLIENT_CLOSED_REQUEST, ClientDisconnected
-from lollms_server.api.ollama_compat.shape import is_ollama_path
 from lollms_server.errors import LollmsError, error_body
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def install_error_handlers(app: FastAPI) -> None:
             param = param or location or None
             problems.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
         message = "Invalid request: " + "; ".join(problems)
-        path = request.url.path
-        if path.startswith("/v1/") or is_ollama_path(path):  # OpenAI and Ollama clients expect 400
+        family = families.claiming(request.url.path)
+        if family is not None and family.validation_status == 400:  # OpenAI, Ollama, Anthropic clients
             return JSONResponse(error_body("invalid_request_error", message, param), status_code=400)
         return JSONResponse(error_body("validation_error", message, param), status_code=422)
 

@@ -15,8 +15,8 @@ from pydantic import ConfigDict, Field
 
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep
+from lollms_server.api.kit.names import split_model
 from lollms_server.api.models import ERROR_RESPONSES
-from lollms_server.api.openai_compat.translate import split_model
 from lollms_server.core.errors import LollmsError, NotFoundError
 from lollms_server.core.types import RequestModel
 

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from lollms_server import __version__
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import AdminUser, ConfigDep, GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import deliver
+from lollms_server.api.kit.events import Event, Failed, Finished, Started, TextDelta
 from lollms_server.api.ollama_compat import catalog, pulls, translate
 from lollms_server.api.ollama_compat.protocol import (
     ChatBody,
@@ -30,7 +32,7 @@ from lollms_server.api.ollama_compat.shape import NDJSONStreamResponse
 from lollms_server.core.errors import BadRequestError, LollmsError, NotFoundError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
-from lollms_server.core.types import GenerateRequest, StreamChunk
+from lollms_server.core.types import GenerateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +163,7 @@ async def _run(
     """A chat or generate answer: one object, or NDJSON pieces then the final object."""
     unload = translate.unloads(body.keep_alive)
     if not body.stream:
-        response = await cancellable(
-            request, lambda cancel: generation.generate(native, principal, request_id, cancel)
-        )
+        response = await deliver.whole(request, generation, native, principal, request_id)
         output = response.output[0]
         metadata = output.metadata
         if unload:
@@ -176,36 +176,44 @@ async def _run(
             "done_reason": translate.done_reason(metadata),
             **translate.durations(metadata),
         }
-    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
     seen: dict[str, Any] = {}
 
-    async def close() -> None:
-        await stream.aclose()
+    async def after_close() -> None:
         if unload:
             await _unload(generation, principal, seen.get("binding"), seen.get("model"))
 
-    return NDJSONStreamResponse(
-        _lines(stream.events(), body.model, field, seen), on_close=close, deadline=lambda: stream.deadline
+    def lines(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+        return _lines(events, body.model, field, seen)
+
+    return await deliver.stream(
+        request,
+        generation,
+        native,
+        principal,
+        request_id,
+        lines,
+        response=NDJSONStreamResponse,
+        after_close=after_close,
     )
 
 
 async def _lines(
-    events: AsyncGenerator[StreamChunk, None], model: str, field: str, seen: dict[str, Any]
+    events: AsyncGenerator[Event, None], model: str, field: str, seen: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Native stream events as Ollama NDJSON; a failure is a last ``{"error": ...}`` line."""
     started: float | None = None
     first: float | None = None
     try:
         async for event in events:
-            if event.type == "info" and "binding" in event.metadata:
-                seen.update(binding=event.metadata["binding"], model=event.metadata.get("model"))
-                started = time.monotonic()
-            elif event.type == "chunk":
+            if isinstance(event, Started):
+                seen.update(binding=event.binding, model=event.model)
+                started = event.at
+            elif isinstance(event, TextDelta):
                 first = first or time.monotonic()
                 head = {"model": model, "created_at": translate.now()}
-                yield translate.line({**head, **_piece(field, str(event.content)), "done": False})
-            elif event.type == "final":
-                metadata = event.content[0]["metadata"]
+                yield translate.line({**head, **_piece(field, event.text), "done": False})
+            elif isinstance(event, Finished):
+                metadata = event.metadata
                 prompt = (first - started) if first is not None and started is not None else None
                 yield translate.line(
                     {
@@ -217,8 +225,8 @@ async def _lines(
                         **translate.durations(metadata, prompt),
                     }
                 )
-            elif event.type == "error":
-                yield translate.line({"error": str(event.content)})
+            elif isinstance(event, Failed):
+                yield translate.line({"error": event.message})
                 return
     finally:
         await events.aclose()
@@ -234,9 +242,7 @@ async def _chat_with_tools(
 ) -> Any:
     """One model turn offering the client's tools; the calls go back to the client to run."""
     started = time.monotonic()
-    target, result, calls = await cancellable(
-        request, lambda cancel: generation.chat_turn(native, principal, tools, cancel)
-    )
+    target, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
     if translate.unloads(body.keep_alive):
         await _unload(generation, principal, target.name, target.model)
     metadata = {"usage": result.usage, "timings": {"total": time.monotonic() - started}}
@@ -245,18 +251,12 @@ async def _chat_with_tools(
     if not body.stream:
         return {"model": body.model, "created_at": translate.now(), "message": message, **final}
 
-    async def replay() -> AsyncGenerator[bytes, None]:
-        yield translate.line(
-            {"model": body.model, "created_at": translate.now(), "message": message, "done": False}
-        )
-        yield translate.line(
-            {"model": body.model, "created_at": translate.now(), **_piece("message", ""), **final}
-        )
-
-    async def nothing() -> None:
-        return None
-
-    return NDJSONStreamResponse(replay(), on_close=nothing)
+    head = {"model": body.model, "created_at": translate.now()}
+    lines = [
+        translate.line({**head, "message": message, "done": False}),
+        translate.line({**head, **_piece("message", ""), **final}),
+    ]
+    return deliver.replay(lines, NDJSONStreamResponse)
 
 
 async def _load(
@@ -354,11 +354,9 @@ async def pull(request: Request, body: NamedBody, _: AdminUser) -> Any:
     started = await manager.start(instance, ref)
     if not body.stream:
         return await pulls.wait(started)
-
-    async def nothing() -> None:
-        return None  # the pull goes on for the others who joined it, and for the listing
-
-    return NDJSONStreamResponse(pulls.progress_lines(started), on_close=nothing)
+    # a client that leaves stops only its progress lines: the pull goes on for the others who
+    # joined it, and for the listing
+    return deliver.replay(pulls.progress_lines(started), NDJSONStreamResponse)
 
 
 @router.delete("/delete")

@@ -10,10 +10,11 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from lollms_server.api.kit.chat import Image, ToolCall, Turn, native_inputs
+from lollms_server.api.kit.names import split_model
+from lollms_server.api.kit.native import native
 from lollms_server.api.ollama_compat.protocol import Format, GenerateBody, KeepAlive, Message, Options
-from lollms_server.api.openai_compat.translate import native, split_model
 from lollms_server.core.errors import BadRequestError
-from lollms_server.core.generation.tools import tool_call_text, tool_result_text
 from lollms_server.core.types import InputData
 
 TAG = ":latest"
@@ -90,8 +91,8 @@ def parameters(options: Options | None, format: Format = None) -> dict[str, Any]
     return found
 
 
-def image_input(data: str, param: str) -> InputData:
-    """A base64 image as a native input item; its mime type from its first bytes."""
+def image_of(data: str, param: str) -> Image:
+    """A base64 image and its mime type, read from its first bytes (400 for other data)."""
     head = "".join(data[:64].split())
     try:
         first = base64.b64decode(head[: len(head) // 4 * 4] or "", validate=True)
@@ -102,22 +103,24 @@ def image_input(data: str, param: str) -> InputData:
         mime = "image/webp"
     if mime is None:
         raise BadRequestError(f"{param} is not a PNG, JPEG, GIF, WebP or BMP image.", param=param)
-    return native(InputData, type="image", role="input_image", data=data, mime_type=mime)
+    return Image(data, mime)
+
+
+def image_input(data: str, param: str) -> InputData:
+    """A base64 image as a native input item."""
+    image = image_of(data, param)
+    return native(InputData, type="image", role="input_image", data=image.data, mime_type=image.mime_type)
 
 
 def chat_inputs(messages: list[Message]) -> list[InputData]:
-    """Ollama messages as native input items; tool turns use the server's text tool protocol."""
-    last_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=-1)
-    called: list[str] = []  # names of the assistant's calls not answered yet, in order
-    inputs: list[InputData] = []
+    """Ollama messages as native input items (through the kit's one chat mapping); tool turns
+    use the server's text tool protocol."""
+    turns: list[Turn] = []
     for index, message in enumerate(messages):
         text = message.content or ""
-        if message.role == "system":
-            inputs.append(InputData(type="text", role="system_context", data=text))
-        elif message.role == "user":
-            role = "user_prompt" if index == last_user else "user"
-            inputs.append(native(InputData, type="text", role=role, data=text))
-        elif message.role == "assistant":
+        if message.images and message.role != "user":
+            raise BadRequestError("Only user messages can carry images.", param=f"messages[{index}].images")
+        if message.role == "assistant":
             calls = []
             for call in message.tool_calls or []:
                 function = call.get("function")
@@ -125,19 +128,17 @@ def chat_inputs(messages: list[Message]) -> list[InputData]:
                     raise BadRequestError(
                         "A tool call needs a 'function' with a 'name'.", param=f"messages[{index}].tool_calls"
                     )
-                called.append(str(function["name"]))
-                calls.append(tool_call_text(str(function["name"]), _arguments(function.get("arguments"))))
-            inputs.append(InputData(type="text", role="assistant", data="\n".join([text, *calls]).strip()))
-        else:  # a tool's result
-            name = message.tool_name or (called.pop(0) if called else "")
-            inputs.append(InputData(type="text", role="user", data=tool_result_text(name, text)))
-        for number, image in enumerate(message.images or []):
-            if message.role != "user":
-                raise BadRequestError(
-                    "Only user messages can carry images.", param=f"messages[{index}].images"
-                )
-            inputs.append(image_input(image, f"messages[{index}].images[{number}]"))
-    return inputs
+                calls.append(ToolCall(str(function["name"]), _arguments(function.get("arguments"))))
+            turns.append(Turn("assistant", text, tool_calls=calls))
+        elif message.role == "tool":
+            turns.append(Turn("tool", text, tool_name=message.tool_name))
+        else:
+            images = [
+                image_of(image, f"messages[{index}].images[{number}]")
+                for number, image in enumerate(message.images or [])
+            ]
+            turns.append(Turn(message.role, text, images=images))
+    return native_inputs(turns)
 
 
 def _arguments(raw: Any) -> Any:

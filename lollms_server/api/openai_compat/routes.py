@@ -17,6 +17,8 @@ from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import deliver
+from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_compat import translate
 from lollms_server.api.openai_compat.protocol import (
@@ -27,11 +29,10 @@ from lollms_server.api.openai_compat.protocol import (
     SpeechRequest,
     image_extension_parameters,
 )
-from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import BadRequestError, LollmsError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
-from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData, StreamChunk
+from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 STREAMS: dict[int | str, dict[str, Any]] = {
@@ -48,9 +49,7 @@ async def _generate(
     request_id: str,
 ) -> GenerateResponse:
     """The native answer (a client that leaves first cancels it: see ``api.cancellation``)."""
-    return await cancellable(
-        request, lambda cancel: generation.generate(native, principal, request_id, cancel)
-    )
+    return await deliver.whole(request, generation, native, principal, request_id)
 
 
 # ---------------------------------------------------------------- models
@@ -110,28 +109,27 @@ async def chat_completions(
         return translate.chat_completion(
             head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
         )
-    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
-    return EventStreamResponse(
-        _chat_stream(stream.events(), head, include_usage),
-        on_close=stream.aclose,
-        deadline=lambda: stream.deadline,
-    )
+
+    def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+        return _chat_stream(events, head, include_usage)
+
+    return await deliver.stream(request, generation, native, principal, request_id, frames)
 
 
 async def _chat_stream(
-    events: AsyncGenerator[StreamChunk, None], head: dict[str, Any], include_usage: bool
+    events: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     yield translate.chat_chunk(head, {"role": "assistant", "content": ""})
     try:
         async for event in events:
-            if event.type == "chunk":
-                yield translate.chat_chunk(head, {"content": event.content})
-            elif event.type == "final":
-                metadata = event.content[0]["metadata"]
-                yield translate.chat_chunk(head, {}, translate.finish_reason(metadata))
+            if isinstance(event, TextDelta):
+                yield translate.chat_chunk(head, {"content": event.text})
+            elif isinstance(event, Finished):
+                yield translate.chat_chunk(head, {}, translate.finish_reason(event.metadata))
                 if include_usage:
-                    yield translate.usage_chunk(head, "chat.completion.chunk", translate.usage(metadata))
-            elif event.type == "error":
+                    counts = translate.usage(event.metadata)
+                    yield translate.usage_chunk(head, "chat.completion.chunk", counts)
+            elif isinstance(event, Failed):
                 yield translate.stream_error(event)
         yield translate.DONE
     finally:
@@ -149,8 +147,7 @@ async def _chat_with_tools(
 ) -> Any:
     """One model turn offering the client's tools; tool calls go back to the client."""
     tools = [tool for tool in body.tools or [] if tool.get("type") == "function" and tool.get("function")]
-    turn = await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
-    _, result, calls = turn
+    _, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
     tool_calls = [
         {
             "id": call["id"],
@@ -167,20 +164,13 @@ async def _chat_with_tools(
     if not body.stream:
         return translate.chat_completion(head, message, finish, counts)
 
-    async def replay() -> AsyncGenerator[bytes, None]:
-        delta: dict[str, Any] = {"role": "assistant", "content": message["content"]}
-        if tool_calls:
-            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
-        yield translate.chat_chunk(head, delta)
-        yield translate.chat_chunk(head, {}, finish)
-        if include_usage:
-            yield translate.usage_chunk(head, "chat.completion.chunk", counts)
-        yield translate.DONE
-
-    async def nothing() -> None:
-        return None
-
-    return EventStreamResponse(replay(), on_close=nothing)
+    delta: dict[str, Any] = {"role": "assistant", "content": message["content"]}
+    if tool_calls:
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+    frames = [translate.chat_chunk(head, delta), translate.chat_chunk(head, {}, finish)]
+    if include_usage:
+        frames.append(translate.usage_chunk(head, "chat.completion.chunk", counts))
+    return deliver.replay([*frames, translate.DONE])
 
 
 # ---------------------------------------------------------------- completions
@@ -232,30 +222,25 @@ async def completions(
             "choices": [translate.completion_choice(output.data, finish)],
             "usage": translate.usage(output.metadata),
         }
-    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    async def events() -> AsyncGenerator[bytes, None]:
-        source = stream.events()
+    async def frames(source: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
         try:
             async for event in source:
-                if event.type == "chunk":
-                    yield translate.sse(
-                        {**head, "choices": [translate.completion_choice(event.content, None)]}
-                    )
-                elif event.type == "final":
-                    metadata = event.content[0]["metadata"]
-                    choice = translate.completion_choice("", translate.finish_reason(metadata))
+                if isinstance(event, TextDelta):
+                    yield translate.sse({**head, "choices": [translate.completion_choice(event.text, None)]})
+                elif isinstance(event, Finished):
+                    choice = translate.completion_choice("", translate.finish_reason(event.metadata))
                     yield translate.sse({**head, "choices": [choice]})
                     if include_usage:
-                        yield translate.usage_chunk(head, "text_completion", translate.usage(metadata))
-                elif event.type == "error":
+                        yield translate.usage_chunk(head, "text_completion", translate.usage(event.metadata))
+                elif isinstance(event, Failed):
                     yield translate.stream_error(event)
             yield translate.DONE
         finally:
             await source.aclose()
 
-    return EventStreamResponse(events(), on_close=stream.aclose, deadline=lambda: stream.deadline)
+    return await deliver.stream(request, generation, native, principal, request_id, frames)
 
 
 # ---------------------------------------------------------------- embeddings

@@ -1,5 +1,7 @@
 """OpenAI <-> native translation: OpenAI requests become native GenerateRequest inputs and
-parameters; native answers and stream events become OpenAI responses and chunks."""
+parameters; native answers and stream events become OpenAI responses and chunks. The chat
+turns go through the API kit's one mapping (``kit.chat``); what is OpenAI's own (content parts,
+tool-call arguments as a JSON string, ``tool_choice``) is read here."""
 
 from __future__ import annotations
 
@@ -7,40 +9,35 @@ import io
 import json
 import time
 import wave
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from lollms_server.api.kit.chat import Image, ToolCall, Turn, native_inputs
+from lollms_server.api.kit.events import Failed
+from lollms_server.api.kit.names import split_model
+from lollms_server.api.kit.native import native
+from lollms_server.api.kit.sse import DONE, data_frame
 from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, ChatMessage
 from lollms_server.core.errors import BadRequestError
-from lollms_server.core.generation.tools import tool_call_text, tool_result_text
-from lollms_server.core.types import InputData, OutputData, StreamChunk
+from lollms_server.core.types import InputData, OutputData
 from lollms_server.utils.audio_encoding import encode_audio
 from lollms_server.utils.media import AUDIO_FORMATS, audio_format
 
+__all__ = ["DONE", "native", "split_model"]  # re-exported: routes and videos use them from here
+
 FINISH_REASONS = {"length": "length", "stop": "stop", "tool_calls": "tool_calls"}
-DONE = b"data: [DONE]\n\n"
-
-
-def split_model(model: str | None) -> tuple[str | None, str | None]:
-    """``instance`` or ``instance/model`` (the model part may itself contain slashes)."""
-    if not model:
-        return None, None
-    instance, _, rest = model.partition("/")
-    return instance, rest or None
 
 
 # ---------------------------------------------------------------- requests
 
 
-def _content(message: ChatMessage, index: int) -> tuple[str, list[InputData]]:
+def _content(message: ChatMessage, index: int) -> tuple[str, list[Image]]:
     content = message.content
     if content is None:
         return "", []
     if isinstance(content, str):
         return content, []
     texts: list[str] = []
-    images: list[InputData] = []
+    images: list[Image] = []
     for part in content:
         kind = part.get("type")
         if kind == "text":
@@ -53,11 +50,7 @@ def _content(message: ChatMessage, index: int) -> tuple[str, list[InputData]]:
                     "Images must be sent inline as data: URLs.", param=f"messages[{index}].content"
                 )
             mime = url[5:].split(";", 1)[0] or "image/png"
-            images.append(
-                native(
-                    InputData, type="image", role="input_image", data=url.split(",", 1)[-1], mime_type=mime
-                )
-            )
+            images.append(Image(data=url.split(",", 1)[-1], mime_type=mime))
         else:
             raise BadRequestError(
                 f"Unsupported content part '{str(kind)[:32]}'.", param=f"messages[{index}].content"
@@ -65,22 +58,15 @@ def _content(message: ChatMessage, index: int) -> tuple[str, list[InputData]]:
     return "".join(texts), images
 
 
-def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
-    """OpenAI messages as native input items; tool turns use the server's text tool protocol."""
-    last_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=-1)
-    tool_names: dict[str, str] = {}
-    inputs: list[InputData] = []
+def chat_turns(messages: list[ChatMessage]) -> list[Turn]:
+    """OpenAI messages as the kit's chat turns (``developer`` is a system turn)."""
+    turns: list[Turn] = []
     for index, message in enumerate(messages):
         text, images = _content(message, index)
         if message.role in ("system", "developer"):
-            inputs.append(InputData(type="text", role="system_context", data=text))
+            turns.append(Turn("system", text))
         elif message.role == "user":
-            inputs.append(
-                native(
-                    InputData, type="text", role="user_prompt" if index == last_user else "user", data=text
-                )
-            )
-            inputs.extend(images)
+            turns.append(Turn("user", text, images=images))
         elif message.role == "assistant":
             calls = []
             for call in message.tool_calls or []:
@@ -89,13 +75,18 @@ def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
                     raise BadRequestError(
                         "A tool call needs a 'function' object.", param=f"messages[{index}].tool_calls"
                     )
-                tool_names[str(call.get("id"))] = str(function.get("name", ""))
-                calls.append(tool_call_text(str(function.get("name")), _arguments(function.get("arguments"))))
-            inputs.append(InputData(type="text", role="assistant", data="\n".join([text, *calls]).strip()))
+                name, arguments = str(function.get("name", "")), _arguments(function.get("arguments"))
+                call_id = call.get("id")
+                calls.append(ToolCall(name, arguments, id=str(call_id) if call_id is not None else None))
+            turns.append(Turn("assistant", text, tool_calls=calls))
         else:  # tool result
-            name = tool_names.get(str(message.tool_call_id), message.name or "")
-            inputs.append(InputData(type="text", role="user", data=tool_result_text(name, text)))
-    return inputs
+            turns.append(Turn("tool", text, call_id=message.tool_call_id, tool_name=message.name))
+    return turns
+
+
+def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
+    """OpenAI messages as native input items; tool turns use the server's text tool protocol."""
+    return native_inputs(chat_turns(messages))
 
 
 def _arguments(raw: Any) -> Any:
@@ -110,22 +101,6 @@ def _arguments(raw: Any) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError:
         return {}
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def native(model: type[M], **fields: Any) -> M:
-    """A native request shape built from translated fields; what it refuses is the client's
-    400 (a name too long, a mime type too long...), never a 500."""
-    try:
-        return model(**fields)
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem.get("loc", ())) or None
-        raise BadRequestError(
-            f"Invalid request: {where or 'body'}: {problem.get('msg', 'invalid')}", param=where
-        ) from None
 
 
 def structured_output(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -207,21 +182,13 @@ def finish_reason(metadata: dict[str, Any]) -> str:
     return FINISH_REASONS.get(metadata.get("finish_reason") or "stop", "stop")
 
 
-def sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data).encode("utf-8") + b"\n\n"
+sse = data_frame
 
 
-def stream_error(event: StreamChunk) -> bytes:
-    """A native ``error`` event as the one OpenAI stream error shape (chat and completions)."""
+def stream_error(event: Failed) -> bytes:
+    """A failed generation as the one OpenAI stream error shape (chat and completions)."""
     return sse(
-        {
-            "error": {
-                "message": event.content,
-                "type": event.metadata.get("type"),
-                "param": None,
-                "code": event.metadata.get("status"),
-            }
-        }
+        {"error": {"message": event.message, "type": event.error_type, "param": None, "code": event.status}}
     )
 
 

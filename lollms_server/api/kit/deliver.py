@@ -1,0 +1,93 @@
+"""How a family's answer leaves: whole, streamed, or a finished turn replayed as a stream.
+
+Every delivery cancels its work when the client leaves: a whole answer through
+``api.cancellation.cancellable``, a stream through ``api.sse.EventStreamResponse`` (which frees
+the slot in ``on_close``). A family supplies only what differs: its request and its renderer,
+a function from the typed events (``kit.events``) to its frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any
+
+from fastapi import Request
+
+from lollms_server.api.cancellation import cancellable
+from lollms_server.api.kit.events import Event, typed
+from lollms_server.api.sse import EventStreamResponse
+from lollms_server.core.bindings import TextResult
+from lollms_server.core.generation import GenerationService
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest, GenerateResponse
+
+Renderer = Callable[[AsyncGenerator[Event, None]], AsyncGenerator[bytes, None]]
+
+
+async def whole(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+) -> GenerateResponse:
+    """The native answer (a client that leaves first cancels it)."""
+    return await cancellable(
+        request, lambda cancel: generation.generate(native, principal, request_id, cancel)
+    )
+
+
+async def stream(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+    render: Renderer,
+    *,
+    response: type[EventStreamResponse] = EventStreamResponse,
+    after_close: Callable[[], Awaitable[None]] | None = None,
+) -> EventStreamResponse:
+    """The generation streamed in the family's frames. The slot is taken (or the stream is
+    queued) before the response starts, so a refusal stays a plain HTTP error; it is freed when
+    the stream ends or the client leaves, then ``after_close`` runs."""
+    opened = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
+
+    async def close() -> None:
+        await opened.aclose()
+        if after_close is not None:
+            await after_close()
+
+    return response(render(typed(opened.events())), on_close=close, deadline=lambda: opened.deadline)
+
+
+async def tool_turn(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    tools: list[dict[str, Any]],
+) -> tuple[Any, TextResult, list[dict[str, Any]]]:
+    """One model turn offering the client's ``tools`` (OpenAI function shape); the calls
+    ``[{id, name, arguments}]`` come back for the client to run. Returns (target, result, calls)."""
+    return await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
+
+
+def replay(
+    frames: Iterable[bytes] | AsyncIterable[bytes], response: type[EventStreamResponse] = EventStreamResponse
+) -> Any:
+    """Frames that hold no slot (a finished tool turn, a pull's progress) sent as a stream;
+    a client that leaves stops only the sending."""
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        if isinstance(frames, AsyncIterable):
+            async for frame in frames:
+                yield frame
+        else:
+            for frame in frames:
+                yield frame
+
+    async def nothing() -> None:
+        return None
+
+    return response(events(), on_close=nothing)
