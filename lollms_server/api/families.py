@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "native": "lollms_server.api.native_family:FAMILY",
     "openai": "lollms_server.api.openai_compat:FAMILY",
     "ollama": "lollms_server.api.ollama_compat:FAMILY",
+    "anthropic": "lollms_server.api.anthropic:FAMILY",
 }
 """Family name -> ``module:attribute`` of its :class:`Family` (imported on first use)."""
 

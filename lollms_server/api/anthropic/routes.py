@@ -1,0 +1,216 @@
+"""The Anthropic routes, ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: each reads
+its body (``protocol``), translates it (``translate``, through the kit's chat mapping), runs it
+through the native GenerationService (same keys, quotas, pools, fair scheduling and bindings as
+every route) and answers one message or its stream of events. The key comes as ``x-api-key``
+or ``Authorization: Bearer`` (the key gate reads both); ``anthropic-version`` and
+``anthropic-beta`` are accepted. A client that leaves cancels its work and frees its slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from lollms_server.api.anthropic import translate
+from lollms_server.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import deliver
+from lollms_server.api.kit.chat import native_inputs
+from lollms_server.api.kit.events import Event, Failed, Finished, Queued, TextDelta
+from lollms_server.api.kit.names import split_model
+from lollms_server.api.kit.native import native
+from lollms_server.api.kit.sse import named_frame
+from lollms_server.core.generation import GenerationService
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": '`{"type": "error", "error": {"type": ..., "message": ...}}`'}
+    for status in (400, 401, 403, 404, 413, 429, 500, 504, 529)
+}
+STREAMS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
+router = APIRouter(prefix="/v1", tags=["anthropic"], responses=ERRORS)
+
+
+def _target(generation: GenerationService, model: str) -> tuple[str | None, str | None]:
+    """``instance`` or ``instance/model``; a ``claude-...`` name that names no instance (what
+    Claude Code asks for unless told otherwise) is the server's default text model."""
+    instance, name = split_model(model)
+    if model.startswith("claude") and instance not in generation.bindings.instances:
+        return None, None
+    return instance, name
+
+
+class _Call:
+    """A Messages body read once: its turns, tools, tool choice and native request."""
+
+    def __init__(
+        self, generation: GenerationService, body: CountTokensRequest, parameters: dict[str, Any]
+    ) -> None:
+        self.turns = translate.chat_turns(body)
+        tools = translate.offered_tools(body.tools)
+        choice, self.single = translate.tool_choice(body, tools)
+        self.tools = tools if choice != "none" else []
+        if self.tools:
+            parameters = {**parameters, "tool_choice": choice}
+        instance, model = _target(generation, body.model)
+        self.native = native(
+            GenerateRequest,
+            input_data=native_inputs(self.turns),
+            binding_name=instance,
+            model_name=model,
+            parameters=parameters,
+            stream=isinstance(body, MessagesRequest) and body.stream,
+        )
+
+
+@router.post("/messages", responses=STREAMS)
+async def messages(
+    request: Request,
+    body: MessagesRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    call = _Call(generation, body, translate.parameters(body))
+    message_id = f"msg_{request_id}"
+    if call.tools:
+        return await _with_tools(request, body, call, principal, generation, message_id, request_id)
+    if not body.stream:
+        response = await deliver.whole(request, generation, call.native, principal, request_id)
+        output = response.output[0]
+        metadata = output.metadata
+        return translate.message(
+            message_id,
+            body.model,
+            [{"type": "text", "text": str(output.data)}],
+            translate.stop_reason(metadata.get("finish_reason")),
+            translate.usage(metadata.get("usage") or {}),
+        )
+    estimate = translate.estimate_tokens(call.turns, [])
+
+    def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+        return _frames(events, message_id, body.model, estimate)
+
+    return await deliver.stream(request, generation, call.native, principal, request_id, frames)
+
+
+def _start(message_id: str, model: str, input_tokens: int) -> bytes:
+    counts = {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 0,
+    }
+    start = translate.message(message_id, model, [], None, counts)
+    return named_frame("message_start", {"type": "message_start", "message": start})
+
+
+def _block_start(index: int, block: dict[str, Any]) -> bytes:
+    return named_frame(
+        "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+    )
+
+
+def _block_delta(index: int, delta: dict[str, Any]) -> bytes:
+    return named_frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def _block_stop(index: int) -> bytes:
+    return named_frame("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def _end(stop: str, counts: dict[str, int]) -> list[bytes]:
+    delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": counts}
+    return [named_frame("message_delta", delta), named_frame("message_stop", {"type": "message_stop"})]
+
+
+PING = named_frame("ping", {"type": "ping"})
+
+
+async def _frames(
+    events: AsyncGenerator[Event, None], message_id: str, model: str, estimate: int
+) -> AsyncGenerator[bytes, None]:
+    """A text answer's events: ``message_start`` (its ``input_tokens`` an estimate: the prompt is
+    not read yet), one text block, ``message_delta`` with the stop reason and the exact usage,
+    ``message_stop``; ``ping`` while waiting in a queue; a failure is an ``error`` event."""
+    yield _start(message_id, model, estimate)
+    yield _block_start(0, {"type": "text", "text": ""})
+    yield PING
+    try:
+        async for event in events:
+            if isinstance(event, Queued):
+                yield PING
+            elif isinstance(event, TextDelta) and event.text:
+                yield _block_delta(0, {"type": "text_delta", "text": event.text})
+            elif isinstance(event, Finished):
+                yield _block_stop(0)
+                for frame in _end(translate.stop_reason(event.finish_reason), translate.usage(event.usage)):
+                    yield frame
+            elif isinstance(event, Failed):
+                status = translate.answer_status(event.status)
+                yield named_frame("error", translate.error_body(status, event.message))
+                return
+    finally:
+        await events.aclose()
+
+
+async def _with_tools(
+    request: Request,
+    body: MessagesRequest,
+    call: _Call,
+    principal: Principal,
+    generation: GenerationService,
+    message_id: str,
+    request_id: str,
+) -> Any:
+    """One model turn offering the client's tools; the calls go back as ``tool_use`` blocks (a
+    stream replays the finished turn: text, then each call's input as one ``input_json_delta``)."""
+    _, result, calls = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
+    if call.single:
+        calls = calls[:1]
+    content: list[dict[str, Any]] = [{"type": "text", "text": result.text}] if result.text else []
+    content.extend(translate.tool_use_blocks(calls, request_id))
+    stop = "tool_use" if calls else translate.stop_reason(result.finish_reason)
+    counts = translate.usage(result.usage)
+    if not body.stream:
+        return translate.message(message_id, body.model, content, stop, counts)
+    frames = [_start(message_id, body.model, counts["input_tokens"])]
+    for index, block in enumerate(content):
+        if block["type"] == "text":
+            frames.append(_block_start(index, {"type": "text", "text": ""}))
+            delta = {"type": "text_delta", "text": block["text"]}
+        else:
+            frames.append(_block_start(index, {**block, "input": {}}))
+            delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
+        if index == 0:
+            frames.append(PING)
+        frames.append(_block_delta(index, delta))
+        frames.append(_block_stop(index))
+    return deliver.replay([*frames, *_end(stop, counts)])
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(
+    request: Request,
+    body: CountTokensRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> dict[str, int]:
+    """The prompt's tokens, exactly as ``/v1/messages`` counts them: the same request read by
+    the same model with one token to generate (``input_tokens`` + ``cache_read_input_tokens``
+    of the answer). The model reads the prompt, so its prefix cache then holds it for the turn
+    that follows."""
+    call = _Call(generation, body, {"max_tokens": 1})
+    if call.tools:
+        _, result, _ = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
+        usage = result.usage
+    else:
+        response = await deliver.whole(request, generation, call.native, principal, request_id)
+        usage = response.output[0].metadata.get("usage") or {}
+    return {"input_tokens": int(usage.get("prompt_tokens", 0))}
