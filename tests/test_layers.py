@@ -52,6 +52,15 @@ FORBIDDEN = [
     ("lollms_server.api.ollama_compat", "lollms_server.core.pools"),
     ("lollms_server.api.ollama_compat", "lollms_server.core.resource_manager"),
     ("lollms_server.api.openai_compat", "lollms_server.api.ollama_compat"),
+    # API families share the kit, never each other; the kit knows no family (api/families.py)
+    ("lollms_server.api.ollama_compat", "lollms_server.api.openai_compat"),
+    ("lollms_server.api.anthropic", "lollms_server.api.openai_compat"),
+    ("lollms_server.api.anthropic", "lollms_server.api.ollama_compat"),
+    ("lollms_server.api.openai_compat", "lollms_server.api.anthropic"),
+    ("lollms_server.api.ollama_compat", "lollms_server.api.anthropic"),
+    ("lollms_server.api.kit", "lollms_server.api.openai_compat"),
+    ("lollms_server.api.kit", "lollms_server.api.ollama_compat"),
+    ("lollms_server.api.kit", "lollms_server.api.anthropic"),
     # the lollms_client adapter is created by the manager, never the other way round
     ("lollms_server.core.bindings.lollms_client_adapter", "lollms_server.core.bindings.manager"),
 ]

@@ -43,11 +43,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Ite
         bindings={
             "echo": {"type": "scripted_binding", "model_name": "echo"},
             "slow": {"type": "scripted_binding", "model_name": "echo", "delay": 0.2},
+            "solo": {"type": "scripted_binding", "model_name": "echo", "delay": 0.2, "pool": "solo"},
             "llm": llama,
             "tools": {**llama, "chat_format": "chatml-function-calling"},
         },
         defaults={"ttt_binding": "llm", "ttt_model": "tiny.gguf"},
-        resource_manager={"pools": {"default": {"limit": 2, "queue_size": 16, "queue_timeout": 60}}},
+        resource_manager={
+            "pools": {
+                "default": {"limit": 2, "queue_size": 16, "queue_timeout": 60},
+                "solo": {"limit": 1, "queue_size": 0},  # busy: a second request is refused (503)
+            }
+        },
         server={"auto_install_requirements": False, "public_metrics": True},
     ) as process:
         yield process
@@ -90,11 +96,11 @@ def test_whole_and_streamed_answers_are_equal_at_temperature_0(client: Any) -> N
     common = {"model": "llm/tiny.gguf", "max_tokens": 12, "messages": HELLO, "extra_body": {"temperature": 0}}
     whole = client.messages.create(**common, system="Be brief.")
     with client.messages.stream(**common, system=[{"type": "text", "text": "Be brief."}]) as stream:
-        streamed = stream.get_final_message()
         texts = "".join(stream.text_stream)
+        streamed = stream.get_final_message()
     assert whole.type == "message" and whole.role == "assistant" and whole.id.startswith("msg_")
     assert [block.type for block in whole.content] == ["text"] and whole.content[0].text
-    assert streamed.content[0].text == whole.content[0].text and texts in ("", whole.content[0].text)
+    assert streamed.content[0].text == whole.content[0].text == texts
     assert whole.stop_reason == streamed.stop_reason and whole.stop_reason in ("end_turn", "max_tokens")
     assert whole.usage.output_tokens == streamed.usage.output_tokens >= 1
     total = whole.usage.input_tokens + whole.usage.cache_read_input_tokens
@@ -278,6 +284,27 @@ def test_error_shapes_and_statuses(server: ServerProcess, client: Any) -> None:
     # the other families keep their shapes
     openai_shape = httpx.post(server.url + "/v1/chat/completions", json={}, headers=AUTH, timeout=30)
     assert openai_shape.status_code == 400 and "param" in openai_shape.json()["error"]
+
+
+def test_a_busy_pool_is_529_overloaded_and_a_failing_model_a_500(server: ServerProcess, client: Any) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    body = {
+        "model": "solo",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": words}],
+    }
+    with httpx.stream("POST", server.url + "/v1/messages", json=body, headers=AUTH, timeout=60) as held:
+        assert held.status_code == 200
+        busy = httpx.post(
+            server.url + "/v1/messages", json={**body, "stream": False}, headers=AUTH, timeout=30
+        )
+    assert busy.status_code == 529 and "retry-after" in busy.headers
+    assert busy.json()["type"] == "error" and busy.json()["error"]["type"] == "overloaded_error"
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        client.messages.create(model="echo/broken", max_tokens=4, messages=HELLO)
+    assert failed.value.body["type"] == "error" and failed.value.body["error"]["type"] == "api_error"
+    assert "secret" not in failed.value.body["error"]["message"]
 
 
 def test_bearer_and_x_api_key_are_both_accepted(server: ServerProcess) -> None:
