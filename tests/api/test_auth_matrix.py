@@ -35,6 +35,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "/api/v1/detokenize": {"tokens": [104, 105], "binding_name": "echo", "model_name": "echo"},
     "/v1/chat/completions": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}]},
     "/v1/completions": {"model": "echo/echo", "prompt": "hi"},
+    "/v1/messages": {"model": "echo/echo", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/messages/count_tokens": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}]},
     "/api/chat": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}], "stream": False},
     "/api/generate": {"model": "echo", "prompt": "hi", "stream": False},
     "/api/show": {"model": "echo"},
