@@ -117,8 +117,8 @@ def test_stream_events_are_exactly_anthropics(server: ServerProcess) -> None:
     assert deltas >= 1
     assert names == [
         "message_start",
-        "content_block_start",
         "ping",
+        "content_block_start",
         *["content_block_delta"] * deltas,
         "content_block_stop",
         "message_delta",
@@ -127,7 +127,7 @@ def test_stream_events_are_exactly_anthropics(server: ServerProcess) -> None:
     start = events[0][1]["message"]
     assert start["content"] == [] and start["stop_reason"] is None and start["role"] == "assistant"
     assert isinstance(start["usage"]["input_tokens"], int) and start["usage"]["input_tokens"] > 0
-    assert events[1][1] == {
+    assert events[2][1] == {
         "type": "content_block_start",
         "index": 0,
         "content_block": {"type": "text", "text": ""},
@@ -140,6 +140,30 @@ def test_stream_events_are_exactly_anthropics(server: ServerProcess) -> None:
     end = events[-2][1]
     assert end["delta"]["stop_reason"] in ("end_turn", "max_tokens") and end["usage"]["output_tokens"] >= 1
     assert end["usage"]["input_tokens"] + end["usage"]["cache_read_input_tokens"] > 0
+
+
+def test_a_reasoning_models_think_is_a_thinking_block(server: ServerProcess, client: Any) -> None:
+    """The echo model answers what a reasoning model would: ``<think>...</think>`` then text."""
+    said = "<think> pondering this deeply </think> The answer"
+    common = {"model": "echo", "max_tokens": 64, "messages": [{"role": "user", "content": said}]}
+    whole = client.messages.create(**common, thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [block.type for block in whole.content] == ["thinking", "text"]
+    assert whole.content[0].thinking.strip() == "pondering this deeply" and whole.content[0].signature == ""
+    assert whole.content[1].text.strip() == "The answer"
+    events = post_stream(server, common)
+    starts = [
+        (data["index"], data["content_block"]["type"])
+        for name, data in events
+        if name == "content_block_start"
+    ]
+    assert starts == [(0, "thinking"), (1, "text")]
+    kinds = {data["delta"]["type"] for name, data in events if name == "content_block_delta"}
+    assert kinds == {"thinking_delta", "text_delta"}
+    with client.messages.stream(**common) as stream:
+        streamed = stream.get_final_message()
+    assert [block.model_dump() for block in streamed.content] == [
+        block.model_dump() for block in whole.content
+    ]
 
 
 def test_sampling_fields_and_accepted_extras(client: Any) -> None:
@@ -190,14 +214,14 @@ def test_forced_tool_streamed_as_input_json_delta(server: ServerProcess, client:
     names = [name for name, _ in events]
     assert names == [
         "message_start",
-        "content_block_start",
         "ping",
+        "content_block_start",
         "content_block_delta",
         "content_block_stop",
         "message_delta",
         "message_stop",
     ]
-    block = events[1][1]["content_block"]
+    block = events[2][1]["content_block"]
     assert block["type"] == "tool_use" and block["name"] == "get_weather" and block["input"] == {}
     delta = events[3][1]["delta"]
     assert delta["type"] == "input_json_delta"

@@ -87,7 +87,7 @@ async def messages(
         return translate.message(
             message_id,
             body.model,
-            [{"type": "text", "text": str(output.data)}],
+            translate.answer_blocks(str(output.data)),
             translate.stop_reason(metadata.get("finish_reason")),
             translate.usage(metadata.get("usage") or {}),
         )
@@ -132,26 +132,72 @@ def _end(stop: str, counts: dict[str, int]) -> list[bytes]:
 PING = named_frame("ping", {"type": "ping"})
 
 
+class _Blocks:
+    """A stream's content blocks, opened as their pieces come: indices from 0, one open at a
+    time (a thinking block is closed before the text block opens)."""
+
+    DELTAS = {"thinking": "thinking_delta", "text": "text_delta"}
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open: str | None = None
+        self.had_text = False
+
+    def piece(self, kind: str, text: str) -> list[bytes]:
+        frames = [] if self.open == kind else self._switch(kind)
+        delta = {"type": self.DELTAS[kind], kind: text}
+        return [*frames, _block_delta(self.index, delta)]
+
+    def _switch(self, kind: str) -> list[bytes]:
+        frames = self.close()
+        self.index += 1
+        self.open = kind
+        self.had_text = self.had_text or kind == "text"
+        empty = translate.thinking_block("") if kind == "thinking" else {"type": "text", "text": ""}
+        return [*frames, _block_start(self.index, empty)]
+
+    def close(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [_block_stop(self.index)]
+
+    def end(self) -> list[bytes]:
+        """Close the last block; an answer without text still ends with a (empty) text block."""
+        frames = [] if self.had_text else self._switch("text")
+        return [*frames, *self.close()]
+
+
 async def _frames(
     events: AsyncGenerator[Event, None], message_id: str, model: str, estimate: int
 ) -> AsyncGenerator[bytes, None]:
     """A text answer's events: ``message_start`` (its ``input_tokens`` an estimate: the prompt is
-    not read yet), one text block, ``message_delta`` with the stop reason and the exact usage,
-    ``message_stop``; ``ping`` while waiting in a queue; a failure is an ``error`` event."""
+    not read yet), ``ping``, the blocks (a reasoning model's ``<think>`` as a thinking block, then
+    the text), ``message_delta`` with the stop reason and the exact usage, ``message_stop``;
+    ``ping`` while waiting in a queue; a failure is an ``error`` event."""
     yield _start(message_id, model, estimate)
-    yield _block_start(0, {"type": "text", "text": ""})
     yield PING
+    splitter = translate.ThinkingSplitter()
+    blocks = _Blocks()
     try:
         async for event in events:
             if isinstance(event, Queued):
                 yield PING
-            elif isinstance(event, TextDelta) and event.text:
-                yield _block_delta(0, {"type": "text_delta", "text": event.text})
+            elif isinstance(event, TextDelta):
+                for kind, piece in splitter.push(event.text):
+                    for frame in blocks.piece(kind, piece):
+                        yield frame
             elif isinstance(event, Finished):
-                yield _block_stop(0)
+                for kind, piece in splitter.flush():
+                    for frame in blocks.piece(kind, piece):
+                        yield frame
+                for frame in blocks.end():
+                    yield frame
                 for frame in _end(translate.stop_reason(event.finish_reason), translate.usage(event.usage)):
                     yield frame
             elif isinstance(event, Failed):
+                for frame in blocks.close():
+                    yield frame
                 status = translate.answer_status(event.status)
                 yield named_frame("error", translate.error_body(status, event.message))
                 return
@@ -173,22 +219,26 @@ async def _with_tools(
     _, result, calls = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
     if call.single:
         calls = calls[:1]
-    content: list[dict[str, Any]] = [{"type": "text", "text": result.text}] if result.text else []
+    thinking, text = translate.split_thinking(result.text)
+    content: list[dict[str, Any]] = [translate.thinking_block(thinking)] if thinking is not None else []
+    if text:
+        content.append({"type": "text", "text": text})
     content.extend(translate.tool_use_blocks(calls, request_id))
     stop = "tool_use" if calls else translate.stop_reason(result.finish_reason)
     counts = translate.usage(result.usage)
     if not body.stream:
         return translate.message(message_id, body.model, content, stop, counts)
-    frames = [_start(message_id, body.model, counts["input_tokens"])]
+    frames = [_start(message_id, body.model, counts["input_tokens"]), PING]
     for index, block in enumerate(content):
         if block["type"] == "text":
             frames.append(_block_start(index, {"type": "text", "text": ""}))
             delta = {"type": "text_delta", "text": block["text"]}
+        elif block["type"] == "thinking":
+            frames.append(_block_start(index, translate.thinking_block("")))
+            delta = {"type": "thinking_delta", "thinking": block["thinking"]}
         else:
             frames.append(_block_start(index, {**block, "input": {}}))
             delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
-        if index == 0:
-            frames.append(PING)
         frames.append(_block_delta(index, delta))
         frames.append(_block_stop(index))
     return deliver.replay([*frames, *_end(stop, counts)])

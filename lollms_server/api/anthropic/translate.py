@@ -310,3 +310,96 @@ def json_text(value: Any) -> str:
     """A tool input as JSON text, its key order kept (a reordering would change the prompt of
     the next turn and defeat the prefix cache)."""
     return json.dumps(value, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- thinking
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+class ThinkingSplitter:
+    """Splits a model's text, piece by piece, into ``("thinking", piece)`` and ``("text", piece)``:
+    a reasoning model's answer that starts with ``<think>...</think>`` (Qwen3, DeepSeek-R1...)
+    becomes a ``thinking`` block, then the text (its leading whitespace dropped); any other answer
+    is text as it is. A whole answer goes through the same splitter (:func:`split_thinking`), so
+    whole and streamed answers have the same blocks."""
+
+    def __init__(self) -> None:
+        self.state = "start"  # start -> thinking -> after -> text, or start -> text
+        self.held = ""
+        self.thought = False
+
+    def push(self, piece: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        self.held += piece
+        while True:
+            if self.state == "start":
+                head = self.held.lstrip()
+                if not head or (THINK_OPEN.startswith(head) and head != THINK_OPEN):
+                    return out  # whitespace, or maybe the start of "<think>": wait for more
+                if head.startswith(THINK_OPEN):
+                    self.state, self.thought, self.held = "thinking", True, head[len(THINK_OPEN) :]
+                    continue
+                self.state = "text"
+            elif self.state == "thinking":
+                end = self.held.find(THINK_CLOSE)
+                if end >= 0:
+                    if end:
+                        out.append(("thinking", self.held[:end]))
+                    self.state, self.held = "after", self.held[end + len(THINK_CLOSE) :]
+                    continue
+                keep = next(
+                    (
+                        size
+                        for size in range(len(THINK_CLOSE) - 1, 0, -1)
+                        if self.held.endswith(THINK_CLOSE[:size])
+                    ),
+                    0,
+                )
+                if len(self.held) > keep:
+                    out.append(("thinking", self.held[: len(self.held) - keep]))
+                    self.held = self.held[len(self.held) - keep :]
+                return out
+            elif self.state == "after":
+                self.held = self.held.lstrip()
+                if not self.held:
+                    return out
+                self.state = "text"
+            else:
+                if self.held:
+                    out.append(("text", self.held))
+                    self.held = ""
+                return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        """What is held at the end (an unfinished ``<think>`` is thinking; a lone prefix text)."""
+        held, self.held = self.held, ""
+        if not held or self.state == "after":
+            return []
+        return [("thinking" if self.state == "thinking" else "text", held)]
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """(the thinking, or None when the model emitted none; the text) of a whole answer."""
+    splitter = ThinkingSplitter()
+    pieces = splitter.push(text) + splitter.flush()
+    thinking = "".join(piece for kind, piece in pieces if kind == "thinking")
+    return (thinking if splitter.thought else None), "".join(
+        piece for kind, piece in pieces if kind == "text"
+    )
+
+
+def answer_blocks(text: str) -> list[dict[str, Any]]:
+    """A whole text answer's blocks: the thinking (when emitted), then the text."""
+    thinking, rest = split_thinking(text)
+    blocks: list[dict[str, Any]] = []
+    if thinking is not None:
+        blocks.append(thinking_block(thinking))
+    blocks.append({"type": "text", "text": rest})
+    return blocks
+
+
+def thinking_block(thinking: str) -> dict[str, Any]:
+    """A thinking block; its ``signature`` empty (local models sign nothing) but present, as the
+    SDK expects it."""
+    return {"type": "thinking", "thinking": thinking, "signature": ""}

@@ -32,9 +32,9 @@ def test_a_queued_then_finished_stream() -> None:
     frames = render([Queued(position=1), TextDelta("a"), TextDelta(""), TextDelta("b"), finished])
     assert [name for name, _ in frames] == [
         "message_start",
-        "content_block_start",
         "ping",
         "ping",  # while queued
+        "content_block_start",
         "content_block_delta",
         "content_block_delta",
         "content_block_stop",
@@ -61,3 +61,41 @@ def test_a_failure_is_an_error_event_in_anthropics_shape() -> None:
         {"type": "error", "error": {"type": "overloaded_error", "message": "The queue wait timed out."}},
     )
     assert "message_stop" not in [name for name, _ in frames]
+
+
+def test_thinking_then_text_blocks_with_increasing_indices() -> None:
+    pieces = ["<thi", "nk>I ", "wonder</th", "ink>\n\n", "Hi", " there"]
+    frames = render([*map(TextDelta, pieces), Finished({"finish_reason": "stop", "usage": {}}, [])])
+    blocks = [
+        (data["index"], data["content_block"]) for name, data in frames if name == "content_block_start"
+    ]
+    assert blocks == [
+        (0, {"type": "thinking", "thinking": "", "signature": ""}),
+        (1, {"type": "text", "text": ""}),
+    ]
+    deltas = [(data["index"], data["delta"]) for name, data in frames if name == "content_block_delta"]
+    assert "".join(delta["thinking"] for index, delta in deltas if index == 0) == "I wonder"
+    assert "".join(delta["text"] for index, delta in deltas if index == 1) == "Hi there"
+    edges = [
+        (name, data["index"])
+        for name, data in frames
+        if name in ("content_block_start", "content_block_stop")
+    ]
+    assert edges == [  # the thinking block closes before the text block opens
+        ("content_block_start", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_stop", 1),
+    ]
+
+
+def test_an_empty_answer_still_has_its_text_block() -> None:
+    frames = render([Finished({"finish_reason": "stop", "usage": {}}, [])])
+    assert [name for name, _ in frames] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]

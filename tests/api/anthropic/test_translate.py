@@ -155,3 +155,28 @@ def test_error_shape_and_statuses() -> None:
     )
     assert translate.error_shape(422, {})[1]["error"]["type"] == "invalid_request_error"
     assert translate.error_shape(502, {})[1]["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>a b</think>\n\nHello", ("a b", "Hello")),
+        ("  Hello <think>x</think>", (None, "  Hello <think>x</think>")),
+        ("<think>cut by max_tokens", ("cut by max_tokens", "")),
+        ("<thi", (None, "<thi")),
+        ("", (None, "")),
+    ],
+)
+def test_thinking_is_split_the_same_whole_or_piece_by_piece(
+    text: str, expected: tuple[str | None, str]
+) -> None:
+    assert translate.split_thinking(text) == expected
+    for size in (1, 2, 3, 5):
+        splitter = translate.ThinkingSplitter()
+        pieces = [
+            part for start in range(0, len(text), size) for part in splitter.push(text[start : start + size])
+        ]
+        pieces += splitter.flush()
+        thinking = "".join(piece for kind, piece in pieces if kind == "thinking")
+        text_part = "".join(piece for kind, piece in pieces if kind == "text")
+        assert ((thinking if splitter.thought else None), text_part) == expected
