@@ -244,6 +244,7 @@ def test_a_tool_round_trip(client: Any) -> None:
     assert first.stop_reason == "tool_use"
     [use] = first.content
     assert use.type == "tool_use" and use.input == {"city": "Paris", "celsius": True}
+    assert use.id.startswith("toolu_")
     second = client.messages.create(
         model="echo",
         max_tokens=64,
@@ -259,6 +260,47 @@ def test_a_tool_round_trip(client: Any) -> None:
     )
     assert second.stop_reason == "end_turn"
     assert second.content[0].text.strip() == '<tool_result name="get_weather">sunny, 21 C</tool_result>'
+
+
+def test_a_streamed_tool_turn_shows_its_text_before_the_call(server: ServerProcess, client: Any) -> None:
+    """Text-protocol tools stream: the text the model writes before its call arrives as text
+    deltas while it writes, then the call as a tool_use block; the SDK gets the whole answer."""
+    call = {"name": "get_weather", "arguments": {"city": "Oslo", "celsius": False}}
+    said = f"Let me check the weather. <tool_call>{json.dumps(call)}</tool_call>"
+    common = {
+        "model": "slow",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": said}],
+        "tools": [WEATHER],
+    }
+    whole = client.messages.create(**common)
+    events = post_stream(server, common)
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-5:] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    texts = [
+        data["delta"]["text"] for name, data in events if name == "content_block_delta" and data["index"] == 0
+    ]
+    assert len(texts) >= 3 and "".join(texts) == "Let me check the weather."  # word by word
+    assert events[-5][1]["index"] == 1 and events[-5][1]["content_block"]["type"] == "tool_use"
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    with client.messages.stream(**common) as stream:
+        streamed = stream.get_final_message()
+
+    def without_ids(message: Any) -> list[dict[str, Any]]:
+        return [{k: v for k, v in block.model_dump().items() if k != "id"} for block in message.content]
+
+    assert without_ids(streamed) == without_ids(whole)
+    text_block, use = without_ids(whole)
+    assert text_block["type"] == "text" and text_block["text"] == "Let me check the weather."
+    assert use["type"] == "tool_use" and use["name"] == "get_weather"
+    assert use["input"] == {"city": "Oslo", "celsius": False}
 
 
 def test_count_tokens_equals_the_answers_input_tokens(client: Any) -> None:

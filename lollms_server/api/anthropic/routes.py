@@ -162,6 +162,18 @@ class _Blocks:
         self.open = None
         return [_block_stop(self.index)]
 
+    def whole(self, block: dict[str, Any], delta: dict[str, Any]) -> list[bytes]:
+        """A block sent at once: start (empty), one delta, stop."""
+        frames = self.close()
+        self.index += 1
+        empty = {**block, "input": {}} if block["type"] == "tool_use" else {**block, block["type"]: ""}
+        return [
+            *frames,
+            _block_start(self.index, empty),
+            _block_delta(self.index, delta),
+            _block_stop(self.index),
+        ]
+
     def end(self) -> list[bytes]:
         """Close the last block; an answer without text still ends with a (empty) text block."""
         frames = [] if self.had_text else self._switch("text")
@@ -214,34 +226,90 @@ async def _with_tools(
     message_id: str,
     request_id: str,
 ) -> Any:
-    """One model turn offering the client's tools; the calls go back as ``tool_use`` blocks (a
-    stream replays the finished turn: text, then each call's input as one ``input_json_delta``)."""
+    """One model turn offering the client's tools; the calls go back as ``tool_use`` blocks. A
+    stream shows the text as the model writes it, up to its first call; then the rest of the
+    text and each call (its input as one ``input_json_delta``) once the turn ends."""
+    if body.stream:
+        estimate = translate.estimate_tokens(call.turns, call.tools)
+
+        def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+            return _tool_frames(events, message_id, body.model, estimate, request_id, call.single)
+
+        return await deliver.tool_stream(
+            request, generation, call.native, principal, request_id, call.tools, frames
+        )
     _, result, calls = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
     if call.single:
         calls = calls[:1]
-    thinking, text = translate.split_thinking(result.text)
+    thinking, text = translate.turn_text(result.text)
     content: list[dict[str, Any]] = [translate.thinking_block(thinking)] if thinking is not None else []
     if text:
         content.append({"type": "text", "text": text})
     content.extend(translate.tool_use_blocks(calls, request_id))
     stop = "tool_use" if calls else translate.stop_reason(result.finish_reason)
-    counts = translate.usage(result.usage)
-    if not body.stream:
-        return translate.message(message_id, body.model, content, stop, counts)
-    frames = [_start(message_id, body.model, counts["input_tokens"]), PING]
-    for index, block in enumerate(content):
-        if block["type"] == "text":
-            frames.append(_block_start(index, {"type": "text", "text": ""}))
-            delta = {"type": "text_delta", "text": block["text"]}
-        elif block["type"] == "thinking":
-            frames.append(_block_start(index, translate.thinking_block("")))
-            delta = {"type": "thinking_delta", "thinking": block["thinking"]}
-        else:
-            frames.append(_block_start(index, {**block, "input": {}}))
-            delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
-        frames.append(_block_delta(index, delta))
-        frames.append(_block_stop(index))
-    return deliver.replay([*frames, *_end(stop, counts)])
+    return translate.message(message_id, body.model, content, stop, translate.usage(result.usage))
+
+
+async def _tool_frames(
+    events: AsyncGenerator[Event, None],
+    message_id: str,
+    model: str,
+    estimate: int,
+    request_id: str,
+    single: bool,
+) -> AsyncGenerator[bytes, None]:
+    """A tool turn's events: as ``_frames``, the text held at the model's first call
+    (``translate.TextBeforeCalls``), then at the end the rest of the text and one ``tool_use``
+    block per call."""
+    yield _start(message_id, model, estimate)
+    yield PING
+    splitter = translate.ThinkingSplitter()
+    before = translate.TextBeforeCalls()
+    blocks = _Blocks()
+    shown = ""
+
+    def pieces(found: list[tuple[str, str]]) -> list[bytes]:
+        nonlocal shown
+        frames: list[bytes] = []
+        for kind, piece in found:
+            text = piece if kind == "thinking" else before.push(piece)
+            if text:
+                shown += text if kind == "text" else ""
+                frames.extend(blocks.piece(kind, text))
+        return frames
+
+    try:
+        async for event in events:
+            if isinstance(event, Queued):
+                yield PING
+            elif isinstance(event, TextDelta):
+                for frame in pieces(splitter.push(event.text)):
+                    yield frame
+            elif isinstance(event, Finished):
+                for frame in pieces(splitter.flush()):
+                    yield frame
+                _, text = translate.turn_text(event.text)
+                if text.startswith(shown) and len(text) > len(shown):
+                    for frame in blocks.piece("text", text[len(shown) :]):
+                        yield frame
+                calls = event.tool_calls[:1] if single else event.tool_calls
+                for block in translate.tool_use_blocks(calls, request_id):
+                    delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
+                    for frame in blocks.whole(block, delta):
+                        yield frame
+                for frame in blocks.close():
+                    yield frame
+                stop = "tool_use" if calls else translate.stop_reason(event.finish_reason)
+                for frame in _end(stop, translate.usage(event.usage)):
+                    yield frame
+            elif isinstance(event, Failed):
+                for frame in blocks.close():
+                    yield frame
+                status = translate.answer_status(event.status)
+                yield named_frame("error", translate.error_body(status, event.message))
+                return
+    finally:
+        await events.aclose()
 
 
 @router.post("/messages/count_tokens")

@@ -253,12 +253,14 @@ def stop_reason(finish_reason: str | None) -> str:
 
 
 def tool_use_blocks(calls: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
-    """Native calls ``[{id, name, arguments}]`` as ``tool_use`` blocks (``input`` an object)."""
+    """Native calls ``[{id, name, arguments}]`` as ``tool_use`` blocks (``input`` an object). Ids
+    are ``toolu_<request id>_<n>``, unique across turns as Anthropic's are (the engines' own ids,
+    such as ``call_0_<name>``, repeat from one turn to the next)."""
     blocks = []
     for index, call in enumerate(calls):
         arguments = call.get("arguments")
         found = arguments if isinstance(arguments, dict) else {"value": arguments}
-        call_id = str(call.get("id") or f"toolu_{request_id}_{index}")
+        call_id = f"toolu_{request_id}_{index}"
         blocks.append({"type": "tool_use", "id": call_id, "name": call["name"], "input": found})
     return blocks
 
@@ -403,3 +405,48 @@ def thinking_block(thinking: str) -> dict[str, Any]:
     """A thinking block; its ``signature`` empty (local models sign nothing) but present, as the
     SDK expects it."""
     return {"type": "thinking", "thinking": thinking, "signature": ""}
+
+
+TOOL_CALL_OPEN = "<tool_call>"
+
+
+class TextBeforeCalls:
+    """A streamed tool turn's text as it may be shown before the turn ends: what comes before
+    the model's first ``<tool_call>``, its leading whitespace dropped and its trailing whitespace
+    (or a piece that may start a ``<tool_call>``) held back until more text follows. What is shown
+    is thus always the start of the finished turn's text (calls stripped, whitespace trimmed);
+    the rest is sent from that text once the turn ends."""
+
+    def __init__(self) -> None:
+        self.held = ""
+        self.started = False
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.held += piece
+        if not self.started:
+            self.held = self.held.lstrip()
+            if not self.held:
+                return ""
+            self.started = True
+        call = self.held.find(TOOL_CALL_OPEN)
+        if call >= 0:
+            shown, self.held, self.stopped = self.held[:call].rstrip(), "", True
+            return shown
+        cut = len(self.held)
+        for size in range(len(TOOL_CALL_OPEN) - 1, 0, -1):
+            if self.held.endswith(TOOL_CALL_OPEN[:size]):
+                cut -= size
+                break
+        while cut > 0 and self.held[cut - 1].isspace():
+            cut -= 1
+        shown, self.held = self.held[:cut], self.held[cut:]
+        return shown
+
+
+def turn_text(text: str) -> tuple[str | None, str]:
+    """A finished tool turn's (thinking, text): its text trimmed (whole or streamed alike)."""
+    thinking, rest = split_thinking(text)
+    return thinking, rest.strip()

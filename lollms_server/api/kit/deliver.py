@@ -73,6 +73,25 @@ async def tool_turn(
     return await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
 
 
+async def tool_stream(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+    tools: list[dict[str, Any]],
+    render: Renderer,
+) -> EventStreamResponse:
+    """``tool_turn``, streamed: the text as the model writes it (calls included, as written),
+    then ``Finished`` with the parsed calls (``Finished.tool_calls``) and the text without them."""
+    opened = await cancellable(
+        request, lambda _: generation.open_tool_turn(native, principal, tools, request_id)
+    )
+    return EventStreamResponse(
+        render(typed(opened.events())), on_close=opened.aclose, deadline=lambda: opened.deadline
+    )
+
+
 def replay(
     frames: Iterable[bytes] | AsyncIterable[bytes], response: type[EventStreamResponse] = EventStreamResponse
 ) -> Any:

@@ -72,6 +72,16 @@ class Finished:
     def usage(self) -> dict[str, Any]:
         return dict(self.metadata.get("usage") or {})
 
+    @property
+    def text(self) -> str:
+        """The answer's text (a tool turn's: without its calls)."""
+        return str(self.outputs[0].get("data") or "") if self.outputs else ""
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """A tool turn's calls ``[{id, name, arguments}]`` (``GenerationService.open_tool_turn``)."""
+        return list(self.metadata.get("tool_calls") or [])
+
 
 @dataclass
 class Failed:

@@ -37,6 +37,7 @@ from lollms_server.core.generation.routing import Target, merged_parameters, res
 from lollms_server.core.generation.stream import GenerationStream
 from lollms_server.core.generation.text_inputs import text_request
 from lollms_server.core.generation.tools import ToolLoop, single_turn
+from lollms_server.core.generation.turn_stream import ToolTurnStream
 from lollms_server.core.generation.workflows import WorkflowRun, WorkflowServices
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
@@ -259,6 +260,18 @@ class GenerationService:
             await admission.release()
         finish = "tool_calls" if calls else "stop"
         return admission.target, TextResult(text=text, finish_reason=finish, usage=usage), calls
+
+    async def open_tool_turn(
+        self, request: GenerateRequest, principal: Principal, tools: list[dict[str, Any]], request_id: str
+    ) -> ToolTurnStream:
+        """``chat_turn``, streamed (``turn_stream``): admitted before the response starts, so a
+        refusal stays a plain HTTP error."""
+        admission = await self.admit(request, principal, self.personality_of(request))
+        try:
+            return ToolTurnStream(admission, tools, request_id, timeout=self.timeout, metrics=self.metrics)
+        except BaseException:
+            await admission.release()
+            raise
 
     async def preload(
         self, principal: Principal, generation_type: str, binding_name: str | None, model_name: str | None

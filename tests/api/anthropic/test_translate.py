@@ -180,3 +180,22 @@ def test_thinking_is_split_the_same_whole_or_piece_by_piece(
         thinking = "".join(piece for kind, piece in pieces if kind == "thinking")
         text_part = "".join(piece for kind, piece in pieces if kind == "text")
         assert ((thinking if splitter.thought else None), text_part) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "final"),
+    [
+        ('  Let me look.\n<tool_call>{"name": "a", "arguments": {}}</tool_call>\nDone', "Let me look.\nDone"),
+        ("no call at all  ", "no call at all"),
+        ("a <tool_cal b", "a <tool_cal b"),  # looked like a call, was not
+        ("<tool_call>{broken</tool_call>", "<tool_call>{broken</tool_call>"),
+    ],
+)
+def test_text_shown_before_calls_is_always_the_start_of_the_final_text(raw: str, final: str) -> None:
+    for size in (1, 2, 4, 7):
+        before = translate.TextBeforeCalls()
+        shown = ""
+        for start in range(0, len(raw), size):
+            shown += before.push(raw[start : start + size])
+            assert final.startswith(shown), (shown, final)
+    assert translate.turn_text(final) == (None, final)
