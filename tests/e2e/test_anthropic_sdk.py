@@ -465,6 +465,33 @@ def test_a_claude_code_turn_with_its_side_requests(server: ServerProcess) -> Non
         stops = [data["index"] for name, data in events if name == "content_block_stop"]
         assert stops == indices
         assert events[-2][1]["delta"]["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+        # the next turn: the tool's result, Claude Code's token reminder after it
+        turn["messages"] = [
+            *turn["messages"],
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "I should list them.", "signature": "c2ln"},
+                    {"type": "tool_use", "id": "toolu_01", "name": "Bash", "input": {"command": "ls"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_01",
+                        "content": [{"type": "text", "text": "a.txt\nb.txt"}],
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            },
+            {"role": "system", "content": "Tokens left: 189000"},
+        ]
+        with http.stream("POST", "/v1/messages?beta=true", json=turn) as response:
+            assert response.status_code == 200, response.read()
+            names = [name for name, _ in events_of(response)]
+        assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
         title = http.post(
             "/v1/messages?beta=true",
             json={
