@@ -518,14 +518,17 @@ def active(server: ServerProcess) -> int:
     return sum(int(pool["active"]) for pool in response.json()["pools"])
 
 
-def test_a_client_leaving_a_stream_frees_its_slot(server: ServerProcess) -> None:
+@pytest.mark.parametrize("tools", [None, [WEATHER]], ids=["text", "tool turn"])
+def test_a_client_leaving_a_stream_frees_its_slot(server: ServerProcess, tools: Any) -> None:
     words = " ".join(f"w{i}" for i in range(200))  # 0.2 s a word: 40 s in all
-    body = {
+    body: dict[str, Any] = {
         "model": "slow",
         "max_tokens": 400,
         "stream": True,
         "messages": [{"role": "user", "content": words}],
     }
+    if tools:
+        body["tools"] = tools
     with httpx.stream("POST", server.url + "/v1/messages", json=body, headers=AUTH, timeout=60) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
