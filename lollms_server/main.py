@@ -26,6 +26,7 @@ from lollms_server.api.models_routes import router as models_router
 from lollms_server.api.ollama_compat import OllamaErrorShape
 from lollms_server.api.ollama_compat import router as ollama_router
 from lollms_server.api.openai_compat import router as openai_router
+from lollms_server.api.responses import router as responses_router
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.functions import FunctionManager
@@ -118,6 +119,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(responses_router)  # /v1/responses (Codex CLI)
     app.include_router(ollama_router)  # /api/chat, /api/tags...: beside /api/v1, never over it
     app.include_router(models_router)
     app.include_router(lollms_v1_router)  # /lollms/v1 helpers for lollms_client

@@ -1,0 +1,331 @@
+"""The ``/v1/responses`` routes (OpenAI's Responses API, what Codex CLI speaks).
+
+Each request runs through the native GenerationService like every other family (same keys,
+quotas, fairness, pools, bindings and metrics); a client that leaves cancels its work
+(``api.cancellation``, ``api.sse``). How the turn runs (``dialect.plan``):
+
+- no tools (or ``tool_choice: none``): a text answer, streamed token by token;
+- one tool forced (``tool_choice`` naming it, or ``required`` with one tool): the answer *is* the
+  call's arguments, constrained by the tool's JSON schema where the binding can (llama.cpp
+  grammars), streamed as ``response.function_call_arguments.delta``;
+- ``auto`` (or ``required`` among several tools): one model turn offering the tools (the
+  server's tool protocol), whole, then sent as the same events.
+
+Stored responses (``store``, the default) live in the jobs database (``store``); a
+``previous_response_id`` continues one: its conversation is the input's prefix, which the
+llama.cpp engine finds again in its prefix cache (``usage.input_tokens_details.cached_tokens``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import SQLAlchemyError
+
+from lollms_server.api.cancellation import cancellable
+from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.models import ERROR_RESPONSES
+from lollms_server.api.responses import dialect
+from lollms_server.api.responses.encoding import DecodingRoute
+from lollms_server.api.responses.protocol import ResponsesInput, ResponsesRequest
+from lollms_server.api.responses.store import ResponseStore
+from lollms_server.api.sse import EventStreamResponse
+from lollms_server.core.errors import BadRequestError, NotFoundError
+from lollms_server.core.generation import GenerationService
+from lollms_server.core.security import Principal
+from lollms_server.core.types import GenerateRequest
+
+logger = logging.getLogger(__name__)
+router = APIRouter(
+    prefix="/v1", tags=["openai responses"], responses=ERROR_RESPONSES, route_class=DecodingRoute
+)
+STREAMS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
+
+
+class Live:
+    """A response being generated in this process, which ``POST .../cancel`` can stop."""
+
+    def __init__(self, owner: str, stop: Callable[[], Any]) -> None:
+        self.owner = owner
+        self.stop = stop
+        self.cancelled = False
+
+
+LIVE: dict[str, Live] = {}
+"""Responses in flight here (an entry lives as long as its request)."""
+
+
+def responses_store(request: Request) -> ResponseStore | None:
+    """The stored responses, in the jobs database (None when ``[jobs]`` is off)."""
+    state = request.app.state
+    store: ResponseStore | None = getattr(state, "responses_store", None)
+    if store is None:
+        jobs = getattr(state, "jobs", None)
+        if jobs is None:
+            return None
+        settings = state.config.jobs
+        store = ResponseStore(
+            jobs.store.engine, settings.responses_ttl_hours * 3600, settings.max_responses_per_key
+        )
+        state.responses_store = store
+    return store
+
+
+async def _stored(request: Request, principal: Principal, response_id: str) -> Any:
+    store = responses_store(request)
+    found = None
+    if store is not None:
+        found = await asyncio.to_thread(store.get, principal.name, response_id)
+    if found is None:
+        raise NotFoundError(f"No response with id '{response_id[:128]}' found.", param="previous_response_id")
+    return found
+
+
+async def _conversation(request: Request, principal: Principal, body: ResponsesInput) -> list[dict[str, Any]]:
+    """The stored conversation ``previous_response_id`` continues, then this request's input."""
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id:
+        history = (await _stored(request, principal, body.previous_response_id)).items
+    return history + dialect.input_items(body)
+
+
+async def _keep(
+    request: Request, principal: Principal, builder: dialect.ResponseBuilder, items: list[dict[str, Any]]
+) -> None:
+    """Store a finished response with its conversation (a database failure is logged: the
+    answer still goes out, without being stored)."""
+    store = responses_store(request)
+    if not builder.stored or store is None:
+        return
+    response = builder.response()
+    try:
+        await asyncio.to_thread(store.put, principal.name, response, items + response["output"])
+    except SQLAlchemyError as exc:
+        logger.warning("/v1/responses: response %s not stored (%s)", builder.id, type(exc).__name__)
+
+
+# ---------------------------------------------------------------- create
+
+
+@router.post("/responses", responses=STREAMS)
+async def create_response(
+    request: Request,
+    body: ResponsesRequest,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    if body.background:
+        raise BadRequestError("background responses are not supported; use the jobs API.", param="background")
+    items = await _conversation(request, principal, body)
+    plan = dialect.plan(body)
+    streamed = body.stream and plan.mode in ("text", "forced")
+    native = dialect.native_request(body, plan, items, stream=streamed)
+    builder = dialect.ResponseBuilder(
+        body, f"resp_{request_id}", body.store and responses_store(request) is not None
+    )
+    if streamed:
+        return await _stream(request, principal, generation, native, plan, builder, items)
+    live = Live(principal.name, lambda: None)
+    LIVE[builder.id] = live
+    try:
+        work = asyncio.ensure_future(
+            cancellable(
+                request,
+                lambda cancel: _whole(generation, native, principal, request_id, plan, builder, cancel),
+            )
+        )
+        live.stop = work.cancel
+        try:
+            frames = await work
+        except asyncio.CancelledError:
+            if not live.cancelled:
+                raise
+            frames = builder.start() + builder.fail("cancelled", "The response was cancelled.", "cancelled")
+    finally:
+        LIVE.pop(builder.id, None)
+    if builder.status != "cancelled":
+        await _keep(request, principal, builder, items)
+    if not body.stream:
+        return builder.response()
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        for frame in frames:
+            yield frame
+
+    async def nothing() -> None:
+        return None
+
+    return EventStreamResponse(replay(), on_close=nothing)
+
+
+async def _whole(
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+    plan: dialect.Plan,
+    builder: dialect.ResponseBuilder,
+    cancel: Any,
+) -> list[bytes]:
+    """One whole model turn, written into ``builder``; returns its events (for a replay)."""
+    frames = builder.start()
+    if plan.mode == "auto":
+        _, result, calls = await generation.chat_turn(native, principal, plan.tools.specs, cancel)
+        if result.text or not calls:
+            frames += builder.message(result.text)
+        for call in calls:
+            frames += builder.call(plan.tools.lookup(call["name"]), call.get("arguments", {}))
+        return frames + builder.finish(result.usage, "stop")
+    response = await generation.generate(native, principal, request_id, cancel)
+    output = response.output[0]
+    text, metadata = str(output.data), output.metadata
+    if plan.mode == "forced":
+        assert plan.forced is not None
+        frames += builder.call(plan.tools.lookup(plan.forced), text)
+    elif plan.mode == "required":
+        try:
+            chosen = json.loads(text)
+            frames += builder.call(plan.tools.lookup(str(chosen["name"])), chosen.get("arguments", {}))
+        except (ValueError, KeyError, TypeError, AttributeError):  # cut short: what it wrote, as text
+            frames += builder.message(text)
+    else:
+        frames += builder.message(text)
+    return frames + builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
+
+
+async def _stream(
+    request: Request,
+    principal: Principal,
+    generation: GenerationService,
+    native: GenerateRequest,
+    plan: dialect.Plan,
+    builder: dialect.ResponseBuilder,
+    items: list[dict[str, Any]],
+) -> EventStreamResponse:
+    """Text or a forced call's arguments, token by token (admission before the stream starts:
+    a refusal stays a plain HTTP error)."""
+    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, builder.id))
+    tool = plan.tools.lookup(plan.forced) if plan.forced else None
+    live = Live(principal.name, stream.aclose)
+    LIVE[builder.id] = live
+
+    def opening() -> list[bytes]:
+        return builder.open_call(tool) if tool is not None else builder.open_message()
+
+    def closing() -> list[bytes]:
+        return builder.close_call() if tool is not None else builder.close_message()
+
+    async def frames() -> AsyncGenerator[bytes, None]:
+        events = stream.events()
+        opened = False
+        try:
+            for frame in builder.start():
+                yield frame
+            async for event in events:
+                if event.type == "chunk" and event.content:
+                    if not opened:
+                        opened = True
+                        for frame in opening():
+                            yield frame
+                    for frame in (
+                        builder.call_delta(event.content) if tool else builder.text_delta(event.content)
+                    ):
+                        yield frame
+                elif event.type == "final":
+                    metadata = event.content[0]["metadata"]
+                    for frame in ([] if opened else opening()) + closing():
+                        yield frame
+                    for frame in builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason")):
+                        yield frame
+                    await _keep(request, principal, builder, items)
+                    return
+                elif event.type == "error":
+                    if live.cancelled:
+                        break
+                    for frame in builder.fail(
+                        str(event.metadata.get("type") or "server_error"), str(event.content)
+                    ):
+                        yield frame
+                    return
+            message = "The response was cancelled." if live.cancelled else "The generation ended early."
+            for frame in builder.fail(
+                "cancelled" if live.cancelled else "server_error",
+                message,
+                "cancelled" if live.cancelled else "failed",
+            ):
+                yield frame
+        finally:
+            LIVE.pop(builder.id, None)
+            await events.aclose()
+
+    return EventStreamResponse(frames(), on_close=stream.aclose, deadline=lambda: stream.deadline)
+
+
+# ---------------------------------------------------------------- read, delete, cancel
+
+
+@router.get("/responses/{response_id}")
+async def get_response(request: Request, response_id: str, principal: GenerateUser) -> Any:
+    return (await _stored(request, principal, response_id)).response
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(request: Request, response_id: str, principal: GenerateUser) -> Any:
+    store = responses_store(request)
+    deleted = store is not None and await asyncio.to_thread(store.delete, principal.name, response_id)
+    if not deleted:
+        raise NotFoundError(f"No response with id '{response_id[:128]}' found.")
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+@router.post("/responses/{response_id}/cancel")
+async def cancel_response(request: Request, response_id: str, principal: GenerateUser) -> Any:
+    """Stop a response still being generated by this server (another key's: 404); a finished
+    one cannot be cancelled (400)."""
+    live = LIVE.get(response_id)
+    if live is not None and live.owner == principal.name:
+        live.cancelled = True
+        result = live.stop()
+        if asyncio.iscoroutine(result):
+            await result
+        return {"id": response_id, "object": "response", "status": "cancelled"}
+    await _stored(request, principal, response_id)
+    raise BadRequestError("Only a response still in progress can be cancelled.", param="response_id")
+
+
+# ---------------------------------------------------------------- input tokens
+
+
+@router.post("/responses/input_tokens")
+async def input_tokens(
+    request: Request,
+    body: ResponsesInput,
+    principal: GenerateUser,
+    generation: GenerationDep,
+    request_id: RequestIdDep,
+) -> Any:
+    """The input tokens the same request would read: its prompt, as the model's template and the
+    tool protocol render it, read by the binding (one token generated; the prompt stays in the
+    prefix cache for the request that follows)."""
+    items = await _conversation(request, principal, body)
+    plan = dialect.plan(body)
+    native = dialect.native_request(body, plan, items, stream=False, max_tokens=1)
+    if plan.mode == "auto":
+        found = await cancellable(
+            request, lambda cancel: generation.chat_turn(native, principal, plan.tools.specs, cancel)
+        )
+        counts = found[1].usage
+    else:
+        response = await cancellable(
+            request, lambda cancel: generation.generate(native, principal, request_id, cancel)
+        )
+        counts = response.output[0].metadata.get("usage") or {}
+    return {"object": "response.input_tokens", "input_tokens": int(counts.get("prompt_tokens", 0))}
