@@ -423,3 +423,35 @@ def test_a_codex_turn_as_codex_sends_it(server: ServerProcess) -> None:
         ).status_code
         == 200
     )
+
+
+def test_cancel_stops_a_streamed_response_and_metrics_name_the_route(server: ServerProcess) -> None:
+    body = {
+        "model": "llm/slow.gguf",
+        "input": "Talk",
+        "stream": True,
+        "max_output_tokens": 4000,
+        "temperature": 1,
+    }
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+        with http.stream("POST", "/v1/responses", json=body) as response:
+            lines = response.iter_lines()
+            created = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+            response_id = created["response"]["id"]
+            assert next(line for line in lines if line == "event: response.output_text.delta")
+            cancelled = httpx.post(
+                f"{server.url}/v1/responses/{response_id}/cancel", headers=AUTH, timeout=10
+            )
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+            last = [json.loads(line[6:]) for line in lines if line.startswith("data: ")][-1]
+    assert last["type"] == "response.failed" and last["response"]["status"] == "cancelled"
+    left = time.monotonic()
+    while pool_active(server) != 0:
+        assert time.monotonic() - left < 2.0, "slot not freed"
+        time.sleep(0.02)
+    done = httpx.post(server.url + "/v1/responses", json={"model": "echo", "input": "x"}, headers=AUTH).json()
+    finished = httpx.post(f"{server.url}/v1/responses/{done['id']}/cancel", headers=AUTH, timeout=10)
+    assert finished.status_code == 400
+    assert httpx.post(f"{server.url}/v1/responses/resp_nope/cancel", headers=AUTH).status_code == 404
+    metrics = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10).text
+    assert 'route="/v1/responses"' in metrics and 'route="/v1/responses/input_tokens"' in metrics
