@@ -33,7 +33,7 @@ from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.responses import dialect
 from lollms_server.api.responses.encoding import DecodingRoute
 from lollms_server.api.responses.protocol import ResponsesInput, ResponsesRequest
-from lollms_server.api.responses.store import ResponseStore
+from lollms_server.api.responses.store import ResponseStore, StoredResponse
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import BadRequestError, NotFoundError
 from lollms_server.core.generation import GenerationService
@@ -78,13 +78,15 @@ def responses_store(request: Request) -> ResponseStore | None:
     return store
 
 
-async def _stored(request: Request, principal: Principal, response_id: str) -> Any:
+async def _stored(
+    request: Request, principal: Principal, response_id: str, param: str | None = None
+) -> StoredResponse:
     store = responses_store(request)
     found = None
     if store is not None:
         found = await asyncio.to_thread(store.get, principal.name, response_id)
     if found is None:
-        raise NotFoundError(f"No response with id '{response_id[:128]}' found.", param="previous_response_id")
+        raise NotFoundError(f"No response with id '{response_id[:128]}' found.", param=param)
     return found
 
 
@@ -92,7 +94,8 @@ async def _conversation(request: Request, principal: Principal, body: ResponsesI
     """The stored conversation ``previous_response_id`` continues, then this request's input."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
-        history = (await _stored(request, principal, body.previous_response_id)).items
+        found = await _stored(request, principal, body.previous_response_id, "previous_response_id")
+        history = found.items
     return history + dialect.input_items(body)
 
 
