@@ -7,7 +7,7 @@ item and tool types it does not know (a warning, never a 400 that would break Co
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -38,7 +38,7 @@ class ResponsesInput(ResponsesModel):
     """What both ``POST /v1/responses`` and ``POST /v1/responses/input_tokens`` read."""
 
     model: str | None = Field(None, max_length=512, description="<binding instance> or <instance>/<model>.")
-    input: str | list[dict[str, Any]] = Field("", max_length=MAX_ITEMS)
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] = ""
     instructions: str | None = None
     previous_response_id: str | None = Field(None, max_length=128)
     tools: list[dict[str, Any]] | None = Field(None, max_length=MAX_ITEMS)
