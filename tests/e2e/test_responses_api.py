@@ -86,6 +86,22 @@ def test_whole_and_streamed_text_are_equal_at_temperature_0(client: Any) -> None
     assert whole.status in ("completed", "incomplete") and whole.object == "response"
 
 
+def test_an_auto_turn_streams_token_by_token_as_its_whole_answer(client: Any) -> None:
+    """Streamed, the tools are taught in the same system turn as the whole answer's tool loop."""
+    body = {
+        "model": "llm/tiny.gguf",
+        "input": "Hi",
+        "tools": [WEATHER],
+        "temperature": 0,
+        "max_output_tokens": 12,
+    }
+    whole = client.responses.create(**body)
+    events, final = streamed(client, **body)
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == whole.output_text == final.output_text
+    assert whole.usage.input_tokens == final.usage.input_tokens
+
+
 def test_the_stream_events_exactly(server: ServerProcess, client: Any) -> None:
     body = {"model": "echo", "input": "one two three", "stream": True, "store": False}
     response = httpx.post(server.url + "/v1/responses", json=body, headers=AUTH, timeout=60)

@@ -2,14 +2,17 @@
 
 Each request runs through the native GenerationService like every other family (same keys,
 quotas, fairness, pools, bindings and metrics); a client that leaves cancels its work
-(``api.cancellation``, ``api.sse``). How the turn runs (``dialect.plan``):
+(``api.cancellation``, ``api.sse``). How the turn runs (``tools.plan``):
 
-- no tools (or ``tool_choice: none``): a text answer, streamed token by token;
+- no tools (or ``tool_choice: none``): a text answer;
 - one tool forced (``tool_choice`` naming it, or ``required`` with one tool): the answer *is* the
   call's arguments, constrained by the tool's JSON schema where the binding can (llama.cpp
-  grammars), streamed as ``response.function_call_arguments.delta``;
-- ``auto`` (or ``required`` among several tools): one model turn offering the tools (the
-  server's tool protocol), whole, then sent as the same events.
+  grammars);
+- ``auto``: whole, one model turn offering the tools (native tool calls where the binding has
+  them, else the server's tool protocol); streamed, the tools are taught in the system turn (the
+  tool protocol, the same prompt) and the text streams until a call starts;
+- ``required`` among several tools: one grammar-constrained ``{"name", "arguments"}`` answer,
+  whole (then sent as events when streamed).
 
 Stored responses (``store``, the default) live in the jobs database (``store``); a
 ``previous_response_id`` continues one: its conversation is the input's prefix, which the
@@ -30,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.models import ERROR_RESPONSES
-from lollms_server.api.responses import dialect
+from lollms_server.api.responses import dialect, output, tools
 from lollms_server.api.responses.encoding import DecodingRoute
 from lollms_server.api.responses.protocol import ResponsesInput, ResponsesRequest
 from lollms_server.api.responses.store import ResponseStore, StoredResponse
@@ -100,7 +103,7 @@ async def _conversation(request: Request, principal: Principal, body: ResponsesI
 
 
 async def _keep(
-    request: Request, principal: Principal, builder: dialect.ResponseBuilder, items: list[dict[str, Any]]
+    request: Request, principal: Principal, builder: output.ResponseBuilder, items: list[dict[str, Any]]
 ) -> None:
     """Store a finished response with its conversation (a database failure is logged: the
     answer still goes out, without being stored)."""
@@ -128,10 +131,12 @@ async def create_response(
     if body.background:
         raise BadRequestError("background responses are not supported; use the jobs API.", param="background")
     items = await _conversation(request, principal, body)
-    plan = dialect.plan(body)
-    streamed = body.stream and plan.mode in ("text", "forced")
-    native = dialect.native_request(body, plan, items, stream=streamed)
-    builder = dialect.ResponseBuilder(
+    plan = tools.plan(body)
+    streamed = body.stream and plan.mode in ("text", "forced", "auto")
+    native = dialect.native_request(
+        body, plan, items, stream=streamed, protocol=streamed and plan.mode == "auto"
+    )
+    builder = output.ResponseBuilder(
         body, f"resp_{request_id}", body.store and responses_store(request) is not None
     )
     if streamed:
@@ -174,13 +179,13 @@ async def _whole(
     native: GenerateRequest,
     principal: Principal,
     request_id: str,
-    plan: dialect.Plan,
-    builder: dialect.ResponseBuilder,
+    plan: tools.Plan,
+    builder: output.ResponseBuilder,
     cancel: Any,
 ) -> list[bytes]:
     """One whole model turn, written into ``builder``; returns its events (for a replay)."""
     frames = builder.start()
-    if plan.mode == "auto":
+    if plan.mode == "auto":  # native tool calls where the binding has them, else the tool protocol
         _, result, calls = await generation.chat_turn(native, principal, plan.tools.specs, cancel)
         if result.text or not calls:
             frames += builder.message(result.text)
@@ -188,19 +193,17 @@ async def _whole(
             frames += builder.call(plan.tools.lookup(call["name"]), call.get("arguments", {}))
         return frames + builder.finish(result.usage, "stop")
     response = await generation.generate(native, principal, request_id, cancel)
-    output = response.output[0]
-    text, metadata = str(output.data), output.metadata
-    if plan.mode == "forced":
-        assert plan.forced is not None
-        frames += builder.call(plan.tools.lookup(plan.forced), text)
-    elif plan.mode == "required":
+    answer = response.output[0]
+    text, metadata = str(answer.data), answer.metadata
+    if plan.mode == "required":
         try:
             chosen = json.loads(text)
             frames += builder.call(plan.tools.lookup(str(chosen["name"])), chosen.get("arguments", {}))
         except (ValueError, KeyError, TypeError, AttributeError):  # cut short: what it wrote, as text
             frames += builder.message(text)
     else:
-        frames += builder.message(text)
+        writer = output.Writer(builder, plan)
+        frames += writer.push(text) + writer.end()
     return frames + builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
 
 
@@ -209,61 +212,47 @@ async def _stream(
     principal: Principal,
     generation: GenerationService,
     native: GenerateRequest,
-    plan: dialect.Plan,
-    builder: dialect.ResponseBuilder,
+    plan: tools.Plan,
+    builder: output.ResponseBuilder,
     items: list[dict[str, Any]],
 ) -> EventStreamResponse:
-    """Text or a forced call's arguments, token by token (admission before the stream starts:
-    a refusal stays a plain HTTP error)."""
+    """Text, a forced call's arguments, or an ``auto`` turn's text then calls, token by token
+    (admission before the stream starts: a refusal stays a plain HTTP error)."""
     stream = await cancellable(request, lambda _: generation.open_stream(native, principal, builder.id))
-    tool = plan.tools.lookup(plan.forced) if plan.forced else None
+    writer = output.Writer(builder, plan)
     live = Live(principal.name, stream.aclose)
     LIVE[builder.id] = live
 
-    def opening() -> list[bytes]:
-        return builder.open_call(tool) if tool is not None else builder.open_message()
-
-    def closing() -> list[bytes]:
-        return builder.close_call() if tool is not None else builder.close_message()
-
     async def frames() -> AsyncGenerator[bytes, None]:
         events = stream.events()
-        opened = False
         try:
             for frame in builder.start():
                 yield frame
             async for event in events:
                 if event.type == "chunk" and event.content:
-                    if not opened:
-                        opened = True
-                        for frame in opening():
-                            yield frame
-                    for frame in (
-                        builder.call_delta(event.content) if tool else builder.text_delta(event.content)
-                    ):
+                    for frame in writer.push(event.content):
                         yield frame
                 elif event.type == "final":
                     metadata = event.content[0]["metadata"]
-                    for frame in ([] if opened else opening()) + closing():
-                        yield frame
-                    for frame in builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason")):
+                    ending = writer.end()
+                    ending += builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
+                    for frame in ending:
                         yield frame
                     await _keep(request, principal, builder, items)
                     return
-                elif event.type == "error":
-                    if live.cancelled:
-                        break
+                elif event.type == "error" and not live.cancelled:
                     for frame in builder.fail(
                         str(event.metadata.get("type") or "server_error"), str(event.content)
                     ):
                         yield frame
                     return
-            message = "The response was cancelled." if live.cancelled else "The generation ended early."
-            for frame in builder.fail(
-                "cancelled" if live.cancelled else "server_error",
-                message,
-                "cancelled" if live.cancelled else "failed",
-            ):
+                elif event.type == "error":
+                    break
+            if live.cancelled:
+                ending = builder.fail("cancelled", "The response was cancelled.", "cancelled")
+            else:
+                ending = builder.fail("server_error", "The generation ended early.")
+            for frame in ending:
                 yield frame
         finally:
             LIVE.pop(builder.id, None)
@@ -319,7 +308,7 @@ async def input_tokens(
     tool protocol render it, read by the binding (one token generated; the prompt stays in the
     prefix cache for the request that follows)."""
     items = await _conversation(request, principal, body)
-    plan = dialect.plan(body)
+    plan = tools.plan(body)
     native = dialect.native_request(body, plan, items, stream=False, max_tokens=1)
     if plan.mode == "auto":
         found = await cancellable(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lollms_server.api.responses import dialect
+from lollms_server.api.responses import dialect, output, tools
 from lollms_server.api.responses.protocol import ResponsesRequest
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation.text_inputs import text_request
@@ -32,7 +32,7 @@ def request(**fields: Any) -> ResponsesRequest:
 
 def messages_of(body: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages a binding receives for the request."""
-    the_plan = dialect.plan(body)
+    the_plan = tools.plan(body)
     native = dialect.native_request(body, the_plan, dialect.input_items(body), stream=False)
     return text_request(native.input_data, dict(native.parameters)).messages
 
@@ -115,7 +115,7 @@ def test_input_limits_count_items_not_characters() -> None:
 
 def test_tools_built_ins_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        the_plan = dialect.plan(
+        the_plan = tools.plan(
             request(tools=[FUNCTION, CUSTOM, NAMESPACE, {"type": "web_search"}, {"type": "local_shell"}])
         )
     assert the_plan.mode == "auto"
@@ -124,41 +124,41 @@ def test_tools_built_ins_are_ignored_with_a_warning(caplog: pytest.LogCaptureFix
         "apply_patch",
         "mcp_fs.read",
     ]
-    assert the_plan.tools.lookup("mcp_fs.read") == dialect.ToolName("function", "read", "mcp_fs")
+    assert the_plan.tools.lookup("mcp_fs.read") == tools.ToolName("function", "read", "mcp_fs")
     assert the_plan.tools.lookup("apply_patch").kind == "custom"
     assert "start: /x/" in the_plan.tools.spec("apply_patch")["function"]["description"]
     assert "'web_search'" in caplog.text and "'local_shell'" in caplog.text
 
 
 def test_tool_choice_modes() -> None:
-    assert dialect.plan(request()).mode == "text"
-    assert dialect.plan(request(tools=[FUNCTION], tool_choice="none")).mode == "text"
-    assert dialect.plan(request(tools=[FUNCTION], tool_choice="required")).forced == "add"
-    assert dialect.plan(request(tools=[FUNCTION, CUSTOM], tool_choice="required")).mode == "required"
-    forced = dialect.plan(
+    assert tools.plan(request()).mode == "text"
+    assert tools.plan(request(tools=[FUNCTION], tool_choice="none")).mode == "text"
+    assert tools.plan(request(tools=[FUNCTION], tool_choice="required")).forced == "add"
+    assert tools.plan(request(tools=[FUNCTION, CUSTOM], tool_choice="required")).mode == "required"
+    forced = tools.plan(
         request(tools=[NAMESPACE], tool_choice={"type": "function", "name": "read", "namespace": "mcp_fs"})
     )
     assert (forced.mode, forced.forced) == ("forced", "mcp_fs.read")
     allowed = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "add"}]}
     assert [
         spec["function"]["name"]
-        for spec in dialect.plan(request(tools=[FUNCTION, CUSTOM], tool_choice=allowed)).tools.specs
+        for spec in tools.plan(request(tools=[FUNCTION, CUSTOM], tool_choice=allowed)).tools.specs
     ] == ["add"]
     with pytest.raises(BadRequestError):
-        dialect.plan(request(tools=[FUNCTION], tool_choice={"type": "function", "name": "nope"}))
+        tools.plan(request(tools=[FUNCTION], tool_choice={"type": "function", "name": "nope"}))
     with pytest.raises(BadRequestError):
-        dialect.plan(request(tools=[FUNCTION], tool_choice="always"))
+        tools.plan(request(tools=[FUNCTION], tool_choice="always"))
 
 
 def test_parameters_of_forced_calls_and_text_formats() -> None:
     body = request(tools=[FUNCTION], tool_choice={"type": "function", "name": "add"}, max_output_tokens=9)
-    found = dialect.parameters(body, dialect.plan(body))
+    found = dialect.parameters(body, tools.plan(body))
     assert found["json_schema"] == FUNCTION["parameters"] and found["max_tokens"] == 9
     schema = {"type": "object", "properties": {"x": {"type": "string"}}}
     body = request(text={"format": {"type": "json_schema", "name": "x", "schema": schema, "strict": True}})
-    assert dialect.parameters(body, dialect.plan(body))["json_schema"] == schema
+    assert dialect.parameters(body, tools.plan(body))["json_schema"] == schema
     body = request(text={"format": {"type": "json_object"}})
-    assert dialect.parameters(body, dialect.plan(body))["json_schema"] == {"type": "object"}
+    assert dialect.parameters(body, tools.plan(body))["json_schema"] == {"type": "object"}
 
 
 def events(frames: list[bytes]) -> list[dict[str, Any]]:
@@ -172,11 +172,11 @@ def events(frames: list[bytes]) -> list[dict[str, Any]]:
 
 
 def test_the_builder_numbers_events_and_builds_the_object() -> None:
-    builder = dialect.ResponseBuilder(request(tools=[FUNCTION]), "resp_1", stored=True)
+    builder = output.ResponseBuilder(request(tools=[FUNCTION]), "resp_1", stored=True)
     frames = (
-        builder.start() + builder.message("Hi") + builder.call(dialect.ToolName("function", "add"), {"a": 1})
+        builder.start() + builder.message("Hi") + builder.call(tools.ToolName("function", "add"), {"a": 1})
     )
-    frames += builder.call(dialect.ToolName("custom", "apply_patch"), {"input": "raw"})
+    frames += builder.call(tools.ToolName("custom", "apply_patch"), {"input": "raw"})
     frames += builder.finish({"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 7}, "stop")
     found = events(frames)
     assert [event["sequence_number"] for event in found] == list(range(len(found)))
@@ -203,11 +203,11 @@ def test_the_builder_numbers_events_and_builds_the_object() -> None:
 
 
 def test_a_cut_answer_is_incomplete_and_a_failure_marks_open_items() -> None:
-    builder = dialect.ResponseBuilder(request(), "resp_1", stored=False)
+    builder = output.ResponseBuilder(request(), "resp_1", stored=False)
     (last,) = events(builder.finish({}, "length"))
     assert last["type"] == "response.incomplete"
     assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
-    builder = dialect.ResponseBuilder(request(), "resp_2", stored=False)
+    builder = output.ResponseBuilder(request(), "resp_2", stored=False)
     builder.start(), builder.open_message(), builder.text_delta("par")
     (failed,) = events(builder.fail("binding_error", "boom"))
     assert failed["type"] == "response.failed" and failed["response"]["error"] == {
@@ -215,3 +215,46 @@ def test_a_cut_answer_is_incomplete_and_a_failure_marks_open_items() -> None:
         "message": "boom",
     }
     assert failed["response"]["output"][0]["status"] == "incomplete"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 11, 40])
+def test_call_watch_shows_all_text_without_calls(size: int) -> None:
+    text = "Use <tool or <tool_cal then </tool_call> and <tool_call> not a call <tool"
+    watch = output.CallWatch()
+    shown = "".join(watch.push(text[i : i + size]) for i in range(0, len(text), size))
+    assert shown == text[: text.index("<tool_call>")]  # held back from the first opening on
+    rest, calls = watch.end()
+    assert calls == [] and shown + rest == text
+
+
+@pytest.mark.parametrize("size", [1, 4, 7, 100])
+def test_call_watch_keeps_calls_out_of_the_text(size: int) -> None:
+    text = 'Sure. <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    watch = output.CallWatch()
+    shown = "".join(watch.push(text[i : i + size]) for i in range(0, len(text), size))
+    assert shown == "Sure. "
+    assert watch.end() == ("", [{"name": "add", "arguments": {"a": 1}}])
+
+
+def test_the_writer_of_an_auto_turn() -> None:
+    body = request(tools=[FUNCTION])
+    builder = output.ResponseBuilder(body, "resp_1", stored=False)
+    writer = output.Writer(builder, tools.plan(body))
+    found = events(
+        writer.push("Ok <tool_")
+        + writer.push('call>{"name": "add", "arguments": {"a": 2}}</tool_call>')
+        + writer.end()
+    )
+    assert [event["type"] for event in found] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert found[2]["delta"] == "Ok " and json.loads(found[8]["arguments"]) == {"a": 2}
