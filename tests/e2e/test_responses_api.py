@@ -272,7 +272,7 @@ def test_previous_response_id_continues_from_the_prefix_cache(server: ServerProc
     )
     assert second.previous_response_id == first.id
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
-    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 1 > 0
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens > 0
     assert client.responses.retrieve(first.id).output_text == first.output_text
     with pytest.raises(openai.NotFoundError) as unknown:
         client.responses.create(model="llm/tiny.gguf", previous_response_id="resp_nope", input="x")

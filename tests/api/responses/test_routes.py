@@ -1,0 +1,46 @@
+"""The /v1/responses routes in process, on the scripted echo binding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import AUTH, GOOD_KEY
+
+
+async def test_without_jobs_nothing_is_stored(app_client: Any) -> None:
+    async with app_client(jobs={"enabled": False}) as client:
+        answer = await client.post("/v1/responses", json={"model": "echo", "input": "a b"}, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["store"] is False
+        response_id = answer.json()["id"]
+        assert (await client.get(f"/v1/responses/{response_id}", headers=AUTH)).status_code == 404
+        follow = {"model": "echo", "input": "c", "previous_response_id": response_id}
+        refused = await client.post("/v1/responses", json=follow, headers=AUTH)
+        assert refused.status_code == 404 and refused.json()["error"]["param"] == "previous_response_id"
+
+
+async def test_stored_responses_belong_to_their_key(app_client: Any) -> None:
+    async with app_client() as client:
+        answer = (
+            await client.post("/v1/responses", json={"model": "echo", "input": "a b"}, headers=AUTH)
+        ).json()
+        assert answer["store"] is True and answer["output"][0]["content"][0]["text"] == "a b "
+        got = await client.get(f"/v1/responses/{answer['id']}", headers=AUTH)
+        assert got.status_code == 200 and got.json() == answer
+        other = {"X-API-Key": GOOD_KEY}
+        assert (await client.get(f"/v1/responses/{answer['id']}", headers=other)).status_code == 404
+        assert (await client.delete(f"/v1/responses/{answer['id']}", headers=other)).status_code == 404
+        deleted = await client.delete(f"/v1/responses/{answer['id']}", headers=AUTH)
+        assert deleted.json() == {"id": answer["id"], "object": "response", "deleted": True}
+        assert (await client.get(f"/v1/responses/{answer['id']}", headers=AUTH)).status_code == 404
+
+
+async def test_background_responses_are_refused_in_openai_s_shape(app_client: Any) -> None:
+    async with app_client() as client:
+        body = {"model": "echo", "input": "a", "background": True}
+        refused = await client.post("/v1/responses", json=body, headers=AUTH)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == {
+            "type": "invalid_request_error",
+            "message": "background responses are not supported; use the jobs API.",
+            "param": "background",
+        }
