@@ -39,7 +39,10 @@ TEXT_EVENTS = ["response.output_text.delta"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("responses"), models_folder) as process:
+    slow_echo = {"type": "scripted_binding", "delay": 0.2}  # a word every 0.2 s
+    with running_server(
+        tmp_path_factory.mktemp("responses"), models_folder, bindings={"slow_echo": slow_echo}
+    ) as process:
         yield process
 
 
@@ -471,3 +474,34 @@ def test_cancel_stops_a_streamed_response_and_metrics_name_the_route(server: Ser
     assert httpx.post(f"{server.url}/v1/responses/resp_nope/cancel", headers=AUTH).status_code == 404
     metrics = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10).text
     assert 'route="/v1/responses"' in metrics and 'route="/v1/responses/input_tokens"' in metrics
+
+
+def wait_for_status(client: Any, response_id: str, done: tuple[str, ...]) -> Any:
+    deadline = time.monotonic() + 60
+    while (found := client.responses.retrieve(response_id)).status not in done:
+        assert time.monotonic() < deadline, found.status
+        time.sleep(0.1)
+    return found
+
+
+def test_background_responses_run_as_jobs(server: ServerProcess, client: Any) -> None:
+    queued = client.responses.create(model="echo", input="in the back", background=True)
+    assert queued.status in ("queued", "in_progress") and queued.background is True
+    done = wait_for_status(client, queued.id, ("completed",))
+    assert done.output_text == "in the back " and done.background is True
+    assert client.responses.retrieve(queued.id).output[0].id == done.output[0].id  # built once
+    job = httpx.get(f"{server.url}/api/v1/jobs/{queued.id}", headers=AUTH, timeout=10).json()
+    assert job["status"] == "succeeded"
+    follow = client.responses.create(model="echo", previous_response_id=queued.id, input="next")
+    assert follow.output_text == "next "
+    said = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}</tool_call>'
+    called = client.responses.create(model="echo", input=said, tools=[WEATHER], background=True)
+    call = wait_for_status(client, called.id, ("completed",)).output[0]
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Oslo", "days": 3}
+    running = client.responses.create(model="slow_echo/echo", input="word " * 200, background=True)
+    wait_for_status(client, running.id, ("in_progress",))
+    assert client.responses.cancel(running.id).status == "cancelled"
+    assert wait_for_status(client, running.id, ("cancelled", "failed")).status == "cancelled"
+    client.responses.delete(running.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(running.id)

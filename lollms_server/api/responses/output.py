@@ -52,6 +52,7 @@ class ResponseBuilder:
         self.error: dict[str, Any] | None = None
         self.incomplete: dict[str, Any] | None = None
         self.completed_at: int | None = None
+        self.background = False
         self.sequence = 0
 
     def response(self) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class ResponseBuilder:
             "created_at": self.created_at,
             "status": self.status,
             "completed_at": self.completed_at,
-            "background": False,
+            "background": self.background,
             "error": self.error,
             "incomplete_details": self.incomplete,
             "instructions": body.instructions,
@@ -270,6 +271,25 @@ class ResponseBuilder:
             if item.get("status") == "in_progress":
                 item["status"] = "incomplete"
         return [self.event("response.failed", response=self.response())]
+
+
+def whole_answer(
+    builder: ResponseBuilder, the_plan: Plan, text: str, metadata: dict[str, Any]
+) -> list[bytes]:
+    """The items and the end of a whole text answer (a generation's ``output[0]``): a message, a
+    forced call, the call a ``required`` answer names (cut short: what it wrote, as a message),
+    or an ``auto`` answer's text and protocol calls."""
+    frames: list[bytes] = []
+    if the_plan.mode == "required":
+        try:
+            chosen = json.loads(text)
+            frames += builder.call(the_plan.tools.lookup(str(chosen["name"])), chosen.get("arguments", {}))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            frames += builder.message(text)
+    else:
+        writer = Writer(builder, the_plan)
+        frames += writer.push(text) + writer.end()
+    return frames + builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
 
 
 # ---------------------------------------------------------------- streamed output

@@ -22,7 +22,6 @@ llama.cpp engine finds again in its prefix cache (``usage.input_tokens_details.c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -33,13 +32,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.models import ERROR_RESPONSES
-from lollms_server.api.responses import dialect, output, tools
+from lollms_server.api.responses import background, dialect, output, tools
 from lollms_server.api.responses.encoding import DecodingRoute
 from lollms_server.api.responses.protocol import ResponsesInput, ResponsesRequest
 from lollms_server.api.responses.store import ResponseStore, StoredResponse
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import BadRequestError, NotFoundError
 from lollms_server.core.generation import GenerationService
+from lollms_server.core.jobs.store import SUCCEEDED, JobRecord
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest
 
@@ -84,10 +84,18 @@ def responses_store(request: Request) -> ResponseStore | None:
 async def _stored(
     request: Request, principal: Principal, response_id: str, param: str | None = None
 ) -> StoredResponse:
+    """The key's stored response (a succeeded background one is stored now), else 404."""
     store = responses_store(request)
     found = None
     if store is not None:
         found = await asyncio.to_thread(store.get, principal.name, response_id)
+        job = (
+            None
+            if found is not None
+            else await background.job_of(request.app.state.jobs, principal, response_id)
+        )
+        if job is not None:
+            found = await background.settle(request.app.state.jobs, store, principal, job)
     if found is None:
         raise NotFoundError(f"No response with id '{response_id[:128]}' found.", param=param)
     return found
@@ -128,17 +136,20 @@ async def create_response(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Any:
-    if body.background:
-        raise BadRequestError("background responses are not supported; use the jobs API.", param="background")
+    store = responses_store(request)
+    if body.background and (store is None or not body.store or body.stream):
+        raise BadRequestError(
+            "background responses need store: true, no stream, and the jobs API ([jobs] enabled).",
+            param="background",
+        )
     items = await _conversation(request, principal, body)
     plan = tools.plan(body)
     streamed = body.stream and plan.mode in ("text", "forced", "auto")
-    native = dialect.native_request(
-        body, plan, items, stream=streamed, protocol=streamed and plan.mode == "auto"
-    )
-    builder = output.ResponseBuilder(
-        body, f"resp_{request_id}", body.store and responses_store(request) is not None
-    )
+    protocol = (streamed or body.background) and plan.mode == "auto"  # one generation, calls read from it
+    native = dialect.native_request(body, plan, items, stream=streamed, protocol=protocol)
+    builder = output.ResponseBuilder(body, f"resp_{request_id}", body.store and store is not None)
+    if body.background:
+        return await background.submit(request.app.state.jobs, principal, body, native, builder, items)
     if streamed:
         return await _stream(request, principal, generation, native, plan, builder, items)
     live = Live(principal.name, lambda: None)
@@ -194,17 +205,7 @@ async def _whole(
         return frames + builder.finish(result.usage, "stop")
     response = await generation.generate(native, principal, request_id, cancel)
     answer = response.output[0]
-    text, metadata = str(answer.data), answer.metadata
-    if plan.mode == "required":
-        try:
-            chosen = json.loads(text)
-            frames += builder.call(plan.tools.lookup(str(chosen["name"])), chosen.get("arguments", {}))
-        except (ValueError, KeyError, TypeError, AttributeError):  # cut short: what it wrote, as text
-            frames += builder.message(text)
-    else:
-        writer = output.Writer(builder, plan)
-        frames += writer.push(text) + writer.end()
-    return frames + builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
+    return frames + output.whole_answer(builder, plan, str(answer.data), answer.metadata)
 
 
 async def _stream(
@@ -264,15 +265,29 @@ async def _stream(
 # ---------------------------------------------------------------- read, delete, cancel
 
 
+async def _job(request: Request, principal: Principal, response_id: str) -> JobRecord | None:
+    """The key's background response job (None without jobs)."""
+    jobs = getattr(request.app.state, "jobs", None)
+    return None if jobs is None else await background.job_of(jobs, principal, response_id)
+
+
 @router.get("/responses/{response_id}")
 async def get_response(request: Request, response_id: str, principal: GenerateUser) -> Any:
+    """A stored response, or a background one (queued, in progress, failed, cancelled)."""
+    job = await _job(request, principal, response_id)
+    if job is not None and job.status != SUCCEEDED:
+        return background.pending(job)
     return (await _stored(request, principal, response_id)).response
 
 
 @router.delete("/responses/{response_id}")
 async def delete_response(request: Request, response_id: str, principal: GenerateUser) -> Any:
+    """Delete a stored response (a background one's job too; one still running: cancelled)."""
     store = responses_store(request)
     deleted = store is not None and await asyncio.to_thread(store.delete, principal.name, response_id)
+    if await _job(request, principal, response_id) is not None:
+        await request.app.state.jobs.cancel_or_delete(principal, response_id)
+        deleted = True
     if not deleted:
         raise NotFoundError(f"No response with id '{response_id[:128]}' found.")
     return {"id": response_id, "object": "response", "deleted": True}
@@ -289,6 +304,10 @@ async def cancel_response(request: Request, response_id: str, principal: Generat
         if asyncio.iscoroutine(result):
             await result
         return {"id": response_id, "object": "response", "status": "cancelled"}
+    job = await _job(request, principal, response_id)
+    if job is not None and not job.finished:
+        job, _ = await request.app.state.jobs.cancel_or_delete(principal, response_id)
+        return {**background.pending(job), "status": "cancelled"}
     await _stored(request, principal, response_id)
     raise BadRequestError("Only a response still in progress can be cancelled.", param="response_id")
 

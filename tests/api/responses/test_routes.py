@@ -34,13 +34,12 @@ async def test_stored_responses_belong_to_their_key(app_client: Any) -> None:
         assert (await client.get(f"/v1/responses/{answer['id']}", headers=AUTH)).status_code == 404
 
 
-async def test_background_responses_are_refused_in_openai_s_shape(app_client: Any) -> None:
-    async with app_client() as client:
+async def test_a_background_response_needs_the_jobs_store_and_no_stream(app_client: Any) -> None:
+    async with app_client(jobs={"enabled": False}) as client:
         body = {"model": "echo", "input": "a", "background": True}
         refused = await client.post("/v1/responses", json=body, headers=AUTH)
-        assert refused.status_code == 400
-        assert refused.json()["error"] == {
-            "type": "invalid_request_error",
-            "message": "background responses are not supported; use the jobs API.",
-            "param": "background",
-        }
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "background"
+    async with app_client() as client:
+        for extra in ({"stream": True}, {"store": False}):
+            refused = await client.post("/v1/responses", json={**body, **extra}, headers=AUTH)
+            assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
