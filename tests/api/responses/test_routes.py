@@ -43,3 +43,20 @@ async def test_a_background_response_needs_the_jobs_store_and_no_stream(app_clie
         for extra in ({"stream": True}, {"store": False}):
             refused = await client.post("/v1/responses", json={**body, **extra}, headers=AUTH)
             assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+
+
+def tokens_of(metrics: str, key: str) -> float:
+    line = f'lollms_tokens_generated_total{{binding="echo",key="{key}"}} '
+    return sum(float(row[len(line) :]) for row in metrics.splitlines() if row.startswith(line))
+
+
+async def test_tool_turns_count_their_tokens_like_every_generation(app_client: Any) -> None:
+    """An auto turn (the tool loop's single turn) is in the metrics and the key's token quota."""
+    async with app_client() as client:
+        tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+        before = tokens_of((await client.get("/metrics", headers=AUTH)).text, "admin")
+        body = {"model": "echo", "input": "one two three", "tools": tools}
+        answer = await client.post("/v1/responses", json=body, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["usage"]["output_tokens"] == 3
+        after = tokens_of((await client.get("/metrics", headers=AUTH)).text, "admin")
+        assert after - before == 3
