@@ -505,3 +505,50 @@ def test_background_responses_run_as_jobs(server: ServerProcess, client: Any) ->
     client.responses.delete(running.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(running.id)
+
+
+HOSTILE = [
+    {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": 5}]},
+    {"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
+    {"input": [{"role": "assistant", "content": [5]}]},
+    {"input": [{"role": "user", "content": {"text": "x"}}]},
+    {"input": "x", "tools": [{"type": "function"}]},
+    {"input": "x", "tools": [{"type": "namespace", "name": "n", "tools": "x"}, "x"]},
+    {"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function"}},
+    {"input": "x", "text": {"format": {"type": "json_schema", "schema": "no"}}},
+    {"input": "x", "text": {"format": {"type": "xml"}}},
+    {"input": "x", "tools": [{"type": "function", "name": "f" * 300}]},
+    {"input": "x", "previous_response_id": "../../etc/passwd"},
+]
+LLAMA_ONLY = [  # the echo binding reads no schema: llama.cpp's grammar converter refuses these
+    {"input": "x", "text": {"format": {"type": "json_schema", "schema": {"type": "nope"}}}},
+    {
+        "input": "x",
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "nope"}}],
+        "tool_choice": "required",
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("models", "body"),
+    [(("echo", "llm/tiny.gguf"), body) for body in HOSTILE]
+    + [(("llm/tiny.gguf",), body) for body in LLAMA_ONLY],
+)
+def test_hostile_bodies_get_a_4xx_in_openai_s_shape(
+    server: ServerProcess, models: tuple[str, ...], body: dict[str, Any]
+) -> None:
+    for model in models:
+        answer = httpx.post(
+            server.url + "/v1/responses", json={"model": model, **body}, headers=AUTH, timeout=60
+        )
+        assert 400 <= answer.status_code < 500, (model, answer.status_code, answer.text)
+        assert answer.json()["error"]["message"]
+
+
+def test_a_lone_surrogate_is_a_400(server: ServerProcess) -> None:
+    raw = b'{"model": "echo", "input": [{"role": "user", "content": "\\ud800"}]}'
+    answer = httpx.post(
+        server.url + "/v1/responses", content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert answer.status_code == 400 and "surrogate" in answer.json()["error"]["message"]
