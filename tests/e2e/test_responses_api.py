@@ -472,6 +472,10 @@ def test_cancel_stops_a_streamed_response_and_metrics_name_the_route(server: Ser
     finished = httpx.post(f"{server.url}/v1/responses/{done['id']}/cancel", headers=AUTH, timeout=10)
     assert finished.status_code == 400
     assert httpx.post(f"{server.url}/v1/responses/resp_nope/cancel", headers=AUTH).status_code == 404
+    counted = httpx.post(
+        server.url + "/v1/responses/input_tokens", json={"model": "echo", "input": "x"}, headers=AUTH
+    )
+    assert counted.status_code == 200
     metrics = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10).text
     assert 'route="/v1/responses"' in metrics and 'route="/v1/responses/input_tokens"' in metrics
 
