@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "openai": "lollms_server.api.openai_compat:FAMILY",
     "ollama": "lollms_server.api.ollama_compat:FAMILY",
     "anthropic": "lollms_server.api.anthropic:FAMILY",
+    "responses": "lollms_server.api.responses:FAMILY",
 }
 """Family name -> ``module:attribute`` of its :class:`Family` (imported on first use)."""
 

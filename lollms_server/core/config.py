@@ -384,6 +384,12 @@ class JobsConfig(StrictModel):
     cleanup_interval_seconds: float = Field(
         60.0, gt=0, description="Seconds between removals of expired jobs and their outputs."
     )
+    responses_ttl_hours: float = Field(
+        24.0, gt=0, description="Hours a stored /v1/responses answer (store: true) can be read or continued."
+    )
+    max_responses_per_key: int = Field(
+        1000, ge=1, description="Stored /v1/responses answers kept per API key (the oldest go first)."
+    )
 
     def resolve_paths(self, absolute: Callable[[Path], Path]) -> None:
         """``jobs_folder`` and a relative SQLite file against the config file's folder."""

@@ -37,6 +37,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/completions": {"model": "echo/echo", "prompt": "hi"},
     "/v1/messages": {"model": "echo/echo", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
     "/v1/messages/count_tokens": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/responses": {"model": "echo/echo", "input": "hi"},
+    "/v1/responses/input_tokens": {"model": "echo/echo", "input": "hi"},
     "/api/chat": {"model": "echo/echo", "messages": [{"role": "user", "content": "hi"}], "stream": False},
     "/api/generate": {"model": "echo", "prompt": "hi", "stream": False},
     "/api/show": {"model": "echo"},
@@ -58,6 +60,7 @@ PATH_VALUES = {
     "{instance}": "echo",
     "{command}": "word_count",
     "{model_type}": "llm",
+    "{response_id}": "resp_unknown",
 }
 # routes whose success needs a media or embedding binding: with a good key they must pass
 # authentication and authorization (anything but 401/403); their behaviour is tested elsewhere
@@ -74,6 +77,8 @@ NEEDS_MEDIA = {
 }
 # job routes answer a good key 202 (submit), 404 (no such job) or 409: tests/e2e/test_jobs.py
 JOB_ROUTES = ("/api/v1/jobs/", "/v1/videos")
+# a stored response's routes answer a good key 404 for an unknown id: tests/e2e/test_responses_api.py
+STORED_RESPONSES = ("/v1/responses/resp_",)
 
 
 def routes(app: Any) -> list[tuple[str, str]]:
@@ -126,7 +131,7 @@ async def test_every_route_requires_a_valid_key_with_the_right_scope(app_client:
                 response = await call(client, method, path, headers)
                 if (
                     path in NEEDS_MEDIA
-                    or path.startswith(JOB_ROUTES)
+                    or path.startswith(JOB_ROUTES + STORED_RESPONSES)
                     or (method, path) == ("POST", "/api/v1/jobs")
                 ):
                     assert response.status_code not in (401, 403), (method, path, response.text)

@@ -253,13 +253,17 @@ class GenerationService:
         admission = await self.admit(request, principal, self.personality_of(request))
         assert isinstance(admission.job, TextJob), "chat turns are text"
         try:
+            started = time.monotonic()
             text, calls, usage = await self._bounded(
                 single_turn(admission, admission.job.request, tools, cancel), cancel
             )
+            admission.timings.finished(started)
         finally:
             await admission.release()
         finish = "tool_calls" if calls else "stop"
-        return admission.target, TextResult(text=text, finish_reason=finish, usage=usage), calls
+        result = TextResult(text=text, finish_reason=finish, usage=usage)
+        record(self.metrics, admission, result)  # tokens in metrics and the key's token quota
+        return admission.target, result, calls
 
     async def open_tool_turn(
         self, request: GenerateRequest, principal: Principal, tools: list[dict[str, Any]], request_id: str
