@@ -10,6 +10,7 @@ later pulls); a pull of the same files as a running one *is* that pull.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -18,9 +19,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 EVENTS_EVERY_SECONDS = 0.25
 MAX_RUNNING = 16  # pulls at once; more get 503 (nothing keyed by requests grows without bound)
 DISK_MARGIN_BYTES = 64 * 2**20
+DOWNLOAD_THREADS = MAX_RUNNING + 4
+"""Threads of the pulls' own executor: every transfer and hub call runs there, never in the loop's
+default executor, which short server work (image decoding and stamping, binding starts, job files)
+needs free. A transfer beyond it waits for a thread; it does not take one from anybody else."""
+T = TypeVar("T")
 Residency = Callable[[], Awaitable[set[tuple[str, str]]]]
 """The (instance, model) pairs loaded or in use in any pool, for deletes."""
 
@@ -163,6 +170,12 @@ class PullManager:
         self.recent: deque[Pull] = deque(maxlen=config.models.recent_pulls)
         self._transfers: dict[Path, Transfer] = {}
         self._clients: dict[str, httpx.Client] = {}
+        self._executor = ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="lollms-pull")
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``func`` in the pulls' executor (network and disk work of pulls only)."""
+        call = functools.partial(func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     # ---- starting -----------------------------------------------------------
     async def start(self, instance: str, ref: str, *, trusted: bool = True) -> Pull:
@@ -177,7 +190,7 @@ class PullManager:
             if pull.instance == target.name and pull.ref == str(parsed):
                 return pull
         hub = self._hub(target)
-        plan = await asyncio.to_thread(hub.plan, parsed, model_files)
+        plan = await self._in_thread(hub.plan, parsed, model_files)
         limit = self.config.models.max_bytes(self.config.downloads)
         if plan.total > limit:
             raise PayloadTooLargeError(
@@ -185,7 +198,7 @@ class PullManager:
                 f"{limit / 2**30:.2f} GB ([models] max_download_gb)."
             )
         folder = target.models_folder
-        await asyncio.to_thread(self._check_disk, folder, plan)
+        await self._in_thread(self._check_disk, folder, plan)
         for pull in self.running.values():  # after the last await: nothing starts in between
             if pull.folder == folder and pull.plan.installed_name == plan.installed_name:
                 return pull
@@ -236,8 +249,8 @@ class PullManager:
         deferred: list[Path] = []  # snapshot markers: renamed last, so listings never see half a model
         try:
             for item in plan.files:
-                target = await asyncio.to_thread(plan.target, pull.folder, item)
-                if await asyncio.to_thread(_present, target, item):
+                target = await self._in_thread(plan.target, pull.folder, item)
+                if await self._in_thread(_present, target, item):
                     pull.files[item.path].completed = item.size
                     pull.notify()
                     continue
@@ -281,7 +294,7 @@ class PullManager:
                 loop.call_soon_threadsafe(transfer.update, completed)
 
             transfer.task = asyncio.create_task(
-                asyncio.to_thread(
+                self._in_thread(
                     fetch_file, client, url, item, target, progress, transfer.cancel, rename=rename
                 )
             )
@@ -330,7 +343,7 @@ class PullManager:
     async def delete_model(self, instance: str, model: str) -> None:
         """Delete an installed model: 404 unknown, 409 while loaded, in use or being pulled."""
         target = self.bindings.instance(instance)
-        path = await asyncio.to_thread(model_path, target, model)
+        path = await self._in_thread(model_path, target, model)
         for pull in self.running.values():
             if pull.folder == target.models_folder and pull.plan.installed_name == model:
                 raise ConflictError(f"Model '{model}' is being pulled (pull {pull.id}).")
@@ -343,7 +356,7 @@ class PullManager:
             loaded = await self.residency()
             if any((name, model) in loaded for name in sharing):
                 raise ConflictError(f"Model '{model}' is loaded; it can be deleted once unloaded.")
-        await asyncio.to_thread(delete_installed, target, path)
+        await self._in_thread(delete_installed, target, path)
         logger.info("Deleted model %s of %s", model, target.name)
 
     async def for_first_use(self, instance: str, model: str, *, trusted: bool) -> Pull | None:
@@ -354,7 +367,7 @@ class PullManager:
             return None  # offline: the binding finds what it can (a library's own cache)
         try:
             kind = model_files_of(target)
-            await asyncio.to_thread(model_path, target, model)
+            await self._in_thread(model_path, target, model)
             return None  # installed
         except BadRequestError:
             return None
@@ -380,6 +393,7 @@ class PullManager:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _present(target: Path, item: RemoteFile) -> bool:

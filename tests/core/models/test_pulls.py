@@ -380,3 +380,32 @@ async def test_a_hub_that_ignores_the_range_restarts_the_file(
         await pulls.close()
     assert hub.state.downloads("tiny-Q4_K_M.gguf") == ["bytes=300-"]  # asked to resume, got it all
     assert (folder / "tiny-Q4_K_M.gguf").read_bytes() == gguf_bytes
+
+
+async def test_downloads_never_take_the_default_executor(tmp_path: Path, hub: FakeHub) -> None:
+    """T3-05: six slow downloads leave the loop's default executor (image decoding and stamping,
+    binding starts, job files) free; here it has 2 threads, so one transfer in it would starve it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    small = ThreadPoolExecutor(2, thread_name_prefix="default")
+    loop.set_default_executor(small)
+    hub.state.add("acme/slow-GGUF", {f"slow-{i}.gguf": bytes([i]) * 2**20 for i in range(6)})
+    hub.state.delay = 0.2  # 64 chunks: about 13 s per file
+    pulls = manager(make_config(tmp_path, hub, allowed_sources=["acme"]))
+    try:
+        started = [await pulls.start("llm", f"acme/slow-GGUF/slow-{i}.gguf") for i in range(6)]
+        deadline = loop.time() + 10
+        while sum(pull.describe()["completed"] > 0 for pull in started) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        begin = loop.time()
+        short_work = await asyncio.wait_for(asyncio.to_thread(lambda: "done"), 20)
+        waited = loop.time() - begin
+        assert short_work == "done" and waited < 1.0, f"the default executor was busy for {waited:.1f} s"
+        assert all(pull.status == "running" for pull in started)
+        await asyncio.sleep(1.0)
+        assert all(pull.describe()["completed"] > 0 for pull in started)  # all six transfer at once
+    finally:
+        await pulls.close()
+        small.shutdown(wait=False)
