@@ -35,7 +35,7 @@ from lollms_server.core.models import PullManager
 from lollms_server.core.models.hints import missing_default_model
 from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.pools import PoolRegistry
-from lollms_server.core.security import KeyStore
+from lollms_server.core.security import KeyStore, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
                 await app.state.jobs.close()
             await pools.close()
 
-    docs = config.server.docs
+    docs = config.server.docs if config.server.docs is not None else is_loopback(config.server.host)
     app = FastAPI(
         title="lollms_server",
         version=__version__,

@@ -49,6 +49,9 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ATTEMPTS = 2
 """A job interrupted while running runs once more (``retry_interrupted``), never a third time."""
+DROPPED_REQUEST = "{}"
+"""``request_json`` of a finished job: its request is kept only while the job may still run, so
+a finished row (kept ``result_ttl_hours``) holds no upload."""
 
 metadata = MetaData()
 jobs_table = Table(
@@ -239,6 +242,18 @@ class JobStore:
             ).scalar_one()
         return int(active), int(stored)
 
+    def request_chars(self, owner: str) -> int:
+        """The size (characters of JSON) of the owner's stored requests: those of its unfinished
+        jobs, since a finished job's request is dropped."""
+        column = jobs_table.c
+        with self.engine.connect() as connection:
+            total = connection.execute(
+                select(func.coalesce(func.sum(func.length(column.request_json)), 0)).where(
+                    column.owner == owner, column.status.in_((QUEUED, RUNNING))
+                )
+            ).scalar_one()
+        return int(total)
+
     def position(self, seq: int) -> int:
         """Place of a queued job among all queued jobs (1: the next to start)."""
         column = jobs_table.c
@@ -337,6 +352,7 @@ class JobStore:
             expires_at=now + ttl_seconds,
             lease_owner=None,
             lease_expires=None,
+            request_json=DROPPED_REQUEST,
             **values,
         )
 
@@ -359,6 +375,7 @@ class JobStore:
             "expires_at": now + ttl_seconds,
             "lease_owner": None,
             "lease_expires": None,
+            "request_json": DROPPED_REQUEST,
         }
         changed = 0
         with self.engine.begin() as connection:
@@ -406,6 +423,7 @@ class JobStore:
                     expires_at=now + ttl_seconds,
                     lease_owner=None,
                     lease_expires=None,
+                    request_json=DROPPED_REQUEST,
                 )
             )
             connection.execute(

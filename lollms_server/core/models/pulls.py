@@ -171,6 +171,8 @@ class PullManager:
         self._transfers: dict[Path, Transfer] = {}
         self._clients: dict[str, httpx.Client] = {}
         self._executor = ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="lollms-pull")
+        self._first_use_spent: dict[str, int] = {}  # generate key name -> bytes its requests pulled
+        self._first_use_total = 0
 
     async def _in_thread(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``func`` in the pulls' executor (network and disk work of pulls only)."""
@@ -178,10 +180,14 @@ class PullManager:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     # ---- starting -----------------------------------------------------------
-    async def start(self, instance: str, ref: str, *, trusted: bool = True) -> Pull:
+    async def start(
+        self, instance: str, ref: str, *, trusted: bool = True, budget_key: str | None = None
+    ) -> Pull:
         """Start (or join) a pull of ``ref`` into ``instance``'s models folder. ``trusted``: an
-        admin asked (an empty ``allowed_sources`` then allows any source). 4xx before returning
-        for an unknown instance, a bad ref, a refused source, too big, no room on disk."""
+        admin asked (an empty ``allowed_sources`` then allows any source). ``budget_key``: a
+        generate key's first use, counted against ``[models] first_use_gb_per_key`` and
+        ``first_use_total_gb``. 4xx before returning for an unknown instance, a bad ref, a
+        refused source, too big, no room on disk, over budget."""
         target = self.bindings.instance(instance)
         model_files = model_files_of(target)
         parsed = parse_ref(ref)
@@ -198,12 +204,14 @@ class PullManager:
                 f"{limit / 2**30:.2f} GB ([models] max_download_gb)."
             )
         folder = target.models_folder
-        await self._in_thread(self._check_disk, folder, plan)
+        needed = await self._in_thread(self._check_disk, folder, plan)
         for pull in self.running.values():  # after the last await: nothing starts in between
             if pull.folder == folder and pull.plan.installed_name == plan.installed_name:
                 return pull
         if len(self.running) >= MAX_RUNNING:
             raise ServiceUnavailableError(f"{MAX_RUNNING} pulls are running; try again soon.", retry_after=30)
+        if budget_key is not None:
+            self._spend_first_use(budget_key, needed)
         pull = Pull(target.name, str(parsed), plan, folder)
         self.running[pull.id] = pull
         pull.task = asyncio.create_task(self._run(pull, hub), name=f"pull {pull.id}")
@@ -224,8 +232,33 @@ class PullManager:
         token = target.settings.get("hub_token") or os.environ.get(self.config.models.hub_token_env)
         return HubClient(self.config.models.endpoint(), token or None)
 
+    def _spend_first_use(self, key: str, needed: int) -> None:
+        """Count a generate key's first-use download against its budget and the total (403 past
+        either: the bytes are counted when the pull starts, and stay counted while it runs)."""
+        settings = self.config.models
+        per_key = int(settings.first_use_gb_per_key * 2**30)
+        total = int(settings.first_use_total_gb * 2**30)
+        spent = self._first_use_spent.get(key, 0)
+        if spent + needed > per_key:
+            raise PermissionDeniedError(
+                f"This download ({needed / 2**20:.1f} MB) is over this key's budget for models "
+                f"downloaded on first use: {spent / 2**20:.1f} of {per_key / 2**20:.1f} MB used "
+                "([models] first_use_gb_per_key). An administrator can pull the model.",
+                param="model_name",
+            )
+        if self._first_use_total + needed > total:
+            raise PermissionDeniedError(
+                f"This download ({needed / 2**20:.1f} MB) is over this server's budget for models "
+                f"downloaded on first use ({total / 2**20:.1f} MB, [models] first_use_total_gb). "
+                "An administrator can pull the model.",
+                param="model_name",
+            )
+        self._first_use_spent[key] = spent + needed  # keys are the configured ones: bounded
+        self._first_use_total += needed
+
     @staticmethod
-    def _check_disk(folder: Path, plan: Plan) -> None:
+    def _check_disk(folder: Path, plan: Plan) -> int:
+        """The bytes the pull still needs (413 when the disk has no room for them)."""
         needed = 0
         for item in plan.files:
             target = plan.target(folder, item)
@@ -242,6 +275,7 @@ class PullManager:
                 f"Not enough disk space for this pull: it needs {needed / 2**30:.2f} GB, "
                 f"{free / 2**30:.2f} GB are free in {folder.name}."
             )
+        return needed
 
     # ---- running --------------------------------------------------------------
     async def _run(self, pull: Pull, hub: HubClient) -> None:
@@ -359,9 +393,12 @@ class PullManager:
         await self._in_thread(delete_installed, target, path)
         logger.info("Deleted model %s of %s", model, target.name)
 
-    async def for_first_use(self, instance: str, model: str, *, trusted: bool) -> Pull | None:
+    async def for_first_use(
+        self, instance: str, model: str, *, trusted: bool, key: str | None = None
+    ) -> Pull | None:
         """The pull that fetches ``model`` for a request (started or joined), or None when the
-        model is there, the instance does not download, or the name is no hub reference."""
+        model is there, the instance does not download, or the name is no hub reference. A
+        request of a generate key (not ``trusted``) spends that key's first-use budget."""
         target = self.bindings.instance(instance)
         if not target.settings.get("allow_download") or hub_offline():
             return None  # offline: the binding finds what it can (a library's own cache)
@@ -378,7 +415,8 @@ class PullManager:
             return None
         if kind == "snapshot" and len(parts) != 2:
             return None
-        return await self.start(instance, model, trusted=trusted)
+        budget_key = None if trusted else (key or "")
+        return await self.start(instance, model, trusted=trusted, budget_key=budget_key)
 
     async def close(self) -> None:
         """Stop every pull (their ``.part`` files stay, for the next pull to resume)."""

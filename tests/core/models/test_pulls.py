@@ -409,3 +409,37 @@ async def test_downloads_never_take_the_default_executor(tmp_path: Path, hub: Fa
     finally:
         await pulls.close()
         small.shutdown(wait=False)
+
+
+async def test_first_use_downloads_of_generate_keys_have_a_budget_per_key_and_in_all(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    """T3-14: a generate key naming one hub file after another cannot fill the disk."""
+    hub.state.add("acme/many-GGUF", {f"m-{i}.gguf": bytes([i]) * 2**20 for i in range(6)})
+    mib = 1 / 1024  # GB
+    config = make_config(
+        tmp_path, hub, allowed_sources=["acme"], first_use_gb_per_key=2.5 * mib, first_use_total_gb=4.5 * mib
+    )
+    pulls = manager(config)
+    pulls.bindings.instances["llm"].settings["allow_download"] = True
+    try:
+        for i in range(2):
+            pull = await pulls.for_first_use("llm", f"acme/many-GGUF/m-{i}.gguf", trusted=False, key="alice")
+            assert pull is not None and await pull.wait() == [f"acme/many-GGUF/m-{i}.gguf"]
+        with pytest.raises(PermissionDeniedError, match="first_use_gb_per_key") as refused:
+            await pulls.for_first_use("llm", "acme/many-GGUF/m-2.gguf", trusted=False, key="alice")
+        assert refused.value.status_code == 403 and "budget" in refused.value.message
+        for i in (2, 3):  # another key has its own budget...
+            pull = await pulls.for_first_use("llm", f"acme/many-GGUF/m-{i}.gguf", trusted=False, key="bob")
+            assert pull is not None and await pull.wait()
+        with pytest.raises(PermissionDeniedError, match="first_use_total_gb"):  # ... within the total
+            await pulls.for_first_use("llm", "acme/many-GGUF/m-4.gguf", trusted=False, key="carol")
+        admin = await pulls.for_first_use("llm", "acme/many-GGUF/m-4.gguf", trusted=True, key="admin")
+        assert admin is not None and await admin.wait()  # an admin's first use is not counted
+        assert await pulls.for_first_use("llm", "acme/many-GGUF/m-0.gguf", trusted=False, key="alice") is None
+    finally:
+        await pulls.close()
+    pulled = sorted(
+        p.name for p in (tmp_path / "models" / "llamacpp_binding" / "acme" / "many-GGUF").glob("*.gguf")
+    )
+    assert pulled == [f"m-{i}.gguf" for i in range(5)]
