@@ -32,6 +32,8 @@ JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=JOB_RESPONSES)
 
+BACKSTOP_SECONDS = 10.0
+"""Past a job event stream's deadline, the time its last database read may take."""
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -102,16 +104,17 @@ async def job_events(job_id: str, principal: GenerateUser, jobs: JobsDep) -> Eve
     (429 beyond)."""
     await jobs.find(principal, job_id)  # 404 before the stream starts
     jobs.watchers.enter(principal.name)
+    deadline = asyncio.get_running_loop().time() + jobs.settings.events_max_seconds
 
     async def events() -> AsyncGenerator[bytes, None]:
-        async for view in jobs.events(principal, job_id):
+        async for view in jobs.events(principal, job_id, deadline):
             yield f"data: {json.dumps(view)}\n\n".encode()
 
     async def leave() -> None:
         jobs.watchers.leave(principal.name)
 
-    deadline = asyncio.get_running_loop().time() + jobs.settings.events_max_seconds
-    return EventStreamResponse(events(), on_close=leave, deadline=deadline)
+    # the stream ends itself at the deadline; the response's own deadline is a backstop
+    return EventStreamResponse(events(), on_close=leave, deadline=deadline + BACKSTOP_SECONDS)
 
 
 @router.delete("/{job_id}")

@@ -273,9 +273,12 @@ class JobService:
             raise ConflictError(f"The job is {job.status}; its result exists once it has succeeded.")
         return job
 
-    async def events(self, principal: Principal, job_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The job's status each time it changes, until it ends (read from the database, so a
-        job another server runs is watched the same way)."""
+    async def events(
+        self, principal: Principal, job_id: str, deadline: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The job's status each time it changes, until it ends or the loop time ``deadline``
+        passes (read from the database, so a job another server runs is watched the same way)."""
+        loop = asyncio.get_running_loop()
         last: dict[str, Any] | None = None
         first = True
         while True:
@@ -293,6 +296,8 @@ class JobService:
                 yield view
             if view["status"] not in (QUEUED, RUNNING):
                 return
+            if deadline is not None and loop.time() + EVENTS_POLL_SECONDS > deadline:
+                return  # a clean end: the client reconnects to watch on
             await asyncio.sleep(EVENTS_POLL_SECONDS)
 
     # ---- cancel, delete, retention ---------------------------------------------------------
