@@ -180,8 +180,9 @@ def pull_manager(config: AppConfig, bindings: BindingManager, pools: PoolRegistr
 
 def app_from_environment() -> FastAPI:
     """App factory for multi-worker uvicorn: the config path comes from ``LOLLMS_SERVER_CONFIG``."""
+    from lollms_server.core.log_secrets import configured_secrets
     from lollms_server.utils.logs import configure_logging
 
     config = load_config(os.environ[CONFIG_ENV])
-    configure_logging(config.logging.level, config.logging.file)
+    configure_logging(config.logging.level, config.logging.file, configured_secrets(config))
     return create_app(config)
