@@ -198,12 +198,20 @@ class JobStore:
         )
 
     def create_schema(self) -> None:
-        """Create the table if missing (two servers starting at once: the loser sees it made)."""
+        """Create the table if missing (two servers starting at once: the loser sees it made),
+        and drop the requests finished jobs of an older version still keep."""
         try:
             metadata.create_all(self.engine)
         except SQLAlchemyError:
             time.sleep(0.5)
             metadata.create_all(self.engine)
+        column = jobs_table.c
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs_table)
+                .where(column.status.in_(FINISHED), column.request_json != DROPPED_REQUEST)
+                .values(request_json=DROPPED_REQUEST)
+            )
 
     def close(self) -> None:
         self.engine.dispose()
