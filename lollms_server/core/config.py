@@ -400,7 +400,10 @@ class JobsConfig(StrictModel):
         "(more: 429; one larger request: 413). A finished job keeps no request.",
     )
     max_watchers_per_key: int = Field(
-        8, ge=1, le=10_000, description="Job event streams one API key may hold open at once (more: 429)."
+        8,
+        ge=1,
+        le=10_000,
+        description="Job event streams one API key may hold open at once, per server process (more: 429).",
     )
     events_max_seconds: float = Field(
         3600.0, gt=0, description="A job event stream ends after this long (the client may reconnect)."

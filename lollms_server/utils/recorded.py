@@ -29,7 +29,9 @@ MAX_VALUE_CHARS = 1000
 MAX_PROMPT_CHARS = 1000
 """The prompt as recorded in an output or file (the whole prompt is the client's own)."""
 MAX_METADATA_CHARS = 16 * 1024
-"""One output's metadata, as JSON: values past this budget are left out (named in ``truncated``)."""
+"""One output's metadata, as JSON, beyond what its own size allows (``to_output_data`` gives each
+output this plus 4 characters per byte of its data): values past it are left out, named in
+``truncated``. An answer's size follows its outputs, whatever its request carried."""
 ELLIPSIS = "…"
 
 
@@ -70,28 +72,27 @@ def recorded_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def bounded_metadata(metadata: dict[str, Any], budget: int = MAX_METADATA_CHARS) -> dict[str, Any]:
     """``metadata`` (one output's, a binding's included) within ``budget`` characters of JSON:
-    each value bounded as :func:`recorded_value` does (a nested ``parameters`` dict keeps its
-    allow-listed names only), values past the budget left out and listed in ``truncated``."""
+    ``parameters`` keeps its allow-listed names (:func:`recorded_parameters`), ``prompt`` and
+    every other string are cut (:func:`recorded_prompt`, :data:`MAX_VALUE_CHARS`: they echo the
+    request), other values (timings, usage, a transcription's segments) are kept while they
+    fit; what does not fit is left out and named in ``truncated``."""
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     used = 2
     for name, value in metadata.items():
         name = str(name)[:100]
-        if isinstance(value, dict) and name == "parameters":
+        if name == "parameters" and isinstance(value, dict):
             value = recorded_parameters(value)
-        elif isinstance(value, dict) and (json_size(value) or budget) <= MAX_METADATA_CHARS // 4:
-            pass  # small structured values (timings, usage) stay as they are
-        else:
-            ok, value = recorded_value(value)
-            if not ok:
-                dropped.append(name)
-                continue
-        size = (json_size(value) or budget) + len(name) + 4
-        if used + size > budget:
+        elif name == "prompt" and isinstance(value, str):
+            value = recorded_prompt(value)
+        elif isinstance(value, str):
+            value = recorded_value(value)[1]
+        size = json_size(value)
+        if size is None or used + size + len(name) + 4 > budget:
             dropped.append(name)
             continue
         kept[name] = value
-        used += size
+        used += size + len(name) + 4
     if dropped:
         kept["truncated"] = dropped[:20]
     return kept

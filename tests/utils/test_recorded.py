@@ -42,12 +42,23 @@ def test_metadata_stays_within_its_budget_whatever_a_binding_adds() -> None:
         deep = {"a": deep}
     metadata = {
         "binding": "images",
+        "prompt": "p" * 200_000,
         "parameters": {"width": 64, "note": "n" * 100_000},
         "timings": {"total": 1.0},
         "deep": deep,  # too deep to write as JSON: left out, no RecursionError
+        "echo": ["n" * 1000] * 100,  # a binding's copy of a request list
         **{f"extra_{i}": "v" * 900 for i in range(100)},
     }
     bounded = bounded_metadata(metadata)
     assert len(json.dumps(bounded)) < MAX_METADATA_CHARS + 1000
     assert bounded["parameters"] == {"width": 64} and bounded["timings"] == {"total": 1.0}
-    assert "deep" in bounded["truncated"] and "deep" not in bounded
+    assert len(bounded["prompt"]) == 1001
+    assert {"deep", "echo"} <= set(bounded["truncated"]) and "deep" not in bounded and "echo" not in bounded
+
+
+def test_a_transcription_keeps_its_segments() -> None:
+    """What a binding derives from its output (segments) stays when the output's size allows it."""
+    segments = [{"text": "word " * 10, "start": i, "end": i + 1} for i in range(400)]
+    text = " ".join(segment["text"] for segment in segments)
+    bounded = bounded_metadata({"segments": segments}, MAX_METADATA_CHARS + 4 * len(text))
+    assert bounded["segments"] == segments

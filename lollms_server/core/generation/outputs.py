@@ -13,7 +13,7 @@ from lollms_server.core.generation.provenance import provenance_text, stamp_imag
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.types import OutputData, StreamChunk
 from lollms_server.utils.media import encode_base64
-from lollms_server.utils.recorded import bounded_metadata, recorded_parameters
+from lollms_server.utils.recorded import MAX_METADATA_CHARS, bounded_metadata, recorded_parameters
 
 
 def _metadata(admission: Admission) -> dict[str, Any]:
@@ -53,14 +53,15 @@ async def media_outputs(admission: Admission, outputs: list[MediaOutput]) -> lis
 
 def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:
     """A binding's output as API output: bytes become raw base64. Its metadata (ours, the
-    binding's spread on top) is bounded (``utils.recorded``): an answer's size follows its
-    outputs, not what its request carried."""
+    binding's spread on top) is bounded (``utils.recorded``) by a budget that grows with the
+    output's own size: an answer's size follows its outputs, not what its request carried."""
     data = encode_base64(bytes(output.data)) if isinstance(output.data, bytes | bytearray) else output.data
+    size = len(data) if isinstance(data, str) else 0
     return OutputData(
         type=output.type,
         data=data,
         mime_type=output.mime_type,
-        metadata=bounded_metadata({**metadata, **output.metadata}),
+        metadata=bounded_metadata({**metadata, **output.metadata}, MAX_METADATA_CHARS + 4 * size),
     )
 
 
