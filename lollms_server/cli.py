@@ -107,10 +107,11 @@ def apply_overrides(config: AppConfig, args: argparse.Namespace) -> None:
 def serve(config: AppConfig) -> None:
     import uvicorn
 
+    from lollms_server.core.log_secrets import configured_secrets
     from lollms_server.main import CONFIG_ENV, create_app
     from lollms_server.utils.logs import configure_logging
 
-    configure_logging(config.logging.level, config.logging.file)
+    configure_logging(config.logging.level, config.logging.file, configured_secrets(config))
     common: dict[str, Any] = {
         "host": config.server.host,
         "port": config.server.port,

@@ -34,7 +34,7 @@ from lollms_server.core.models import PullManager
 from lollms_server.core.models.hints import missing_default_model
 from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.pools import PoolRegistry
-from lollms_server.core.security import KeyStore
+from lollms_server.core.security import KeyStore, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
                 await app.state.jobs.close()
             await pools.close()
 
-    docs = config.server.docs
+    docs = config.server.docs if config.server.docs is not None else is_loopback(config.server.host)
     app = FastAPI(
         title="lollms_server",
         version=__version__,
@@ -178,8 +178,9 @@ def pull_manager(config: AppConfig, bindings: BindingManager, pools: PoolRegistr
 
 def app_from_environment() -> FastAPI:
     """App factory for multi-worker uvicorn: the config path comes from ``LOLLMS_SERVER_CONFIG``."""
+    from lollms_server.core.log_secrets import configured_secrets
     from lollms_server.utils.logs import configure_logging
 
     config = load_config(os.environ[CONFIG_ENV])
-    configure_logging(config.logging.level, config.logging.file)
+    configure_logging(config.logging.level, config.logging.file, configured_secrets(config))
     return create_app(config)

@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--owner-pid", type=int, required=True)
     args = parser.parse_args()
+    from lollms_server.core.log_secrets import configured_secrets
     from lollms_server.utils.logs import configure_logging
 
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
     config = pool_config(load_config(args.config), args.pool, token)
-    configure_logging(config.logging.level, config.logging.file)
+    configure_logging(config.logging.level, config.logging.file, configured_secrets(config))
     asyncio.run(serve(config, args.port, args.owner_pid))
 
 

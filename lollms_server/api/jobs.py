@@ -4,6 +4,7 @@ delegate. A key sees only its own jobs (another key's job is a 404); admin keys 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Literal
@@ -23,10 +24,16 @@ JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**ERROR_RESPONSES[404], "description": "No such job (or another key's job)"},
     409: {**ERROR_RESPONSES[400], "description": "The job has not succeeded (no result yet)"},
     413: {**ERROR_RESPONSES[413], "description": "The key's stored job results are full"},
-    429: {**ERROR_RESPONSES[400], "description": "The key has max_jobs_per_key unfinished jobs"},
+    429: {
+        **ERROR_RESPONSES[400],
+        "description": "The key has max_jobs_per_key unfinished jobs, max_request_mb_per_key of stored "
+        "requests, or max_watchers_per_key event streams",
+    },
 }
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=JOB_RESPONSES)
 
+BACKSTOP_SECONDS = 10.0
+"""Past a job event stream's deadline, the time its last database read may take."""
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -92,17 +99,22 @@ async def get_job_output(
 
 @router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(job_id: str, principal: GenerateUser, jobs: JobsDep) -> EventStreamResponse:
-    """Server-Sent Events: the job's status each time it changes, until it ends."""
+    """Server-Sent Events: the job's status each time it changes, until it ends, for at most
+    ``[jobs] events_max_seconds`` (reconnect to go on); ``max_watchers_per_key`` streams per key
+    (429 beyond)."""
     await jobs.find(principal, job_id)  # 404 before the stream starts
+    jobs.watchers.enter(principal.name)
+    deadline = asyncio.get_running_loop().time() + jobs.settings.events_max_seconds
 
     async def events() -> AsyncGenerator[bytes, None]:
-        async for view in jobs.events(principal, job_id):
+        async for view in jobs.events(principal, job_id, deadline):
             yield f"data: {json.dumps(view)}\n\n".encode()
 
-    async def nothing() -> None:
-        return None
+    async def leave() -> None:
+        jobs.watchers.leave(principal.name)
 
-    return EventStreamResponse(events(), on_close=nothing)
+    # the stream ends itself at the deadline; the response's own deadline is a backstop
+    return EventStreamResponse(events(), on_close=leave, deadline=deadline + BACKSTOP_SECONDS)
 
 
 @router.delete("/{job_id}")

@@ -50,7 +50,11 @@ class ServerConfig(StrictModel):
         description="A streamed answer whose client does not take the next piece for this long is "
         "ended, and its slot given back.",
     )
-    docs: bool = Field(True, description="Serve the OpenAPI pages (/docs, /redoc, /openapi.json).")
+    docs: bool | None = Field(
+        None,
+        description="Serve the OpenAPI pages (/docs, /redoc, /openapi.json) without a key. Unset: only "
+        "when the server listens on loopback (the pages map every route of a public server).",
+    )
     ui: bool = Field(
         True, description="Serve the web playground and dashboard at / (the pages need no key; the API does)."
     )
@@ -251,6 +255,15 @@ class ModelsConfig(StrictModel):
         "HF_TOKEN", description="Environment variable holding the hub token (gated/private repositories)."
     )
     recent_pulls: int = Field(32, ge=1, le=1000, description="Finished pulls GET /api/v1/models/pulls keeps.")
+    first_use_gb_per_key: float = Field(
+        10.0,
+        ge=0,
+        description="Bytes a generate key's requests may have downloaded on first use since the server "
+        "started (0: none; admin keys and admin pulls are not counted). More: 403.",
+    )
+    first_use_total_gb: float = Field(
+        50.0, ge=0, description="The same budget for all generate keys together (more: 403)."
+    )
 
     def sources(self, downloads: DownloadsConfig) -> list[str]:
         return list(self.allowed_sources if self.allowed_sources is not None else downloads.allowed_sources)
@@ -379,6 +392,21 @@ class JobsConfig(StrictModel):
     )
     concurrency: int = Field(
         4, ge=1, description="Jobs one server process holds at once (running or waiting in its pools)."
+    )
+    max_request_mb_per_key: float = Field(
+        256.0,
+        gt=0,
+        description="Requests (inputs included) one API key's unfinished jobs may hold in the database "
+        "(more: 429; one larger request: 413). A finished job keeps no request.",
+    )
+    max_watchers_per_key: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="Job event streams one API key may hold open at once, per server process (more: 429).",
+    )
+    events_max_seconds: float = Field(
+        3600.0, gt=0, description="A job event stream ends after this long (the client may reconnect)."
     )
     poll_seconds: float = Field(1.0, gt=0, description="Seconds between looks for new jobs in the database.")
     cleanup_interval_seconds: float = Field(

@@ -67,17 +67,21 @@ AUDIO_ROLES = frozenset({"input_audio", "audio"})
 
 def has_lone_surrogate(value: Any) -> bool:
     """True when a string anywhere in ``value`` holds a lone UTF-16 surrogate (JSON allows
-    ``"\\ud800"``, UTF-8 cannot encode it: it would break every answer that echoes it)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(has_lone_surrogate(key) or has_lone_surrogate(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(has_lone_surrogate(item) for item in value)
+    ``"\\ud800"``, UTF-8 cannot encode it: it would break every answer that echoes it).
+    Iterative: a value nested deeper than Python's recursion limit is walked like any other."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
     return False
 
 

@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import ascii_colors
 
+from lollms_server.utils.paths import without_userinfo
+
 PACKAGE_LOGGER = "lollms_server"
+SECRET_MASK = "********"
+MIN_SECRET_CHARS = 6
+"""Shorter values are not masked (they would mask ordinary words)."""
+
+
+class SecretMask(logging.Filter):
+    """Masks the configured secrets (API keys, binding tokens) and URL credentials in every
+    record a handler writes: a remote error that quotes a key, a URL with a password."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        text = without_userinfo(text)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, SECRET_MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format is logging's own error to report
+            return True
+        masked = self.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 class AsciiColorsHandler(logging.Handler):
@@ -21,8 +55,10 @@ class AsciiColorsHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(level: str, file: Path | None = None) -> None:
-    """Send the server's logs (``lollms_server.*`` and bindings) to the console and a file."""
+def configure_logging(level: str, file: Path | None = None, secrets: Iterable[str] = ()) -> None:
+    """Send the server's logs (``lollms_server.*`` and bindings) to the console and a file,
+    with ``secrets`` and URL credentials masked (:class:`SecretMask`)."""
+    masker = SecretMask(secrets)
     ascii_colors.basicConfig(
         level=getattr(ascii_colors, level, ascii_colors.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -45,4 +81,5 @@ def configure_logging(level: str, file: Path | None = None) -> None:
             handlers.append(to_file)
         for handler in handlers:
             handler._lollms = True  # type: ignore[attr-defined]
+            handler.addFilter(masker)
             logger.addHandler(handler)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, LIMITED_KEY, ServerProcess
+from tests.conftest import AUTH, GOOD_KEY, LIMITED_KEY, ServerProcess
 from tests.e2e.ollama_server import BEARER, IDLE_UNLOAD_SECONDS, ollama_test_server
 
 ollama = pytest.importorskip("ollama")
@@ -215,6 +215,17 @@ def test_keep_alive_zero_unloads(client: Any) -> None:
         )
     )
     assert streamed[-1].done and "llm/tiny2.gguf:latest" not in loaded_names(client)
+
+
+def test_keep_alive_zero_of_a_generate_key_unloads_nothing(client: Any, server: ServerProcess) -> None:
+    """R-04: any key could unload a model every other key was using, in a loop."""
+    user = ollama.Client(host=server.url, headers={"Authorization": f"Bearer {GOOD_KEY}"}, timeout=120)
+    client.generate(model="llm/tiny3.gguf", prompt="")  # loaded
+    user.generate(model="llm/tiny3.gguf", prompt="Hi", options={"num_predict": 2}, keep_alive=0)
+    answer = user.generate(model="llm/tiny3.gguf", prompt="", keep_alive=0)
+    assert answer.done_reason == "load" and "llm/tiny3.gguf:latest" in loaded_names(client)
+    unloading = client.generate(model="llm/tiny3.gguf", prompt="", keep_alive=0)  # an admin key may
+    assert unloading.done_reason == "unload" and "llm/tiny3.gguf:latest" not in loaded_names(client)
 
 
 def test_errors_as_ollama_clients_read_them(server: ServerProcess, client: Any) -> None:

@@ -266,9 +266,11 @@ async def _load(
     body: Common,
     empty: dict[str, Any],
 ) -> dict[str, Any]:
-    """Load the model (an empty prompt or no messages), or unload it with ``keep_alive`` 0."""
+    """Load the model (an empty prompt or no messages), or unload it with ``keep_alive`` 0 (an
+    admin key; another key's ``keep_alive`` 0 loads it like Ollama would, and leaves it to the
+    pool's idle rule)."""
     instance, model = translate.model_target(body.model)
-    if translate.unloads(body.keep_alive):
+    if translate.unloads(body.keep_alive) and generation.may_unload(principal):
         target = generation.resolve(principal, "ttt", instance, model)
         await generation.unload(principal, target)
         reason = "unload"

@@ -16,6 +16,7 @@ from lollms_server.api.kit.native import native
 from lollms_server.api.ollama_compat.protocol import Format, GenerateBody, KeepAlive, Message, Options
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.types import InputData
+from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 TAG = ":latest"
 """Ollama names are ``name:tag``; listings show ``:latest`` and requests may send it or not
@@ -142,7 +143,12 @@ def chat_inputs(messages: list[Message]) -> list[InputData]:
 
 
 def _arguments(raw: Any) -> Any:
-    """Ollama sends arguments as an object; a JSON string is accepted too."""
+    """Ollama sends arguments as an object; a JSON string is accepted too (either nested at
+    most ``MAX_TOOL_ARGUMENT_DEPTH`` levels: 400 otherwise)."""
+    if nests_deeper(raw, MAX_TOOL_ARGUMENT_DEPTH):
+        raise BadRequestError(
+            f"Tool call arguments nest more than {MAX_TOOL_ARGUMENT_DEPTH} levels deep.", param="messages"
+        )
     if isinstance(raw, str):
         try:
             return json.loads(raw) if raw else {}

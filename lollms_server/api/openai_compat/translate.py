@@ -21,6 +21,7 @@ from lollms_server.core.errors import BadRequestError
 from lollms_server.core.types import InputData, OutputData
 from lollms_server.utils.audio_encoding import encode_audio
 from lollms_server.utils.media import AUDIO_FORMATS, audio_format
+from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 __all__ = ["DONE", "native", "split_model"]  # re-exported: routes and videos use them from here
 
@@ -90,13 +91,18 @@ def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
 
 
 def _arguments(raw: Any) -> Any:
-    """A tool call's arguments: a JSON string (OpenAI's form) or already an object."""
-    if isinstance(raw, dict | list):
-        return raw
+    """A tool call's arguments: a JSON string (OpenAI's form) or already an object, nested at
+    most ``MAX_TOOL_ARGUMENT_DEPTH`` levels (400 otherwise)."""
     if raw is None or raw == "":
         return {}
-    if not isinstance(raw, str):
+    if not isinstance(raw, str | dict | list):
         raise BadRequestError("Tool call arguments must be a JSON string.", param="messages")
+    if nests_deeper(raw, MAX_TOOL_ARGUMENT_DEPTH):
+        raise BadRequestError(
+            f"Tool call arguments nest more than {MAX_TOOL_ARGUMENT_DEPTH} levels deep.", param="messages"
+        )
+    if not isinstance(raw, str):
+        return raw
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -147,7 +153,14 @@ def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
         parameters["json_schema"] = schema  # grammar-constrained where the binding can (llama.cpp)
         parameters["system_message"] = "Answer with one valid JSON object and nothing else."
     if isinstance(body.tool_choice, dict):
-        parameters["tool_choice"] = (body.tool_choice.get("function") or {}).get("name")
+        function = body.tool_choice.get("function") or {}
+        if not isinstance(function, dict) or not isinstance(function.get("name", ""), str):
+            raise BadRequestError(
+                'tool_choice must be "auto", "none", "required" or {"type": "function", "function": '
+                '{"name": ...}}.',
+                param="tool_choice",
+            )
+        parameters["tool_choice"] = function.get("name")
     elif body.tool_choice in ("auto", "none"):
         parameters["tool_choice"] = body.tool_choice
     return parameters

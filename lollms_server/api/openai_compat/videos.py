@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from lollms_server.api.deps import GenerateUser
 from lollms_server.api.jobs import JOB_RESPONSES, JobsDep
-from lollms_server.api.openai_compat.translate import size_parameters, split_model
+from lollms_server.api.openai_compat.translate import native, size_parameters, split_model
 from lollms_server.core.errors import BadRequestError, NotFoundError
 from lollms_server.core.jobs import JobService
 from lollms_server.core.jobs.store import JobRecord
@@ -72,13 +72,17 @@ def _request(fields: dict[str, Any]) -> tuple[GenerateRequest, dict[str, Any]]:
             raise BadRequestError("seconds must be a whole number from 1 to 60.", param="seconds")
         parameters.update(num_frames=int(seconds) * VIDEO_FPS, fps=VIDEO_FPS)
     binding, model_name = split_model(model)
-    request = GenerateRequest(
-        generation_type="ttv",
-        prompt=prompt,
-        binding_name=binding,
-        model_name=model_name,
-        parameters=parameters,
-    )
+    try:  # a name the native request refuses (too long) is the client's 400, never a 500
+        request = native(
+            GenerateRequest,
+            generation_type="ttv",
+            prompt=prompt,
+            binding_name=binding,
+            model_name=model_name,
+            parameters=parameters,
+        )
+    except BadRequestError as exc:
+        raise BadRequestError(f"model: {exc.message}", param="model") from None
     return request, {"prompt": prompt, "model": model, "size": size, "seconds": seconds}
 
 

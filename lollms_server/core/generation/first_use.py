@@ -23,7 +23,8 @@ class Download(Protocol):
 
 
 ModelFetcher = Callable[..., Awaitable[Download | None]]
-"""``fetch(instance, model, trusted=bool)``: the running pull of a missing model, or None."""
+"""``fetch(instance, model, trusted=bool, key=name)``: the running pull of a missing model, or
+None (``key``: the requesting key, whose first-use budget a generate key spends)."""
 
 
 class DownloadWatch:
@@ -49,7 +50,9 @@ async def await_model(
     pull's error when it fails; 503 + Retry-After past ``timeout`` (the pull carries on)."""
     if fetcher is None:
         return
-    download = await fetcher(target.name, target.model, trusted="admin" in principal.scopes)
+    download = await fetcher(
+        target.name, target.model, trusted="admin" in principal.scopes, key=principal.name
+    )
     if download is None:
         return
     latest: dict[str, dict[str, Any]] = {}

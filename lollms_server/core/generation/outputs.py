@@ -13,6 +13,7 @@ from lollms_server.core.generation.provenance import provenance_text, stamp_imag
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.types import OutputData, StreamChunk
 from lollms_server.utils.media import encode_base64
+from lollms_server.utils.recorded import MAX_METADATA_CHARS, bounded_metadata, recorded_parameters
 
 
 def _metadata(admission: Admission) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def _metadata(admission: Admission) -> dict[str, Any]:
         "binding": target.name,
         "model": target.model,
         "generation_type": target.generation_type,
-        "parameters": admission.parameters,
+        "parameters": recorded_parameters(admission.parameters),  # an allow-list, bounded
         "seed": admission.parameters.get("seed"),
         "timings": timings.public(),
     }
@@ -45,16 +46,22 @@ async def media_outputs(admission: Admission, outputs: list[MediaOutput]) -> lis
     metadata = _metadata(admission)
     if any(output.type == "image" for output in outputs):
         target = admission.target
-        text = provenance_text(target.name, target.model, admission.parameters)
+        text = provenance_text(target.name, target.model, recorded_parameters(admission.parameters))
         outputs = await asyncio.to_thread(stamp_images, outputs, text, admission.provenance)
     return [to_output_data(output, metadata) for output in outputs]
 
 
 def to_output_data(output: MediaOutput, metadata: dict[str, Any]) -> OutputData:
-    """A binding's output as API output: bytes become raw base64."""
+    """A binding's output as API output: bytes become raw base64. Its metadata (ours, the
+    binding's spread on top) is bounded (``utils.recorded``) by a budget that grows with the
+    output's own size: an answer's size follows its outputs, not what its request carried."""
     data = encode_base64(bytes(output.data)) if isinstance(output.data, bytes | bytearray) else output.data
+    size = len(data) if isinstance(data, str) else 0
     return OutputData(
-        type=output.type, data=data, mime_type=output.mime_type, metadata={**metadata, **output.metadata}
+        type=output.type,
+        data=data,
+        mime_type=output.mime_type,
+        metadata=bounded_metadata({**metadata, **output.metadata}, MAX_METADATA_CHARS + 4 * size),
     )
 
 

@@ -285,10 +285,21 @@ class GenerationService:
         async with self._resident(principal, generation_type, binding_name, model_name) as (target, _):
             return target
 
+    @staticmethod
+    def may_unload(principal: Principal) -> bool:
+        """Whether ``principal`` may unload models on demand (Ollama's ``keep_alive: 0``): keys
+        with the ``admin`` scope only. A model is shared by every key that may use its instance,
+        so a generate key's unload would force reloads on everyone; its ``keep_alive: 0`` leaves
+        the model to its pool's idle rule."""
+        return "admin" in principal.scopes
+
     async def unload(self, principal: Principal, target: Target) -> bool:
         """Unload ``target``'s model now if nobody uses it (pools of this process only; a worker
-        process or Ray actor unloads by its own idle rule). Returns whether it was unloaded."""
+        process or Ray actor unloads by its own idle rule) and ``principal`` may (see
+        :meth:`may_unload`). Returns whether it was unloaded."""
         principal.require_binding(target.name)
+        if not self.may_unload(principal):
+            return False
         if self.pools.hosts[target.pool].kind != "inprocess":
             return False
         return await self.resources.unload(target.name, target.model)

@@ -5,6 +5,7 @@ entry per output (kind, mime type, file, size). Blocking: called in worker threa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ class ResultFiles:
     def save(self, job_id: str, response: GenerateResponse) -> SavedResult:
         """Every output as a file; media ``data`` leaves the stored response."""
         folder = self.job_folder(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
+        private_folder(folder)
         outputs: list[dict[str, Any]] = []
         kept: list[OutputData] = []
         total = 0
@@ -61,7 +63,7 @@ class ResultFiles:
             payload = _payload(item)
             mime = item.mime_type or ("text/plain" if item.type == "text" else "application/octet-stream")
             name = f"output-{index}{EXTENSIONS.get(mime, '.bin')}"
-            (folder / name).write_bytes(payload)
+            write_private(folder / name, payload)
             total += len(payload)
             outputs.append(
                 {"index": index, "type": item.type, "mime_type": mime, "file": name, "bytes": len(payload)}
@@ -84,6 +86,21 @@ class ResultFiles:
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.job_folder(job_id), ignore_errors=True)
+
+
+def private_folder(folder: Path) -> None:
+    """``folder`` (and missing parents) made 0700: job outputs are every key's results."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+def write_private(path: Path, payload: bytes) -> None:
+    """``payload`` in a file only this user can read (0600 whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(payload)
 
 
 def _payload(item: OutputData) -> bytes:

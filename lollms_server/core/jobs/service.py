@@ -33,6 +33,7 @@ from lollms_server.core.jobs.callbacks import check_callback_url, notify
 from lollms_server.core.jobs.results import ResultFiles
 from lollms_server.core.jobs.runner import JobRunner
 from lollms_server.core.jobs.store import QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+from lollms_server.core.jobs.watchers import Watchers
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
 
@@ -69,6 +70,7 @@ class JobService:
             on_cleanup=self.cleanup,
         )
         self._callbacks: set[asyncio.Task[bool]] = set()
+        self.watchers = Watchers(config.jobs.max_watchers_per_key)
 
     @classmethod
     async def open(
@@ -135,13 +137,15 @@ class JobService:
                 "until they expire."
             )
         stored_request = request.model_copy(update={"stream": False, "priority": request.priority or "batch"})
+        request_json = stored_request.model_dump_json()
+        await self._check_request_quota(principal, len(request_json))
         job = await self.store.call(
             self.store.create,
             id=job_id or new_job_id(),
             owner=principal.name,
             source=source,
             generation_type=request.generation_type,
-            request_json=stored_request.model_dump_json(),
+            request_json=request_json,
             extra_json=json.dumps(extra or {}),
             callback_url=callback_url,
             status=QUEUED,
@@ -154,6 +158,27 @@ class JobService:
             self.generation.metrics.observe_job(request.generation_type, "submitted")
         self.runner.wake()
         return job
+
+    async def _check_request_quota(self, principal: Principal, size: int) -> None:
+        """The key's unfinished jobs keep their requests (inputs included) in the database:
+        together at most ``max_request_mb_per_key`` (429 until some have run)."""
+        limit = int(self.settings.max_request_mb_per_key * 2**20)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"This job's request is {size / 2**20:.1f} MB; a key's unfinished jobs may hold "
+                f"{self.settings.max_request_mb_per_key:g} MB ([jobs] max_request_mb_per_key)."
+            )
+        held = await self.store.call(self.store.request_chars, principal.name)
+        if held + size > limit:
+            raise RateLimitError(
+                f"This key's unfinished jobs hold {held / 2**20:.1f} MB of requests; with this one "
+                f"({size / 2**20:.1f} MB) that is over the {self.settings.max_request_mb_per_key:g} MB "
+                "allowed ([jobs] max_request_mb_per_key): wait until some have run.",
+                limit=limit,
+                remaining=max(0, limit - held),
+                reset_seconds=self.settings.poll_seconds * 5,
+                reason="job_bytes",
+            )
 
     # ---- reading ---------------------------------------------------------------------------
     async def find(self, principal: Principal, job_id: str) -> JobRecord:
@@ -248,9 +273,12 @@ class JobService:
             raise ConflictError(f"The job is {job.status}; its result exists once it has succeeded.")
         return job
 
-    async def events(self, principal: Principal, job_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The job's status each time it changes, until it ends (read from the database, so a
-        job another server runs is watched the same way)."""
+    async def events(
+        self, principal: Principal, job_id: str, deadline: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The job's status each time it changes, until it ends or the loop time ``deadline``
+        passes (read from the database, so a job another server runs is watched the same way)."""
+        loop = asyncio.get_running_loop()
         last: dict[str, Any] | None = None
         first = True
         while True:
@@ -268,6 +296,8 @@ class JobService:
                 yield view
             if view["status"] not in (QUEUED, RUNNING):
                 return
+            if deadline is not None and loop.time() + EVENTS_POLL_SECONDS > deadline:
+                return  # a clean end: the client reconnects to watch on
             await asyncio.sleep(EVENTS_POLL_SECONDS)
 
     # ---- cancel, delete, retention ---------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,11 +46,15 @@ from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ATTEMPTS = 2
 """A job interrupted while running runs once more (``retry_interrupted``), never a third time."""
+DROPPED_REQUEST = "{}"
+"""``request_json`` of a finished job: its request is kept only while the job may still run, so
+a finished row (kept ``result_ttl_hours``) holds no upload."""
 
 metadata = MetaData()
 jobs_table = Table(
@@ -139,7 +145,7 @@ def engine_for(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_database_file(Path(parsed.database))
     engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -150,6 +156,19 @@ def engine_for(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _private_database_file(path: Path) -> None:
+    """The SQLite file exists with mode 0600 before SQLite opens it (its ``-wal`` and ``-shm``
+    files take the database's mode): it holds every key's prompts and callback URLs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.is_file() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+    except OSError:  # not ours to change (a read-only or foreign file): SQLite says what is wrong
+        logger.warning("Could not make the jobs database %s private (mode 0600)", path, exc_info=True)
 
 
 def _unleased(now: float) -> Any:
@@ -179,12 +198,20 @@ class JobStore:
         )
 
     def create_schema(self) -> None:
-        """Create the table if missing (two servers starting at once: the loser sees it made)."""
+        """Create the table if missing (two servers starting at once: the loser sees it made),
+        and drop the requests finished jobs of an older version still keep."""
         try:
             metadata.create_all(self.engine)
         except SQLAlchemyError:
             time.sleep(0.5)
             metadata.create_all(self.engine)
+        column = jobs_table.c
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs_table)
+                .where(column.status.in_(FINISHED), column.request_json != DROPPED_REQUEST)
+                .values(request_json=DROPPED_REQUEST)
+            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -238,6 +265,18 @@ class JobStore:
                 select(func.coalesce(func.sum(column.result_bytes), 0)).where(column.owner == owner)
             ).scalar_one()
         return int(active), int(stored)
+
+    def request_chars(self, owner: str) -> int:
+        """The size (characters of JSON) of the owner's stored requests: those of its unfinished
+        jobs, since a finished job's request is dropped."""
+        column = jobs_table.c
+        with self.engine.connect() as connection:
+            total = connection.execute(
+                select(func.coalesce(func.sum(func.length(column.request_json)), 0)).where(
+                    column.owner == owner, column.status.in_((QUEUED, RUNNING))
+                )
+            ).scalar_one()
+        return int(total)
 
     def position(self, seq: int) -> int:
         """Place of a queued job among all queued jobs (1: the next to start)."""
@@ -337,6 +376,7 @@ class JobStore:
             expires_at=now + ttl_seconds,
             lease_owner=None,
             lease_expires=None,
+            request_json=DROPPED_REQUEST,
             **values,
         )
 
@@ -359,6 +399,7 @@ class JobStore:
             "expires_at": now + ttl_seconds,
             "lease_owner": None,
             "lease_expires": None,
+            "request_json": DROPPED_REQUEST,
         }
         changed = 0
         with self.engine.begin() as connection:
@@ -406,6 +447,7 @@ class JobStore:
                     expires_at=now + ttl_seconds,
                     lease_owner=None,
                     lease_expires=None,
+                    request_json=DROPPED_REQUEST,
                 )
             )
             connection.execute(

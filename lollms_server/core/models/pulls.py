@@ -10,6 +10,7 @@ later pulls); a pull of the same files as a running one *is* that pull.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -18,9 +19,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 EVENTS_EVERY_SECONDS = 0.25
 MAX_RUNNING = 16  # pulls at once; more get 503 (nothing keyed by requests grows without bound)
 DISK_MARGIN_BYTES = 64 * 2**20
+DOWNLOAD_THREADS = MAX_RUNNING + 4
+"""Threads of the pulls' own executor: every transfer and hub call runs there, never in the loop's
+default executor, which short server work (image decoding and stamping, binding starts, job files)
+needs free. A transfer beyond it waits for a thread; it does not take one from anybody else."""
+T = TypeVar("T")
 Residency = Callable[[], Awaitable[set[tuple[str, str]]]]
 """The (instance, model) pairs loaded or in use in any pool, for deletes."""
 
@@ -163,12 +170,24 @@ class PullManager:
         self.recent: deque[Pull] = deque(maxlen=config.models.recent_pulls)
         self._transfers: dict[Path, Transfer] = {}
         self._clients: dict[str, httpx.Client] = {}
+        self._executor = ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="lollms-pull")
+        self._first_use_spent: dict[str, int] = {}  # generate key name -> bytes its requests pulled
+        self._first_use_total = 0
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``func`` in the pulls' executor (network and disk work of pulls only)."""
+        call = functools.partial(func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     # ---- starting -----------------------------------------------------------
-    async def start(self, instance: str, ref: str, *, trusted: bool = True) -> Pull:
+    async def start(
+        self, instance: str, ref: str, *, trusted: bool = True, budget_key: str | None = None
+    ) -> Pull:
         """Start (or join) a pull of ``ref`` into ``instance``'s models folder. ``trusted``: an
-        admin asked (an empty ``allowed_sources`` then allows any source). 4xx before returning
-        for an unknown instance, a bad ref, a refused source, too big, no room on disk."""
+        admin asked (an empty ``allowed_sources`` then allows any source). ``budget_key``: a
+        generate key's first use, counted against ``[models] first_use_gb_per_key`` and
+        ``first_use_total_gb``. 4xx before returning for an unknown instance, a bad ref, a
+        refused source, too big, no room on disk, over budget."""
         target = self.bindings.instance(instance)
         model_files = model_files_of(target)
         parsed = parse_ref(ref)
@@ -177,7 +196,7 @@ class PullManager:
             if pull.instance == target.name and pull.ref == str(parsed):
                 return pull
         hub = self._hub(target)
-        plan = await asyncio.to_thread(hub.plan, parsed, model_files)
+        plan = await self._in_thread(hub.plan, parsed, model_files)
         limit = self.config.models.max_bytes(self.config.downloads)
         if plan.total > limit:
             raise PayloadTooLargeError(
@@ -185,12 +204,14 @@ class PullManager:
                 f"{limit / 2**30:.2f} GB ([models] max_download_gb)."
             )
         folder = target.models_folder
-        await asyncio.to_thread(self._check_disk, folder, plan)
+        needed = await self._in_thread(self._check_disk, folder, plan)
         for pull in self.running.values():  # after the last await: nothing starts in between
             if pull.folder == folder and pull.plan.installed_name == plan.installed_name:
                 return pull
         if len(self.running) >= MAX_RUNNING:
             raise ServiceUnavailableError(f"{MAX_RUNNING} pulls are running; try again soon.", retry_after=30)
+        if budget_key is not None:
+            self._spend_first_use(budget_key, needed)
         pull = Pull(target.name, str(parsed), plan, folder)
         self.running[pull.id] = pull
         pull.task = asyncio.create_task(self._run(pull, hub), name=f"pull {pull.id}")
@@ -211,8 +232,33 @@ class PullManager:
         token = target.settings.get("hub_token") or os.environ.get(self.config.models.hub_token_env)
         return HubClient(self.config.models.endpoint(), token or None)
 
+    def _spend_first_use(self, key: str, needed: int) -> None:
+        """Count a generate key's first-use download against its budget and the total (403 past
+        either: the bytes are counted when the pull starts, and stay counted while it runs)."""
+        settings = self.config.models
+        per_key = int(settings.first_use_gb_per_key * 2**30)
+        total = int(settings.first_use_total_gb * 2**30)
+        spent = self._first_use_spent.get(key, 0)
+        if spent + needed > per_key:
+            raise PermissionDeniedError(
+                f"This download ({needed / 2**20:.1f} MB) is over this key's budget for models "
+                f"downloaded on first use: {spent / 2**20:.1f} of {per_key / 2**20:.1f} MB used "
+                "([models] first_use_gb_per_key). An administrator can pull the model.",
+                param="model_name",
+            )
+        if self._first_use_total + needed > total:
+            raise PermissionDeniedError(
+                f"This download ({needed / 2**20:.1f} MB) is over this server's budget for models "
+                f"downloaded on first use ({total / 2**20:.1f} MB, [models] first_use_total_gb). "
+                "An administrator can pull the model.",
+                param="model_name",
+            )
+        self._first_use_spent[key] = spent + needed  # keys are the configured ones: bounded
+        self._first_use_total += needed
+
     @staticmethod
-    def _check_disk(folder: Path, plan: Plan) -> None:
+    def _check_disk(folder: Path, plan: Plan) -> int:
+        """The bytes the pull still needs (413 when the disk has no room for them)."""
         needed = 0
         for item in plan.files:
             target = plan.target(folder, item)
@@ -229,6 +275,7 @@ class PullManager:
                 f"Not enough disk space for this pull: it needs {needed / 2**30:.2f} GB, "
                 f"{free / 2**30:.2f} GB are free in {folder.name}."
             )
+        return needed
 
     # ---- running --------------------------------------------------------------
     async def _run(self, pull: Pull, hub: HubClient) -> None:
@@ -236,8 +283,8 @@ class PullManager:
         deferred: list[Path] = []  # snapshot markers: renamed last, so listings never see half a model
         try:
             for item in plan.files:
-                target = await asyncio.to_thread(plan.target, pull.folder, item)
-                if await asyncio.to_thread(_present, target, item):
+                target = await self._in_thread(plan.target, pull.folder, item)
+                if await self._in_thread(_present, target, item):
                     pull.files[item.path].completed = item.size
                     pull.notify()
                     continue
@@ -281,7 +328,7 @@ class PullManager:
                 loop.call_soon_threadsafe(transfer.update, completed)
 
             transfer.task = asyncio.create_task(
-                asyncio.to_thread(
+                self._in_thread(
                     fetch_file, client, url, item, target, progress, transfer.cancel, rename=rename
                 )
             )
@@ -330,7 +377,7 @@ class PullManager:
     async def delete_model(self, instance: str, model: str) -> None:
         """Delete an installed model: 404 unknown, 409 while loaded, in use or being pulled."""
         target = self.bindings.instance(instance)
-        path = await asyncio.to_thread(model_path, target, model)
+        path = await self._in_thread(model_path, target, model)
         for pull in self.running.values():
             if pull.folder == target.models_folder and pull.plan.installed_name == model:
                 raise ConflictError(f"Model '{model}' is being pulled (pull {pull.id}).")
@@ -343,18 +390,21 @@ class PullManager:
             loaded = await self.residency()
             if any((name, model) in loaded for name in sharing):
                 raise ConflictError(f"Model '{model}' is loaded; it can be deleted once unloaded.")
-        await asyncio.to_thread(delete_installed, target, path)
+        await self._in_thread(delete_installed, target, path)
         logger.info("Deleted model %s of %s", model, target.name)
 
-    async def for_first_use(self, instance: str, model: str, *, trusted: bool) -> Pull | None:
+    async def for_first_use(
+        self, instance: str, model: str, *, trusted: bool, key: str | None = None
+    ) -> Pull | None:
         """The pull that fetches ``model`` for a request (started or joined), or None when the
-        model is there, the instance does not download, or the name is no hub reference."""
+        model is there, the instance does not download, or the name is no hub reference. A
+        request of a generate key (not ``trusted``) spends that key's first-use budget."""
         target = self.bindings.instance(instance)
         if not target.settings.get("allow_download") or hub_offline():
             return None  # offline: the binding finds what it can (a library's own cache)
         try:
             kind = model_files_of(target)
-            await asyncio.to_thread(model_path, target, model)
+            await self._in_thread(model_path, target, model)
             return None  # installed
         except BadRequestError:
             return None
@@ -365,7 +415,8 @@ class PullManager:
             return None
         if kind == "snapshot" and len(parts) != 2:
             return None
-        return await self.start(instance, model, trusted=trusted)
+        budget_key = None if trusted else (key or "")
+        return await self.start(instance, model, trusted=trusted, budget_key=budget_key)
 
     async def close(self) -> None:
         """Stop every pull (their ``.part`` files stay, for the next pull to resume)."""
@@ -380,6 +431,7 @@ class PullManager:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _present(target: Path, item: RemoteFile) -> bool:

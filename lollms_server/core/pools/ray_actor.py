@@ -94,13 +94,14 @@ class PoolActor:
     """One pool of the cluster: its binding instances, its queue and its resident models."""
 
     def __init__(self, config: AppConfig, pool: str, fingerprint: str) -> None:
+        from lollms_server.core.log_secrets import configured_secrets
         from lollms_server.utils.logs import configure_logging
 
         self.stream_interval = config.cluster.stream_batch_ms / 1000
         self.pool = pool
         self.fingerprint = fingerprint
         self.config = config.for_pool(pool)
-        configure_logging(self.config.logging.level)
+        configure_logging(self.config.logging.level, secrets=configured_secrets(self.config))
         self.bindings = BindingManager(self.config)
         self.resources = ResourceManager(self.config.resource_manager)
         host = LocalPoolHost(self.config, pool, self.bindings, self.resources)

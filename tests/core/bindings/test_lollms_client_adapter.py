@@ -148,3 +148,40 @@ def test_without_auto_install_a_missing_package_is_an_error_not_a_pip_run(tmp_pa
     with pytest.raises(BindingError, match=r"missing a dependency \(lollms_test_surely_missing_pkg\)"):
         construct(card, {}, auto_install=False)
     assert pipmaster.ensure_packages is original
+
+
+def test_media_calls_get_only_the_parameters_their_card_declares(root: Path) -> None:
+    """R-01: every request parameter became a keyword argument of third-party code."""
+    from types import SimpleNamespace
+
+    from lollms_server.core.bindings import MediaRequest
+    from lollms_server.core.bindings.lollms_client_adapter.adapter import LollmsClientBinding
+    from lollms_server.core.bindings.lollms_client_adapter.cards import (
+        COMMON_MEDIA_PARAMETERS,
+        declared_call_parameters,
+    )
+
+    shutil.copytree(PACKAGE / "tti_bindings" / "diffusers", root / "tti_bindings" / "diffusers")
+    cards = discover_lollms_client_cards([root])
+    openai, diffusers = cards["lc_tti_openai"], cards["lc_tti_diffusers"]
+    declared = declared_call_parameters(openai, "generate_image")
+    assert declared == {"negative_prompt", "width", "height"}  # "prompt" is the call's own argument
+    assert declared_call_parameters(diffusers, "generate_image") == COMMON_MEDIA_PARAMETERS  # none declared
+    request = MediaRequest(
+        generation_type="tti",
+        prompt="a cat",
+        parameters={
+            "width": 64,
+            "steps": 3,
+            "seed": 5,
+            "output_path": "/etc/cron.d/x",
+            "note": "n" * 1000,
+            "num_images": 2,
+        },
+    )
+    names = {"steps": "num_inference_steps"}
+    media_kwargs = LollmsClientBinding._media_kwargs
+    passed = media_kwargs(SimpleNamespace(card=diffusers), request, names, "generate_image")  # type: ignore[arg-type]
+    assert passed == {"width": 64, "num_inference_steps": 3, "seed": 5}
+    passed = media_kwargs(SimpleNamespace(card=openai), request, names, "generate_image")  # type: ignore[arg-type]
+    assert passed == {"width": 64}

@@ -208,3 +208,36 @@ def test_callbacks_only_go_to_allowed_hosts() -> None:
     ):
         with pytest.raises(BadRequestError):
             check_callback_url(url, allowed)
+
+
+def test_a_finished_job_keeps_no_request(store: JobStore, tmp_path: Path) -> None:
+    """T3-08: finished rows kept their whole request (uploads included) for result_ttl_hours."""
+    for job_id in ("job_0", "job_1", "job_2"):
+        add(store, job_id)
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("update lollms_jobs set request_json = '" + "x" * 1000 + "'")
+    assert store.request_chars("user") == 3000
+    store.claim("me", 30)
+    store.finish("job_0", "me", "failed", 60)
+    store.request_cancel("job_1", 60)  # nobody held it: cancelled at once
+    assert store.request_chars("user") == 1000  # only the queued job's request counts
+    assert store.get("job_0").request_json == "{}" and store.get("job_1").request_json == "{}"  # type: ignore[union-attr]
+    assert len(store.get("job_2").request_json) == 1000  # type: ignore[union-attr]
+    with store.engine.begin() as connection:  # a finished row written by an older version
+        connection.exec_driver_sql("update lollms_jobs set request_json = 'old' where id = 'job_0'")
+    store.create_schema()
+    assert store.get("job_0").request_json == "{}"  # type: ignore[union-attr]
+
+
+def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
+    """T3-21: jobs.db holds every key's prompts: it was created with the umask's 0644."""
+    import stat
+
+    made = JobStore(f"sqlite:///{tmp_path / 'private' / 'jobs.db'}")
+    made.create_schema()
+    add(made, "job_0")
+    for name in ("jobs.db", "jobs.db-wal"):
+        path = tmp_path / "private" / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    assert (tmp_path / "private" / "jobs.db").exists()

@@ -380,3 +380,66 @@ async def test_a_hub_that_ignores_the_range_restarts_the_file(
         await pulls.close()
     assert hub.state.downloads("tiny-Q4_K_M.gguf") == ["bytes=300-"]  # asked to resume, got it all
     assert (folder / "tiny-Q4_K_M.gguf").read_bytes() == gguf_bytes
+
+
+async def test_downloads_never_take_the_default_executor(tmp_path: Path, hub: FakeHub) -> None:
+    """T3-05: six slow downloads leave the loop's default executor (image decoding and stamping,
+    binding starts, job files) free; here it has 2 threads, so one transfer in it would starve it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    small = ThreadPoolExecutor(2, thread_name_prefix="default")
+    loop.set_default_executor(small)
+    hub.state.add("acme/slow-GGUF", {f"slow-{i}.gguf": bytes([i]) * 2**20 for i in range(6)})
+    hub.state.delay = 0.2  # 64 chunks: about 13 s per file
+    pulls = manager(make_config(tmp_path, hub, allowed_sources=["acme"]))
+    try:
+        started = [await pulls.start("llm", f"acme/slow-GGUF/slow-{i}.gguf") for i in range(6)]
+        deadline = loop.time() + 10
+        while sum(pull.describe()["completed"] > 0 for pull in started) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        begin = loop.time()
+        short_work = await asyncio.wait_for(asyncio.to_thread(lambda: "done"), 20)
+        waited = loop.time() - begin
+        assert short_work == "done" and waited < 1.0, f"the default executor was busy for {waited:.1f} s"
+        assert all(pull.status == "running" for pull in started)
+        await asyncio.sleep(1.0)
+        assert all(pull.describe()["completed"] > 0 for pull in started)  # all six transfer at once
+    finally:
+        await pulls.close()
+        small.shutdown(wait=False)
+
+
+async def test_first_use_downloads_of_generate_keys_have_a_budget_per_key_and_in_all(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    """T3-14: a generate key naming one hub file after another cannot fill the disk."""
+    hub.state.add("acme/many-GGUF", {f"m-{i}.gguf": bytes([i]) * 2**20 for i in range(6)})
+    mib = 1 / 1024  # GB
+    config = make_config(
+        tmp_path, hub, allowed_sources=["acme"], first_use_gb_per_key=2.5 * mib, first_use_total_gb=4.5 * mib
+    )
+    pulls = manager(config)
+    pulls.bindings.instances["llm"].settings["allow_download"] = True
+    try:
+        for i in range(2):
+            pull = await pulls.for_first_use("llm", f"acme/many-GGUF/m-{i}.gguf", trusted=False, key="alice")
+            assert pull is not None and await pull.wait() == [f"acme/many-GGUF/m-{i}.gguf"]
+        with pytest.raises(PermissionDeniedError, match="first_use_gb_per_key") as refused:
+            await pulls.for_first_use("llm", "acme/many-GGUF/m-2.gguf", trusted=False, key="alice")
+        assert refused.value.status_code == 403 and "budget" in refused.value.message
+        for i in (2, 3):  # another key has its own budget...
+            pull = await pulls.for_first_use("llm", f"acme/many-GGUF/m-{i}.gguf", trusted=False, key="bob")
+            assert pull is not None and await pull.wait()
+        with pytest.raises(PermissionDeniedError, match="first_use_total_gb"):  # ... within the total
+            await pulls.for_first_use("llm", "acme/many-GGUF/m-4.gguf", trusted=False, key="carol")
+        admin = await pulls.for_first_use("llm", "acme/many-GGUF/m-4.gguf", trusted=True, key="admin")
+        assert admin is not None and await admin.wait()  # an admin's first use is not counted
+        assert await pulls.for_first_use("llm", "acme/many-GGUF/m-0.gguf", trusted=False, key="alice") is None
+    finally:
+        await pulls.close()
+    pulled = sorted(
+        p.name for p in (tmp_path / "models" / "llamacpp_binding" / "acme" / "many-GGUF").glob("*.gguf")
+    )
+    assert pulled == [f"m-{i}.gguf" for i in range(5)]

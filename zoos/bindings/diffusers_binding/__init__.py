@@ -26,6 +26,7 @@ from lollms_server.core.bindings import (
     png_bytes,
 )
 from lollms_server.core.torch_models import LoadedTorchModel, TorchBinding, module_footprint_mb
+from lollms_server.utils.recorded import recorded_parameters, recorded_prompt
 
 logger = logging.getLogger("lollms_bindings.diffusers_binding")
 
@@ -157,12 +158,12 @@ class DiffusersBinding(TorchBinding):
                 image.resize(kwargs["image"].size) if image.size != kwargs["image"].size else image
                 for image in images
             ]
-        used = {key: value for key, value in parameters.items()}
+        used = recorded_parameters(parameters)  # what each image and its PNG chunk record
         used.update(steps=kwargs["num_inference_steps"], guidance_scale=kwargs["guidance_scale"])
         outputs = []
         for index, image in enumerate(images):
             metadata = {
-                "prompt": request.prompt,
+                "prompt": recorded_prompt(request.prompt),
                 **used,
                 "seed": int(parameters["seed"]),
                 "index": index,
@@ -195,8 +196,8 @@ class DiffusersBinding(TorchBinding):
             frames = loaded.pipeline(**kwargs).frames[0]
         fps = int(parameters.get("fps", self.settings["default_fps"]))
         metadata = {
-            "prompt": request.prompt,
-            **parameters,
+            "prompt": recorded_prompt(request.prompt),
+            **recorded_parameters(parameters),
             "num_frames": len(frames),
             "fps": fps,
             "seed": int(parameters["seed"]),

@@ -30,7 +30,10 @@ from lollms_server.core.bindings.contract import (
     TextRequest,
 )
 from lollms_server.core.bindings.lollms_client_adapter import loading
-from lollms_server.core.bindings.lollms_client_adapter.cards import lollms_client_info
+from lollms_server.core.bindings.lollms_client_adapter.cards import (
+    declared_call_parameters,
+    lollms_client_info,
+)
 from lollms_server.core.bindings.lollms_client_adapter.prompts import generation_kwargs, prompt_of
 from lollms_server.core.bindings.lollms_client_adapter.results import (
     checked,
@@ -292,12 +295,17 @@ class LollmsClientBinding(Binding):
         return list(await self._run(run, model=model_name))
 
     # ---- media -----------------------------------------------------------------
-    def _media_kwargs(self, request: MediaRequest, names: dict[str, str]) -> dict[str, Any]:
+    def _media_kwargs(self, request: MediaRequest, names: dict[str, str], method: str) -> dict[str, Any]:
+        """The request's parameters ``method`` of the lollms_client binding declares (its card's
+        ``<method>_parameters``, else the media parameters the server checks): others are not
+        passed to third-party code."""
+        allowed = declared_call_parameters(self.card, method)
         kwargs: dict[str, Any] = {}
         for key, value in request.parameters.items():
-            if key in _OURS_ONLY or value is None:
+            name = names.get(key, key)
+            if key in _OURS_ONLY or value is None or name not in allowed:
                 continue
-            kwargs[names.get(key, key)] = value
+            kwargs[name] = value
         return kwargs
 
     async def _media(
@@ -310,7 +318,7 @@ class LollmsClientBinding(Binding):
     async def generate_image(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"})
+        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"}, "generate_image")
         count = int(request.parameters.get("num_images", 1))
         kwargs.setdefault("width", 512)
         kwargs.setdefault("height", 512)
@@ -334,7 +342,7 @@ class LollmsClientBinding(Binding):
     async def edit_image(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"})
+        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"}, "edit_image")
         kwargs["metadata"] = {"parameters": parameters_json(request.parameters)}
         images = [base64.b64encode(image).decode("ascii") for image in request.images]
         mask = base64.b64encode(request.mask).decode("ascii") if request.mask else None
@@ -349,8 +357,8 @@ class LollmsClientBinding(Binding):
     async def synthesize_speech(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        kwargs = self._media_kwargs(request, {})
-        voice = kwargs.pop("voice", None)
+        kwargs = self._media_kwargs(request, {}, "generate_audio")
+        voice = kwargs.pop("voice", request.parameters.get("voice"))
         obj = self.obj
         return await self._media(
             model_name, lambda: obj.generate_audio(request.prompt, voice=voice, **kwargs), cancel, "audio"
@@ -359,7 +367,7 @@ class LollmsClientBinding(Binding):
     async def generate_music(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        kwargs = self._media_kwargs(request, {})
+        kwargs = self._media_kwargs(request, {}, "generate_music")
         obj = self.obj
         return await self._media(
             model_name, lambda: obj.generate_music(request.prompt, **kwargs), cancel, "audio"
@@ -368,7 +376,7 @@ class LollmsClientBinding(Binding):
     async def generate_video(
         self, model_name: str, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"})
+        kwargs = self._media_kwargs(request, {"steps": "num_inference_steps"}, "generate_video")
         obj = self.obj
         return await self._media(
             model_name, lambda: obj.generate_video(request.prompt, **kwargs), cancel, "video"
@@ -380,7 +388,7 @@ class LollmsClientBinding(Binding):
         if request.audio is None:
             raise BindingError(f"Binding '{self.instance_name}' received no audio.")
         audio, suffix = request.audio, f".{request.audio_format or 'wav'}"
-        kwargs = self._media_kwargs(request, {})
+        kwargs = self._media_kwargs(request, {}, "transcribe_audio")
         kwargs.pop("timestamps", None)
         obj = self.obj
 

@@ -42,6 +42,33 @@ _SETTING_TYPES = {"str", "int", "float", "bool", "list", "dict"}
 _METADATA_KEYS = ("title", "author", "version", "description")
 
 
+CALL_PARAMETERS = {
+    "generate_image": "generate_image_parameters",
+    "edit_image": "edit_image_parameters",
+    "generate_audio": "generate_audio_parameters",
+    "generate_music": "generate_music_parameters",
+    "generate_video": "generate_video_parameters",
+    "transcribe_audio": "transcribe_audio_parameters",
+}
+"""The description.yaml list naming the keyword arguments of each lollms_client media method."""
+COMMON_MEDIA_PARAMETERS = frozenset({
+    "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt", "seed", "strength",
+    "num_frames", "fps", "duration", "language", "scheduler", "voice",
+})  # fmt: skip
+"""What a media call gets when its card declares no list: the media parameters the server checks."""
+
+
+def declared_call_parameters(card: BindingCard, method: str) -> frozenset[str]:
+    """The keyword arguments a lollms_client binding's media ``method`` may receive from a
+    request: those its description.yaml declares for it, else :data:`COMMON_MEDIA_PARAMETERS`.
+    Anything else a request carries never reaches the third-party code."""
+    declared = getattr(card, CALL_PARAMETERS.get(method, ""), None) if method in CALL_PARAMETERS else None
+    if not isinstance(declared, list):
+        return COMMON_MEDIA_PARAMETERS
+    names = {str(entry["name"]) for entry in declared if isinstance(entry, dict) and entry.get("name")}
+    return frozenset(names - {"prompt", "text", "images", "mask", "audio_path", "model"})
+
+
 def is_lollms_client_card(card: BindingCard) -> bool:
     """Whether the card was built from a lollms_client ``description.yaml``."""
     return isinstance(getattr(card, "lollms_client", None), dict)

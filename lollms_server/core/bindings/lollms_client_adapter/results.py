@@ -10,6 +10,7 @@ from typing import Any, Literal
 from lollms_server.core.bindings.contract import MediaOutput, Progress
 from lollms_server.core.errors import BindingError
 from lollms_server.utils.paths import without_userinfo
+from lollms_server.utils.recorded import recorded_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +58,14 @@ def failure_message(result: Any) -> str | None:
 
 def checked(instance: str, result: Any, secrets: tuple[str, ...] = ()) -> Any:
     """``result``, or a clean BindingError when it is an error dict: its message without the
-    instance's ``secrets`` nor URL credentials (the whole message goes to the log)."""
+    instance's ``secrets`` nor URL credentials (the log gets a longer part, masked the same way)."""
     message = failure_message(result)
     if message is not None:
-        logger.warning("lollms_client binding %s reported: %s", instance, message[:500])
-        shown = without_userinfo(message[:200])
+        masked = without_userinfo(message[:2000])
         for secret in secrets:
-            shown = shown.replace(secret, "********")
-        raise BindingError(f"Binding '{instance}' failed: {shown}")
+            masked = masked.replace(secret, "********")
+        logger.warning("lollms_client binding %s reported: %s", instance, masked[:500])
+        raise BindingError(f"Binding '{instance}' failed: {masked[:200]}")
     return result
 
 
@@ -83,8 +84,9 @@ def media_output(instance: str, expected: MediaKind, data: Any) -> MediaOutput:
 
 def parameters_json(parameters: dict[str, Any]) -> str:
     """Our parameters as the ``parameters`` PNG chunk (lollms_client's ``process_image`` writes
-    the ``metadata`` it is given and drops the source image's own chunks)."""
-    return json.dumps(parameters, sort_keys=True, default=str)
+    the ``metadata`` it is given and drops the source image's own chunks): the recorded ones
+    only (``utils.recorded``)."""
+    return json.dumps(recorded_parameters(parameters), sort_keys=True, default=str)
 
 
 def progress_from(info: Any, progress: Progress) -> None:
