@@ -157,3 +157,50 @@ async def test_docs_are_served_by_default_only_on_loopback(app_client: Any) -> N
         assert (await client.get("/openapi.json")).status_code == 200
     async with app_client(server={"host": "127.0.0.1", "auto_install_requirements": False}) as client:
         assert (await client.get("/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/messages",
+            {
+                "max_tokens": 4,
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": nested(500)}],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                    },
+                ],
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "input": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "type": "function_call",
+                        "call_id": "c1",
+                        "name": "f",
+                        "arguments": deep_arguments(5000),
+                    },
+                    {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+                ]
+            },
+        ),
+    ],
+    ids=["anthropic-tool-use-input", "responses-function-call-arguments"],
+)
+async def test_deep_replayed_tool_calls_of_the_agent_families_are_400(
+    app_client: Any, path: str, body: dict[str, Any]
+) -> None:
+    async with app_client(defaults={"ttt_binding": "echo", "ttt_model": "echo"}) as client:
+        response = await client.post(path, json={"model": "echo", **body}, headers=AUTH)
+        assert response.status_code == 400, response.text
+        assert "levels deep" in response.text

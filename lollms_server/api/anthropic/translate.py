@@ -23,6 +23,7 @@ from typing import Any
 from lollms_server.api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, Tool
 from lollms_server.api.kit.chat import Image, ToolCall, Turn
 from lollms_server.core.errors import BadRequestError
+from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 BILLING_HEADER = "x-anthropic-billing-header:"
 IGNORED_BLOCKS = {"thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result"}
@@ -133,6 +134,10 @@ def _message_turns(message: Message, index: int) -> list[Turn]:
         elif kind == "tool_use" and message.role == "assistant":
             if not isinstance(block.get("name"), str) or not block["name"]:
                 raise BadRequestError("A tool_use block needs a 'name'.", param=where)
+            if nests_deeper(block.get("input"), MAX_TOOL_ARGUMENT_DEPTH):
+                raise BadRequestError(
+                    f"A tool_use input nests more than {MAX_TOOL_ARGUMENT_DEPTH} levels deep.", param=where
+                )
             call_id = block.get("id")
             calls.append(
                 ToolCall(
