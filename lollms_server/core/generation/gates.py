@@ -1,6 +1,8 @@
 """Per-instance gates: generations pass while no settings change is pending; a settings change
-waits until the running generations of its instance have finished, and newly admitted ones (with
-their pool slot) wait for it. Requests still queued for a slot do not hold a change back."""
+waits until the running generations of its instance have finished, and newly admitted ones wait
+for it *without* their pool slot (they give it back and queue again once the change is done, so
+the other instances of the pool keep serving). Requests still queued for a slot do not hold a
+change back."""
 
 from __future__ import annotations
 
@@ -27,6 +29,21 @@ class InstanceGate:
         async with self._condition:
             await self._condition.wait_for(lambda: not self._changing)
             self._running += 1
+        return self._exit()
+
+    def try_enter(self) -> Callable[[], None] | None:
+        """Count one generation in at once, or None while a change is pending (never waits)."""
+        if self._changing:
+            return None
+        self._running += 1
+        return self._exit()
+
+    async def opened(self) -> None:
+        """Wait until no change is pending (counts nothing in)."""
+        async with self._condition:
+            await self._condition.wait_for(lambda: not self._changing)
+
+    def _exit(self) -> Callable[[], None]:
         done = False
 
         def leave() -> None:

@@ -422,16 +422,18 @@ class GenerationService:
             await await_model(self.model_fetcher, principal, target, wait, on_download)
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
             ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
+            gate = self.gates.of(target.name)
             with self.quotas.waiting(principal):
-                session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+                while True:
+                    await gate.opened()  # a settings change of its instance: waits holding no slot
+                    session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+                    leave_gate = gate.try_enter()
+                    if leave_gate is not None:
+                        break
+                    await session.aclose()  # a change began meanwhile: its slot goes back to the pool
         except (RateLimitError, ServiceUnavailableError) as exc:
             if self.metrics is not None:
                 self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
-            raise
-        try:  # with its slot, it waits while a settings change of its instance is applied
-            leave_gate = await self.gates.of(target.name).enter()
-        except BaseException:
-            await session.aclose()
             raise
         if self.metrics is not None:
             self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
