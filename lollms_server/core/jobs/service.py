@@ -119,24 +119,12 @@ class JobService:
             principal, request.generation_type, request.binding_name, request.model_name, personality
         )
         check_inputs(request.input_data, self.config.limits)
-        active, stored = await self.store.call(self.store.usage, principal.name)
-        if active >= self.settings.max_jobs_per_key:
-            raise RateLimitError(
-                f"This key has {active} unfinished jobs; the limit is {self.settings.max_jobs_per_key}.",
-                limit=self.settings.max_jobs_per_key,
-                remaining=0,
-                reset_seconds=self.settings.poll_seconds * 5,
-                reason="jobs",
-            )
-        if stored >= self.settings.max_result_mb_per_key * 2**20:
-            raise PayloadTooLargeError(
-                f"This key's stored job results use {stored / 2**20:.1f} MB of the "
-                f"{self.settings.max_result_mb_per_key:g} MB allowed: delete finished jobs or wait "
-                "until they expire."
-            )
         stored_request = request.model_copy(update={"stream": False, "priority": request.priority or "batch"})
-        job = await self.store.call(
-            self.store.create,
+        allowed = self.settings.max_result_mb_per_key * 2**20
+        job, active, stored = await self.store.call(  # counted and inserted in one transaction
+            self.store.create_within,
+            self.settings.max_jobs_per_key,
+            allowed,
             id=job_id or new_job_id(),
             owner=principal.name,
             source=source,
@@ -150,6 +138,20 @@ class JobService:
             attempts=0,
             cancel_requested=False,
         )
+        if job is None and active >= self.settings.max_jobs_per_key:
+            raise RateLimitError(
+                f"This key has {active} unfinished jobs; the limit is {self.settings.max_jobs_per_key}.",
+                limit=self.settings.max_jobs_per_key,
+                remaining=0,
+                reset_seconds=self.settings.poll_seconds * 5,
+                reason="jobs",
+            )
+        if job is None:
+            raise PayloadTooLargeError(
+                f"This key's stored job results use {stored / 2**20:.1f} MB of the "
+                f"{self.settings.max_result_mb_per_key:g} MB allowed: delete finished jobs or wait "
+                "until they expire."
+            )
         if self.generation.metrics is not None:
             self.generation.metrics.observe_job(request.generation_type, "submitted")
         self.runner.wake()
