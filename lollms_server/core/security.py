@@ -166,6 +166,10 @@ class KeyStore:
             return self.anonymous if name == self.anonymous.name else None
         return next((principal for _, principal in self._entries if principal.name == name), None)
 
+    def principals(self) -> list[Principal]:
+        """The configured keys' principals (their names are unique)."""
+        return [principal for _, principal in self._entries]
+
     @property
     def api_key_required(self) -> bool:
         return not self.allow_anonymous
