@@ -1,6 +1,6 @@
 """A key's job limits are checked and reserved atomically: concurrent submissions cannot all
 pass ``max_jobs_per_key`` (T3-17), results finishing together cannot all fit the same room of
-``max_result_mb_per_key`` (R-05)."""
+``max_result_mb_per_key`` (R-05); and they belong to one key only (T3-11)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,23 @@ async def test_results_finishing_together_cannot_all_fit_the_same_room(app_clien
         assert {view["error"]["type"] for view in views if view["status"] == "failed"} == {
             "payload_too_large"
         }
+
+
+async def test_an_unnamed_key_never_shares_the_identity_of_a_named_one(app_client: Any) -> None:
+    """T3-11: the unnamed second key was called 'key-2', the name Alice chose: Bob listed, read
+    and cancelled her job and shared her job limit."""
+    alice, bob = {"X-API-Key": "alice-key-0123456789"}, {"X-API-Key": "bob-key-9876543210"}
+    keys = [
+        {"name": "key-2", "key": "alice-key-0123456789", "scopes": ["generate"]},
+        {"key": "bob-key-9876543210", "scopes": ["generate"]},
+    ]
+    async with app_client(
+        security={"api_keys": keys}, jobs={"poll_seconds": 30, "max_jobs_per_key": 1}
+    ) as client:
+        body = {"prompt": "alice private prompt", "binding_name": "echo", "model_name": "echo"}
+        slow = {**body, "parameters": {"delay": 1.0}}
+        job_id = (await client.post("/api/v1/jobs", json=slow, headers=alice)).json()["job_id"]
+        assert (await client.get("/api/v1/jobs", headers=bob)).json()["data"] == []
+        assert (await client.get(f"/api/v1/jobs/{job_id}", headers=bob)).status_code == 404
+        assert (await client.delete(f"/api/v1/jobs/{job_id}", headers=bob)).status_code == 404
+        assert (await client.post("/api/v1/jobs", json=body, headers=bob)).status_code == 202  # own limit
