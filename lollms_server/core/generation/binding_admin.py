@@ -166,7 +166,8 @@ def check_read_back(text: str, path: Path, instance: BindingInstance, merged: di
     from lollms_server.core.config import config_from_dict, parse_toml
 
     try:
-        config = config_from_dict(parse_toml(text, str(path)), source=str(path), base=path.parent, environ={})
+        # as the next start reads it (this process's LOLLMS_SERVER__* overrides included)
+        config = config_from_dict(parse_toml(text, str(path)), source=str(path), base=path.parent)
         read = validate_settings(instance.name, instance.card, config.bindings[instance.name].settings())
     except (ConfigError, KeyError) as exc:
         raise BadRequestError(
