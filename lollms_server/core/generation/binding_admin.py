@@ -160,9 +160,11 @@ def rendered_settings(text: str, instance: str, changes: dict[str, Any]) -> str:
         ) from None
 
 
-def check_read_back(text: str, path: Path, instance: BindingInstance, merged: dict[str, Any]) -> None:
-    """400 unless the server's own loader reads ``text`` as a valid config whose instance has
-    exactly the ``merged`` settings (so the server restarts with what is applied now)."""
+def check_read_back(
+    text: str, path: Path, instance: BindingInstance, changes: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """400 unless the server's own loader reads ``text`` as a valid config in which the instance's
+    changed settings are what ``merged`` applies (so the next start keeps them)."""
     from lollms_server.core.config import config_from_dict, parse_toml
 
     try:
@@ -174,8 +176,8 @@ def check_read_back(text: str, path: Path, instance: BindingInstance, merged: di
             f"With these settings the config file would not load: {getattr(exc, 'message', exc)}",
             param="settings",
         ) from None
-    if read != merged:
-        differ = sorted(key for key in merged if read.get(key) != merged.get(key))
+    differ = sorted(key for key in changes if read.get(key) != merged.get(key))
+    if differ:
         raise BadRequestError(
             f"These settings do not survive the config file (read back differently: {', '.join(differ)}; "
             "a null cannot be stored, send the value to keep instead).",
@@ -187,7 +189,7 @@ def check_persistable(
     path: Path, instance: BindingInstance, changes: dict[str, Any], merged: dict[str, Any]
 ) -> None:
     """Blocking: 400 unless the file with ``changes`` would load back to ``merged``; writes nothing."""
-    check_read_back(rendered_settings(_read(path), instance.name, changes), path, instance, merged)
+    check_read_back(rendered_settings(_read(path), instance.name, changes), path, instance, changes, merged)
 
 
 def write_instance_settings(
@@ -199,7 +201,7 @@ def write_instance_settings(
     never followed), with the file's mode (and owner, when root), fsynced."""
     with _WRITE_LOCK, _file_lock(path):
         text = rendered_settings(_read(path), instance.name, changes)
-        check_read_back(text, path, instance, merged)
+        check_read_back(text, path, instance, changes, merged)
         replace_file(path, text.encode("utf-8"))
 
 
