@@ -38,7 +38,7 @@ from lollms_server.core.errors import ConfigError, RateLimitError
 from lollms_server.core.quotas import WINDOW_SECONDS, KeyQuotas, Usage, refuse_over_limits
 from lollms_server.core.security import KeyStore, Principal
 
-MAGIC = 0x4C4F4C4D51554F31  # "LOLMQUO1": the layout below
+MAGIC = 0x4C4F4C4D51554F31  # "LOLMQUO1": the layout below (a new layout needs a new MAGIC)
 PROCESSES = 128
 """Process slots (``server.workers`` is at most 64; restarted workers reuse dead ones)."""
 MAX_KEYS = 1024
@@ -114,13 +114,12 @@ class SharedKeyQuotas(KeyQuotas):
         try:
             if map_only:  # first use: size, map and (if new or foreign) initialize the file
                 size = WORDS * 8
-                if os.fstat(self._fd).st_size != size:
-                    os.ftruncate(self._fd, 0)
+                if os.fstat(self._fd).st_size < size:  # never shrunk: another process may map it
                     os.ftruncate(self._fd, size)  # zeros: every table empty
                 self._map = mmap.mmap(self._fd, size)
                 self._words = memoryview(self._map).cast("q")
-                if self._words[0] != MAGIC:
-                    self._words[: _KEYS + MAX_KEYS * _KEY_WORDS] = memoryview(bytes(size)).cast("q")
+                if self._words[0] != MAGIC:  # new, or another layout: start empty
+                    self._words[:WORDS] = memoryview(bytes(size)).cast("q")
                     self._words[0] = MAGIC
             yield
         finally:
