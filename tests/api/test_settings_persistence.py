@@ -207,3 +207,45 @@ async def test_a_request_waiting_for_a_settings_change_holds_no_pool_slot(app_cl
         assert (await long).status_code == 200
         assert (await change).status_code == 200
         assert (await parked).status_code == 200
+
+
+async def test_a_settings_change_gives_up_after_its_wait_and_changes_nothing(
+    app_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T3-12: the PUT had no deadline, so a change pending behind a long generation stalled every
+    new request of the instance for as long as that generation ran."""
+    from lollms_server.core.generation.binding_admin import BindingAdmin
+
+    monkeypatch.setattr(BindingAdmin, "change_wait_seconds", 0.5)
+    sections = {
+        "resource_manager": {"pools": {"default": {"limit": 2, "queue_size": 16, "queue_timeout": 10}}}
+    }
+    async with app_client(**sections) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        gate = state.generation.gates.of("echo")
+        body = {
+            "prompt": "w " * 12,
+            "binding_name": "echo",
+            "model_name": "echo",
+            "parameters": {"delay": 0.3},
+        }
+        long = asyncio.ensure_future(client.post("/api/v1/generate", json=body, headers=ADMIN))
+        for _ in range(300):
+            if gate.running:
+                break
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        change = await client.put(
+            "/api/v1/bindings/echo/settings", json={"settings": {"size_mb": 11.0}}, headers=ADMIN
+        )
+        assert change.status_code == 409, change.text
+        assert loop.time() - started < 2.0
+        assert state.bindings.instance("echo").settings["size_mb"] == 10.0  # nothing changed
+        quick = await client.post(
+            "/api/v1/generate",
+            json={"prompt": "hi", "binding_name": "echo", "model_name": "echo"},
+            headers=ADMIN,
+        )
+        assert quick.status_code == 200 and not long.done()  # the instance serves on
+        assert (await long).status_code == 200

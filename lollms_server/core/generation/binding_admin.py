@@ -28,7 +28,7 @@ from lollms_server.core.bindings.commands import card_commands, checked_argument
 from lollms_server.core.bindings.manager import SECRET_MASK, BindingInstance
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import BadRequestError, ConfigError, ConflictError
-from lollms_server.core.generation.gates import InstanceGates
+from lollms_server.core.generation.gates import ChangeWaitTimeout, InstanceGates
 from lollms_server.core.pools import PoolRegistry
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 class BindingAdmin:
     """Runs declared commands and changes settings of the configured instances."""
+
+    change_wait_seconds = 60.0
+    """How long a settings change waits for the instance's running generations (then 409;
+    requests for the instance wait meanwhile, holding no pool slot)."""
 
     def __init__(
         self, config: AppConfig, bindings: BindingManager, pools: PoolRegistry, gates: InstanceGates
@@ -104,17 +108,30 @@ class BindingAdmin:
         if path is not None:  # fail fast, before waiting for the instance's generations
             await asyncio.to_thread(check_persistable, path, instance, changes, merged)
         if host.kind == "inprocess":
-            async with self.gates.of(name).changing():
-                merged = self._merged(instance, changes)  # over what a change before this one left
-                if path is not None:
-                    await asyncio.to_thread(write_instance_settings, path, instance, changes, merged)
-                if instance.binding is not None:
-                    await instance.binding.apply_settings(merged)
-                instance.settings = merged
+            try:
+                async with self.gates.of(name).changing(self.change_wait_seconds):
+                    await self._write_and_apply(instance, changes, path)
+            except ChangeWaitTimeout:
+                raise ConflictError(
+                    f"'{name}' kept running generations for {self.change_wait_seconds:g} s: nothing "
+                    "was changed; send the change again later."
+                ) from None
         elif path is not None:
+            merged = self._merged(instance, changes)
             await asyncio.to_thread(write_instance_settings, path, instance, changes, merged)
         logger.info("Settings of binding %s changed: %s", name, ", ".join(sorted(changes)) or "none")
         return self.settings(name)
+
+    async def _write_and_apply(
+        self, instance: BindingInstance, changes: dict[str, Any], path: Path | None
+    ) -> None:
+        """Holding the instance's gate: write the file (with ``path``), then apply in memory."""
+        merged = self._merged(instance, changes)  # over what a change before this one left
+        if path is not None:
+            await asyncio.to_thread(write_instance_settings, path, instance, changes, merged)
+        if instance.binding is not None:
+            await instance.binding.apply_settings(merged)
+        instance.settings = merged
 
     @staticmethod
     def _merged(instance: BindingInstance, changes: dict[str, Any]) -> dict[str, Any]:

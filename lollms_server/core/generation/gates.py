@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
+class ChangeWaitTimeout(Exception):
+    """A settings change waited longer than allowed for the instance's generations."""
+
+
 class InstanceGate:
     """Many generations or one settings change (writer preference: a pending change stops new
     generations from starting, so it cannot wait forever behind a busy instance)."""
@@ -65,16 +69,29 @@ class InstanceGate:
             self._condition.notify_all()
 
     @asynccontextmanager
-    async def changing(self) -> AsyncIterator[None]:
-        """Hold the instance while its settings change: after its running generations, before new ones."""
+    async def changing(self, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold the instance while its settings change: after its running generations, before new
+        ones; ``ChangeWaitTimeout`` when that takes longer than ``timeout`` seconds (nothing
+        held: the generations waiting meanwhile go on)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
         async with self._condition:
-            await self._condition.wait_for(lambda: not self._changing)
+            try:
+                await asyncio.wait_for(self._condition.wait_for(lambda: not self._changing), left())
+            except asyncio.TimeoutError:
+                raise ChangeWaitTimeout from None
             self._changing = True
             try:
-                await self._condition.wait_for(lambda: self._running == 0)
-            except BaseException:
+                await asyncio.wait_for(self._condition.wait_for(lambda: self._running == 0), left())
+            except BaseException as exc:
                 self._changing = False
                 self._condition.notify_all()
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise ChangeWaitTimeout from None
                 raise
         try:
             yield
