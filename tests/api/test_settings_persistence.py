@@ -194,15 +194,12 @@ async def test_a_request_waiting_for_a_settings_change_holds_no_pool_slot(app_cl
             await asyncio.sleep(0.01)
         parked = generate("echo", 1, 0.0)  # waits for the change
         await asyncio.sleep(0.3)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         other = await client.post(
             "/api/v1/generate",
             json={"prompt": "hi", "binding_name": "echo2", "model_name": "echo"},
             headers=ADMIN,
         )
-        assert other.status_code == 200, other.text
-        assert loop.time() - started < 1.5
+        assert other.status_code == 200, other.text  # it had a slot to take: no 503 after queue_timeout
         assert not long.done(), "the long generation should still run (the test proves nothing)"
         assert (await long).status_code == 200
         assert (await change).status_code == 200
@@ -234,13 +231,10 @@ async def test_a_settings_change_gives_up_after_its_wait_and_changes_nothing(
             if gate.running:
                 break
             await asyncio.sleep(0.01)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         change = await client.put(
             "/api/v1/bindings/echo/settings", json={"settings": {"size_mb": 11.0}}, headers=ADMIN
         )
-        assert change.status_code == 409, change.text
-        assert loop.time() - started < 2.0
+        assert change.status_code == 409, change.text  # before the generation's 3.6 s were over
         assert state.bindings.instance("echo").settings["size_mb"] == 10.0  # nothing changed
         quick = await client.post(
             "/api/v1/generate",
