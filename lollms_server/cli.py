@@ -137,6 +137,8 @@ def serve(config: AppConfig) -> None:
     if config.server.workers > 1:
         assert config.config_path is not None
         os.environ[CONFIG_ENV] = str(config.config_path)
+        # the workers read the file again: they must know they are several (shared quotas)
+        os.environ["LOLLMS_SERVER__SERVER__WORKERS"] = str(config.server.workers)
         uvicorn.run(
             "lollms_server.main:app_from_environment", factory=True, workers=config.server.workers, **common
         )

@@ -9,16 +9,21 @@ values are never echoed, so a secret cannot leak through an error message.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import toml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lollms_server.core.errors import ConfigError
 from lollms_server.core.types import GENERATION_TYPES
 from lollms_server.utils.paths import shipped
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ENV_PREFIX = "LOLLMS_SERVER__"
 DEFAULT_ZOOS_FOLDER = shipped("zoos")
@@ -111,7 +116,11 @@ class ApiKeyConfig(StrictModel):
     key: str = Field(
         ..., min_length=8, description="The key in clear, or 'sha256:<hex>' of it (recommended)."
     )
-    name: str | None = Field(None, description="Name used in logs and metrics (never the key).")
+    name: str | None = Field(
+        None,
+        description="Name used in logs and metrics (never the key); it owns the key's jobs, quotas "
+        "and fair share, so it is unique. Unnamed keys are called key-<12 hex of a hash>.",
+    )
     scopes: list[Scope] = Field(
         default_factory=lambda: list(DEFAULT_SCOPES), description="What the key may do."
     )
@@ -588,8 +597,8 @@ class AppConfig(StrictModel):
 def _parse_env_value(raw: str) -> Any:
     """Parse an override as a TOML value (numbers, booleans, arrays), else keep the string."""
     try:
-        return toml.loads(f"value = {raw}")["value"]
-    except (toml.TomlDecodeError, IndexError, KeyError, ValueError):
+        return tomllib.loads(f"value = {raw}")["value"]
+    except (tomllib.TOMLDecodeError, KeyError, ValueError):
         return raw
 
 
@@ -644,6 +653,17 @@ def config_from_dict(
     return config
 
 
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """The document in ``text`` (TOML 1.0, ``tomllib``: the reading twin of the ``tomlkit`` writer
+    that persists settings); any parse error is a ConfigError naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except (ValueError, TypeError, IndexError, RecursionError) as exc:  # never a traceback at start
+        raise ConfigError(f"{source}: invalid TOML ({type(exc).__name__})") from None
+
+
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> AppConfig:
     """Read, override, validate and resolve one ``config.toml``."""
     path = Path(path).expanduser().resolve()
@@ -651,12 +671,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
-    try:
-        data = toml.loads(text)
-    except toml.TomlDecodeError as exc:
-        raise ConfigError(
-            f"{path}: invalid TOML at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    data = parse_toml(text, str(path))
     config = config_from_dict(data, source=str(path), base=path.parent, environ=environ)
     config.config_path = path
     return config

@@ -3,8 +3,10 @@
 tokens per minute (sliding 60-second windows). Over a limit: 429 ``rate_limit_error`` with
 ``Retry-After`` and ``X-RateLimit-*`` headers (:class:`~lollms_server.errors.RateLimitError`).
 
-State is kept per key *name* (keys come from the configuration, so it is bounded) and only for
-keys that have a limit; windows drop what is older than a minute.
+State is kept per key *name* (keys come from the configuration, so it is bounded; names are
+unique) and only for keys that have a limit; windows drop what is older than a minute. One
+server process keeps it in memory; the processes of ``--workers N`` share it through SQLite in
+the runtime folder (``quota_store``), so a limit holds for the host, not per process.
 """
 
 from __future__ import annotations
@@ -13,15 +15,80 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from lollms_server.core.errors import RateLimitError
-from lollms_server.core.security import Principal
+from lollms_server.core.security import KeyLimits, Principal
 
 WINDOW_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A key's use at one moment: requests and generated tokens in the window (and when the
+    oldest of each entered it), running generations, waiting requests."""
+
+    requests: int
+    first_request: float
+    tokens: int
+    first_tokens: float
+    running: int
+    queued: int
+
+
+def refuse_over_limits(limits: KeyLimits, now: float, usage: Usage) -> None:
+    """Raise the 429 of the first limit ``usage`` has reached (a new request would pass it)."""
+    if limits.requests_per_minute is not None and usage.requests >= limits.requests_per_minute:
+        raise RateLimitError(
+            f"This API key is over its {limits.requests_per_minute} requests per minute.",
+            limit=limits.requests_per_minute,
+            remaining=0,
+            reset_seconds=usage.first_request + WINDOW_SECONDS - now,
+        )
+    if limits.tokens_per_minute is not None and usage.tokens >= limits.tokens_per_minute:
+        raise RateLimitError(
+            f"This API key is over its {limits.tokens_per_minute} generated tokens per minute.",
+            limit=limits.tokens_per_minute,
+            remaining=0,
+            reset_seconds=usage.first_tokens + WINDOW_SECONDS - now,
+        )
+    if limits.max_concurrent is not None and usage.running >= limits.max_concurrent:
+        raise RateLimitError(
+            f"This API key already runs {limits.max_concurrent} generations.",
+            reason="concurrency",
+            limit=limits.max_concurrent,
+            remaining=0,
+            reset_seconds=1,
+        )
+    if limits.max_queued is not None and usage.queued >= limits.max_queued:
+        raise RateLimitError(
+            f"This API key already has {limits.max_queued} requests waiting.",
+            reason="concurrency",
+            limit=limits.max_queued,
+            remaining=0,
+            reset_seconds=1,
+        )
+
+
+class Queued:
+    """A request counted waiting by ``KeyQuotas.admitting``."""
+
+    def __init__(self, quotas: KeyQuotas, principal: Principal) -> None:
+        self.quotas = quotas
+        self.principal = principal
+        self.running = False
+
+    def started(self) -> Callable[[], None]:
+        """It holds its slot: no longer waiting, running (one step); returns the end of that."""
+        if self.running:
+            raise RuntimeError("started twice")
+        self.running = True
+        return self.quotas._start_queued(self.principal)
+
+
 class KeyQuotas:
-    """The quotas of every key of one gateway process."""
+    """The quotas of every key of one gateway process (in memory: the server runs one process;
+    with ``workers > 1`` see ``quota_store.SharedKeyQuotas``)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -48,55 +115,60 @@ class KeyQuotas:
         limits, key = principal.limits, principal.name
         self._trim(key)
         now = self.clock()
-        if limits.requests_per_minute is not None:
-            requests = self._requests.get(key, deque())
-            if len(requests) >= limits.requests_per_minute:
-                raise RateLimitError(
-                    f"This API key is over its {limits.requests_per_minute} requests per minute.",
-                    limit=limits.requests_per_minute,
-                    remaining=0,
-                    reset_seconds=requests[0] + WINDOW_SECONDS - now,
-                )
-        if limits.tokens_per_minute is not None:
-            tokens = self._tokens.get(key, deque())
-            used = sum(count for _, count in tokens)
-            if used >= limits.tokens_per_minute:
-                raise RateLimitError(
-                    f"This API key is over its {limits.tokens_per_minute} generated tokens per minute.",
-                    limit=limits.tokens_per_minute,
-                    remaining=0,
-                    reset_seconds=tokens[0][0] + WINDOW_SECONDS - now,
-                )
-        if limits.max_concurrent is not None and self.running.get(key, 0) >= limits.max_concurrent:
-            raise RateLimitError(
-                f"This API key already runs {limits.max_concurrent} generations.",
-                reason="concurrency",
-                limit=limits.max_concurrent,
-                remaining=0,
-                reset_seconds=1,
-            )
-        if limits.max_queued is not None and self.queued.get(key, 0) >= limits.max_queued:
-            raise RateLimitError(
-                f"This API key already has {limits.max_queued} requests waiting.",
-                reason="concurrency",
-                limit=limits.max_queued,
-                remaining=0,
-                reset_seconds=1,
-            )
+        requests = self._requests.get(key, deque())
+        tokens = self._tokens.get(key, deque())
+        refuse_over_limits(
+            limits,
+            now,
+            Usage(
+                requests=len(requests),
+                first_request=requests[0] if requests else now,
+                tokens=sum(count for _, count in tokens),
+                first_tokens=tokens[0][0] if tokens else now,
+                running=self.running.get(key, 0),
+                queued=self.queued.get(key, 0),
+            ),
+        )
         if limits.requests_per_minute is not None:
             self._requests.setdefault(key, deque()).append(now)
 
     @contextmanager
+    def admitting(self, principal: Principal) -> Iterator[Queued]:
+        """``check`` and count the request waiting, as one step; it waits (for its model and
+        slot) inside the block, and ``Queued.started`` turns it into a running generation."""
+        self._admit(principal)
+        queued = Queued(self, principal)
+        try:
+            yield queued
+        finally:
+            if not queued.running:
+                self._unqueue(principal)
+
+    # the steps of ``admitting`` (``quota_store.SharedKeyQuotas`` does each in one transaction)
+    def _admit(self, principal: Principal) -> None:
+        self.check(principal)
+        self._count_queued(principal.name, 1)
+
+    def _unqueue(self, principal: Principal) -> None:
+        self._count_queued(principal.name, -1)
+
+    def _start_queued(self, principal: Principal) -> Callable[[], None]:
+        self._unqueue(principal)
+        return self.started(principal)
+
+    def _count_queued(self, key: str, delta: int) -> None:
+        self.queued[key] = self.queued.get(key, 0) + delta
+        if not self.queued[key]:
+            del self.queued[key]
+
+    @contextmanager
     def waiting(self, principal: Principal) -> Iterator[None]:
         """While a request of ``principal`` waits for its slot (and its model loads)."""
-        key = principal.name
-        self.queued[key] = self.queued.get(key, 0) + 1
+        self._count_queued(principal.name, 1)
         try:
             yield
         finally:
-            self.queued[key] -= 1
-            if not self.queued[key]:
-                del self.queued[key]
+            self._count_queued(principal.name, -1)
 
     def started(self, principal: Principal) -> Callable[[], None]:
         """Count a running generation of ``principal``; returns its (idempotent) end."""

@@ -94,6 +94,13 @@ def _digest_of(entry: ApiKeyConfig) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+def automatic_name(digest: bytes) -> str:
+    """The name of a key configured without one: ``key-`` and 12 hex digits of a hash of its
+    digest, stable when the list is edited (a position would hand a key's jobs to another) and
+    revealing nothing usable about the key."""
+    return "key-" + hashlib.sha256(b"lollms-server key name\0" + digest).hexdigest()[:12]
+
+
 class KeyStore:
     """Authenticates presented keys against the configured ones."""
 
@@ -107,10 +114,19 @@ class KeyStore:
     @classmethod
     def from_config(cls, config: AppConfig) -> KeyStore:
         entries: list[tuple[bytes, Principal]] = []
+        where: dict[str, int] = {}  # name -> its entry, so two keys can never share an identity
         for index, raw in enumerate(config.security.api_keys, start=1):
             entry = ApiKeyConfig(key=raw) if isinstance(raw, str) else raw
+            digest = _digest_of(entry)
             if entry.name is None:
-                entry = entry.model_copy(update={"name": f"key-{index}"})
+                entry = entry.model_copy(update={"name": automatic_name(digest)})
+            name = str(entry.name)
+            if name in where:
+                raise ConfigError(
+                    f"security.api_keys: entries {where[name]} and {index} are both named "
+                    f"'{printable(name)}'; key names must be unique (they own jobs, quotas and shares)"
+                )
+            where[name] = index
             principal = Principal(
                 name=str(entry.name),
                 scopes=frozenset(entry.scopes),
@@ -126,7 +142,7 @@ class KeyStore:
                     tokens_per_minute=entry.tokens_per_minute,
                 ),
             )
-            entries.append((_digest_of(entry), principal))
+            entries.append((digest, principal))
         allow_anonymous = False
         if not entries:
             if not config.security.allow_unauthenticated_localhost:
@@ -149,6 +165,10 @@ class KeyStore:
         if self.allow_anonymous:
             return self.anonymous if name == self.anonymous.name else None
         return next((principal for _, principal in self._entries if principal.name == name), None)
+
+    def principals(self) -> list[Principal]:
+        """The configured keys' principals (their names are unique)."""
+        return [principal for _, principal in self._entries]
 
     @property
     def api_key_required(self) -> bool:

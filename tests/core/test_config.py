@@ -57,7 +57,7 @@ def test_env_overrides_parse_toml_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[server\nport = 1", "invalid TOML at line"),
+        ("[server\nport = 1", "invalid TOML"),
         ('[server]\nport = "many"', "server.port"),
         ("[server]\nprot = 9601", "server.prot: unknown key"),
         ("[mystery]\na = 1", "mystery: unknown key"),
@@ -87,3 +87,32 @@ def test_env_override_errors_say_so_and_never_echo_values(tmp_path: Path) -> Non
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_toml_1_0_mixed_arrays_load(tmp_path: Path) -> None:
+    """What the settings writer (tomlkit, TOML 1.0) persists, the loader reads (T3-09)."""
+    path = write(tmp_path, '[bindings.x]\ntype = "t"\n[bindings.x.extra_kwargs]\nvoices = ["default", 2]\n')
+    config = load_config(path, environ={})
+    assert (config.bindings["x"].model_extra or {})["extra_kwargs"] == {"voices": ["default", 2]}
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        '[{ name = "a", key = "aaaaaaaaaa" }, "bbbbbbbbbb"]',
+        '["bbbbbbbbbb", { name = "a", key = "aaaaaaaaaa" }]',
+    ],
+)
+def test_api_keys_mixing_strings_and_tables_keep_every_key(tmp_path: Path, keys: str) -> None:
+    """Plain strings and tables in one list: none dropped, no traceback (T3-20)."""
+    path = write(tmp_path, f"[security]\napi_keys = {keys}\n")
+    config = load_config(path, environ={})
+    assert len(config.security.api_keys) == 2
+
+
+@pytest.mark.parametrize("text", ["a = [1,", "a = 1\na = 2", "x = '''", "[a]\n[a]", "a = 1979-05-99"])
+def test_any_parse_error_is_a_config_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="invalid TOML") as caught:
+        load_config(path, environ={})
+    assert str(path) in caught.value.message

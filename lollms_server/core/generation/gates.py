@@ -1,12 +1,18 @@
 """Per-instance gates: generations pass while no settings change is pending; a settings change
-waits until the running generations of its instance have finished, and newly admitted ones (with
-their pool slot) wait for it. Requests still queued for a slot do not hold a change back."""
+waits until the running generations of its instance have finished, and newly admitted ones wait
+for it *without* their pool slot (they give it back and queue again once the change is done, so
+the other instances of the pool keep serving). Requests still queued for a slot do not hold a
+change back."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+
+class ChangeWaitTimeout(Exception):
+    """A settings change waited longer than allowed for the instance's generations."""
 
 
 class InstanceGate:
@@ -27,6 +33,21 @@ class InstanceGate:
         async with self._condition:
             await self._condition.wait_for(lambda: not self._changing)
             self._running += 1
+        return self._exit()
+
+    def try_enter(self) -> Callable[[], None] | None:
+        """Count one generation in at once, or None while a change is pending (never waits)."""
+        if self._changing:
+            return None
+        self._running += 1
+        return self._exit()
+
+    async def opened(self) -> None:
+        """Wait until no change is pending (counts nothing in)."""
+        async with self._condition:
+            await self._condition.wait_for(lambda: not self._changing)
+
+    def _exit(self) -> Callable[[], None]:
         done = False
 
         def leave() -> None:
@@ -48,16 +69,29 @@ class InstanceGate:
             self._condition.notify_all()
 
     @asynccontextmanager
-    async def changing(self) -> AsyncIterator[None]:
-        """Hold the instance while its settings change: after its running generations, before new ones."""
+    async def changing(self, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold the instance while its settings change: after its running generations, before new
+        ones; ``ChangeWaitTimeout`` when that takes longer than ``timeout`` seconds (nothing
+        held: the generations waiting meanwhile go on)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
         async with self._condition:
-            await self._condition.wait_for(lambda: not self._changing)
+            try:
+                await asyncio.wait_for(self._condition.wait_for(lambda: not self._changing), left())
+            except asyncio.TimeoutError:
+                raise ChangeWaitTimeout from None
             self._changing = True
             try:
-                await self._condition.wait_for(lambda: self._running == 0)
-            except BaseException:
+                await asyncio.wait_for(self._condition.wait_for(lambda: self._running == 0), left())
+            except BaseException as exc:
                 self._changing = False
                 self._condition.notify_all()
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise ChangeWaitTimeout from None
                 raise
         try:
             yield

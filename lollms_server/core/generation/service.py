@@ -42,7 +42,7 @@ from lollms_server.core.generation.workflows import WorkflowRun, WorkflowService
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.pools import PoolRegistry, PoolSession
-from lollms_server.core.quotas import KeyQuotas
+from lollms_server.core.quota_store import key_quotas
 from lollms_server.core.resource_manager import Ticket
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
@@ -89,7 +89,7 @@ class GenerationService:
         self.functions = functions
         self.metrics = metrics
         self.timeout = config.resource_manager.generation_timeout
-        self.quotas = KeyQuotas()
+        self.quotas = key_quotas(config)
         self.model_fetcher: ModelFetcher | None = None
         """Starts or joins the pull of a missing model (``PullManager.for_first_use``), before
         admission: a first-use download holds no slot (see ``first_use``)."""
@@ -441,29 +441,35 @@ class GenerationService:
         returns the session and the end of the key's running count (and of the instance's gate:
         a settings change of the instance waits for it, see ``gates``)."""
         try:
-            self.quotas.check(principal)
             wait = (
                 self.timeout
                 if on_download is not None
                 else self.config.resource_manager.pools[target.pool].queue_timeout
             )
-            await await_model(self.model_fetcher, principal, target, wait, on_download)
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
             ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
-            with self.quotas.waiting(principal):
-                session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+            gate = self.gates.of(target.name)
+            with self.quotas.admitting(principal) as queued:  # checked (429) and counted waiting at once
+                await await_model(self.model_fetcher, principal, target, wait, on_download)
+                while True:
+                    await gate.opened()  # a settings change of its instance: waits holding no slot
+                    session = await self.pools.admit(target.instance, target.model, ticket, on_position)
+                    leave_gate = gate.try_enter()
+                    if leave_gate is not None:
+                        break
+                    await session.aclose()  # a change began meanwhile: its slot goes back to the pool
+                try:
+                    stop_running = queued.started()
+                except BaseException:
+                    leave_gate()
+                    await session.aclose()
+                    raise
         except (RateLimitError, ServiceUnavailableError) as exc:
             if self.metrics is not None:
                 self.metrics.observe_rejection(target.pool, getattr(exc, "reason", "unavailable"))
             raise
-        try:  # with its slot, it waits while a settings change of its instance is applied
-            leave_gate = await self.gates.of(target.name).enter()
-        except BaseException:
-            await session.aclose()
-            raise
         if self.metrics is not None:
             self.metrics.observe_admission(target.pool, principal.name, session.queue_wait)
-        stop_running = self.quotas.started(principal)
 
         def ended() -> None:
             stop_running()

@@ -188,9 +188,12 @@ class RunningJob:
             logger.error("Job %s: its outputs could not be stored (%s)", self.job.id, exc)
             await asyncio.to_thread(self.runner.results.remove, self.job.id)
             return Outcome(FAILED, None, "internal_error", "The job's outputs could not be stored.", 500)
-        _, stored = await self.runner.store.call(self.runner.store.usage, self.job.owner)
         allowed = self.runner.config.max_result_mb_per_key * 2**20
-        if stored + saved.total_bytes > allowed:
+        store = self.runner.store
+        fits = await store.call(  # checked and counted in one transaction (results ending together)
+            store.reserve_result, self.job.id, self.runner.owner, self.job.owner, saved.total_bytes, allowed
+        )
+        if not fits:
             await asyncio.to_thread(self.runner.results.remove, self.job.id)
             message = (
                 f"The result ({saved.total_bytes / 2**20:.1f} MB) does not fit in this key's "

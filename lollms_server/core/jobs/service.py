@@ -121,26 +121,15 @@ class JobService:
             principal, request.generation_type, request.binding_name, request.model_name, personality
         )
         check_inputs(request.input_data, self.config.limits)
-        active, stored = await self.store.call(self.store.usage, principal.name)
-        if active >= self.settings.max_jobs_per_key:
-            raise RateLimitError(
-                f"This key has {active} unfinished jobs; the limit is {self.settings.max_jobs_per_key}.",
-                limit=self.settings.max_jobs_per_key,
-                remaining=0,
-                reset_seconds=self.settings.poll_seconds * 5,
-                reason="jobs",
-            )
-        if stored >= self.settings.max_result_mb_per_key * 2**20:
-            raise PayloadTooLargeError(
-                f"This key's stored job results use {stored / 2**20:.1f} MB of the "
-                f"{self.settings.max_result_mb_per_key:g} MB allowed: delete finished jobs or wait "
-                "until they expire."
-            )
         stored_request = request.model_copy(update={"stream": False, "priority": request.priority or "batch"})
         request_json = stored_request.model_dump_json()
-        await self._check_request_quota(principal, len(request_json))
-        job = await self.store.call(
-            self.store.create,
+        request_limit = self._request_limit(len(request_json))
+        allowed = self.settings.max_result_mb_per_key * 2**20
+        job, active, stored, held = await self.store.call(  # counted and inserted in one transaction
+            self.store.create_within,
+            self.settings.max_jobs_per_key,
+            allowed,
+            request_limit,
             id=job_id or new_job_id(),
             owner=principal.name,
             source=source,
@@ -154,31 +143,47 @@ class JobService:
             attempts=0,
             cancel_requested=False,
         )
+        if job is None and active >= self.settings.max_jobs_per_key:
+            raise RateLimitError(
+                f"This key has {active} unfinished jobs; the limit is {self.settings.max_jobs_per_key}.",
+                limit=self.settings.max_jobs_per_key,
+                remaining=0,
+                reset_seconds=self.settings.poll_seconds * 5,
+                reason="jobs",
+            )
+        if job is None and held + len(request_json) > request_limit:
+            raise RateLimitError(
+                f"This key's unfinished jobs hold {held / 2**20:.1f} MB of requests; with this one "
+                f"({len(request_json) / 2**20:.1f} MB) that is over the "
+                f"{self.settings.max_request_mb_per_key:g} MB allowed ([jobs] max_request_mb_per_key): "
+                "wait until some have run.",
+                limit=request_limit,
+                remaining=max(0, request_limit - held),
+                reset_seconds=self.settings.poll_seconds * 5,
+                reason="job_bytes",
+            )
+        if job is None:
+            raise PayloadTooLargeError(
+                f"This key's stored job results use {stored / 2**20:.1f} MB of the "
+                f"{self.settings.max_result_mb_per_key:g} MB allowed: delete finished jobs or wait "
+                "until they expire."
+            )
         if self.generation.metrics is not None:
             self.generation.metrics.observe_job(request.generation_type, "submitted")
         self.runner.wake()
         return job
 
-    async def _check_request_quota(self, principal: Principal, size: int) -> None:
+    def _request_limit(self, size: int) -> int:
         """The key's unfinished jobs keep their requests (inputs included) in the database:
-        together at most ``max_request_mb_per_key`` (429 until some have run)."""
+        together at most ``max_request_mb_per_key`` (429 until some have run, checked with the
+        insert); one request larger than all of it is a 413 at once."""
         limit = int(self.settings.max_request_mb_per_key * 2**20)
         if size > limit:
             raise PayloadTooLargeError(
                 f"This job's request is {size / 2**20:.1f} MB; a key's unfinished jobs may hold "
                 f"{self.settings.max_request_mb_per_key:g} MB ([jobs] max_request_mb_per_key)."
             )
-        held = await self.store.call(self.store.request_chars, principal.name)
-        if held + size > limit:
-            raise RateLimitError(
-                f"This key's unfinished jobs hold {held / 2**20:.1f} MB of requests; with this one "
-                f"({size / 2**20:.1f} MB) that is over the {self.settings.max_request_mb_per_key:g} MB "
-                "allowed ([jobs] max_request_mb_per_key): wait until some have run.",
-                limit=limit,
-                remaining=max(0, limit - held),
-                reset_seconds=self.settings.poll_seconds * 5,
-                reason="job_bytes",
-            )
+        return limit
 
     # ---- reading ---------------------------------------------------------------------------
     async def find(self, principal: Principal, job_id: str) -> JobRecord:

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,27 +257,89 @@ class JobStore:
 
     def usage(self, owner: str) -> tuple[int, int]:
         """The owner's unfinished jobs and the bytes of its stored results."""
-        column = jobs_table.c
         with self.engine.connect() as connection:
-            active = connection.execute(
-                select(func.count()).where(column.owner == owner, column.status.in_((QUEUED, RUNNING)))
-            ).scalar_one()
-            stored = connection.execute(
-                select(func.coalesce(func.sum(column.result_bytes), 0)).where(column.owner == owner)
-            ).scalar_one()
+            return self._usage(connection, owner)
+
+    @staticmethod
+    def _usage(connection: Connection, owner: str) -> tuple[int, int]:
+        column = jobs_table.c
+        active = connection.execute(
+            select(func.count()).where(column.owner == owner, column.status.in_((QUEUED, RUNNING)))
+        ).scalar_one()
+        stored = connection.execute(
+            select(func.coalesce(func.sum(column.result_bytes), 0)).where(column.owner == owner)
+        ).scalar_one()
         return int(active), int(stored)
 
     def request_chars(self, owner: str) -> int:
         """The size (characters of JSON) of the owner's stored requests: those of its unfinished
         jobs, since a finished job's request is dropped."""
-        column = jobs_table.c
         with self.engine.connect() as connection:
-            total = connection.execute(
-                select(func.coalesce(func.sum(func.length(column.request_json)), 0)).where(
-                    column.owner == owner, column.status.in_((QUEUED, RUNNING))
+            return self._request_chars(connection, owner)
+
+    @staticmethod
+    def _request_chars(connection: Connection, owner: str) -> int:
+        column = jobs_table.c
+        total = connection.execute(
+            select(func.coalesce(func.sum(func.length(column.request_json)), 0)).where(
+                column.owner == owner, column.status.in_((QUEUED, RUNNING))
+            )
+        ).scalar_one()
+        return int(total)
+
+    @contextmanager
+    def _per_owner(self, owner: str) -> Iterator[Connection]:
+        """One transaction that no other one about ``owner`` interleaves with, across threads,
+        processes and servers: SQLite's ``BEGIN IMMEDIATE`` (one writer at a time), PostgreSQL's
+        transaction-scoped advisory lock on the owner."""
+        with self.engine.connect() as connection:
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                connection.execute(select(func.pg_advisory_xact_lock(func.hashtext("jobs:" + owner))))
+            try:
+                yield connection
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+
+    def create_within(
+        self, max_active: int, max_stored_bytes: float, max_request_chars: int, **fields: Any
+    ) -> tuple[JobRecord | None, int, int, int]:
+        """Insert the job only while its owner has fewer than ``max_active`` unfinished jobs,
+        under ``max_stored_bytes`` of results and, with this request, at most
+        ``max_request_chars`` of stored requests; checked and inserted atomically (concurrent
+        submissions cannot all pass the counts). Returns (the job or None, active, stored,
+        request characters held before this one)."""
+        with self._per_owner(fields["owner"]) as connection:
+            active, stored = self._usage(connection, fields["owner"])
+            held = self._request_chars(connection, fields["owner"])
+            size = len(fields["request_json"])
+            if active >= max_active or stored >= max_stored_bytes or held + size > max_request_chars:
+                return None, active, stored, held
+            connection.execute(insert(jobs_table).values(**fields))
+            return self._get(connection, fields["id"]), active, stored, held
+
+    def reserve_result(self, job_id: str, lease_owner: str, owner: str, size: int, allowed: float) -> bool:
+        """Count ``size`` bytes of results for the job (which ``lease_owner`` holds) only if its
+        ``owner``'s stored results stay within ``allowed``; checked and reserved atomically, so
+        results finishing together cannot all fit the same room."""
+        column = jobs_table.c
+        with self._per_owner(owner) as connection:
+            others = connection.execute(
+                select(func.coalesce(func.sum(column.result_bytes), 0)).where(
+                    column.owner == owner, column.id != job_id
                 )
             ).scalar_one()
-        return int(total)
+            if int(others) + size > allowed:
+                return False
+            changed = connection.execute(
+                update(jobs_table)
+                .where(column.id == job_id, column.lease_owner == lease_owner)
+                .values(result_bytes=size)
+            )
+            return changed.rowcount == 1
 
     def position(self, seq: int) -> int:
         """Place of a queued job among all queued jobs (1: the next to start)."""
