@@ -20,6 +20,7 @@ from lollms_server.utils.paths import shipped
 
 EXAMPLE_CONFIG = shipped("config.toml.example")
 KEYS_LINE = re.compile(r"^api_keys\s*=\s*\[\s*\]\s*$", re.MULTILINE)
+PULL_DEFAULT_LINE = re.compile(r"^pull_default_on_start\s*=\s*false\b", re.MULTILINE)
 
 
 def user_config_path() -> Path:
@@ -44,7 +45,9 @@ def find_config(explicit: str | None) -> Path:
 
 
 def write_initial_config(path: Path, force: bool = False) -> str:
-    """Write a config from the example with a new admin key; return the key (shown once)."""
+    """Write a config from the example with a new admin key and ``[models] pull_default_on_start``
+    on (a server started on it pulls a default text model when it has none); return the key
+    (shown once)."""
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite it)")
     try:
@@ -56,6 +59,7 @@ def write_initial_config(path: Path, force: bool = False) -> str:
     text, count = KEYS_LINE.subn(entry, template, count=1)
     if count != 1:
         raise ConfigError(f"{EXAMPLE_CONFIG}: no 'api_keys = []' line to fill in")
+    text = PULL_DEFAULT_LINE.sub("pull_default_on_start = true", text, count=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     if os.name == "posix":

@@ -251,6 +251,18 @@ class ModelsConfig(StrictModel):
         "HF_TOKEN", description="Environment variable holding the hub token (gated/private repositories)."
     )
     recent_pulls: int = Field(32, ge=1, le=1000, description="Finished pulls GET /api/v1/models/pulls keeps.")
+    pull_default_on_start: bool = Field(
+        False,
+        description="When the default text instance has no model and none is installed, pull "
+        "default_model at start (in the background) and make it defaults.ttt_model (written into "
+        "config.toml). `lollms-server init` turns it on.",
+    )
+    default_model: str | None = Field(
+        None,
+        max_length=512,
+        description="What that first-run pull fetches. Unset: the LOLLMS_DEFAULT_MODEL variable, else "
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M.",
+    )
 
     def sources(self, downloads: DownloadsConfig) -> list[str]:
         return list(self.allowed_sources if self.allowed_sources is not None else downloads.allowed_sources)
