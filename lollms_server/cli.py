@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lollms_server import __version__
+from lollms_server.cli_first_run import add_chat_command, run_chat
 from lollms_server.cli_models import add_model_commands, run_models, run_pull, run_rm
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import ConfigError
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--binding", help="binding instance for --model (default: the default text binding)")
     add_model_commands(commands)
+    add_chat_command(commands)
     commands.add_parser(
         "cluster-stop",
         help='stop the Ray actors of this config\'s pools (cluster.mode = "ray"), e.g. after changing '
@@ -147,7 +149,7 @@ def serve(config: AppConfig) -> None:
         uvicorn.run(create_app(config), **common)
 
 
-MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm}
+MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm, "chat": run_chat}
 
 
 def init_model(path: Path, args: argparse.Namespace) -> int:
@@ -179,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"Wrote {path}\n"
                     f"Your API key (shown only now; the file keeps only its hash):\n\n    {key}\n\n"
                     "Send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.\n"
+                    + (
+                        ""
+                        if args.model
+                        else "Without a text model, the server pulls a default one when it starts "
+                        "([models] pull_default_on_start).\n"
+                    )
                 )
             return init_model(path, args) if args.model else 0
         config = load_config(find_config(args.config))

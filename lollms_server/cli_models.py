@@ -21,7 +21,13 @@ __all__ = ["add_model_commands", "run_models", "run_pull", "run_rm", "set_defaul
 def add_model_commands(commands: Any) -> None:
     """The subcommands, on the parser's subparsers."""
     pull = commands.add_parser("pull", help="download a model from the hub into a binding's models folder")
-    pull.add_argument("ref", help="owner/repo/file.gguf, owner/repo:QUANT (e.g. :Q4_K_M) or owner/repo")
+    pull.add_argument(
+        "ref",
+        nargs="?",
+        help="owner/repo/file.gguf, owner/repo:QUANT (e.g. :Q4_K_M) or owner/repo; omitted: the default "
+        "text model when the default text binding has none ([models] default_model), set as "
+        "defaults.ttt_model",
+    )
     _common(pull)
     models = commands.add_parser("models", help="list the installed models of every binding, with sizes")
     _common(models)
@@ -130,6 +136,10 @@ def pull_or_exit_code(config: AppConfig, instance: str | None, ref: str, command
 
 
 def run_pull(config: AppConfig, args: argparse.Namespace) -> int:
+    if args.ref is None:
+        from lollms_server.cli_first_run import run_pull_default
+
+        return run_pull_default(config, args)
     names = pull_or_exit_code(config, args.binding, args.ref, "pull")
     if isinstance(names, int):
         return names

@@ -7,7 +7,10 @@ into the folder it names without a restart."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,3 +166,69 @@ def test_offline_the_server_starts_says_how_and_serves_a_copied_gguf(
         assert 'ttt_model = "my-model.gguf"' in (tmp_path / "config.toml").read_text()
     finally:
         server.stop()
+
+
+def fake_checkout(root: Path) -> Path:
+    """``scripts/run.sh`` in a folder of its own (its config.toml and models land there), with a
+    virtual environment whose ``lollms-server`` is this checkout's (no install)."""
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "run.sh", root / "scripts" / "run.sh")
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    wrapper = venv_bin / "lollms-server"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m lollms_server.cli "$@"\n',
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    return root / "scripts" / "run.sh"
+
+
+def run_script(script: Path, port: int, env: dict[str, str], until: str, timeout: float = 240) -> str:
+    """Run ``run.sh --port PORT`` until its output holds ``until``, then stop it (and its server)."""
+    log = script.parent.parent / f"run-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["bash", str(script), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "LOLLMS_SKIP_INSTALL": "1", "OMP_WAIT_POLICY": "passive", **env},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while until not in log.read_text(errors="replace"):
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.3)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    return log.read_text(errors="replace")
+
+
+def test_run_script_pulls_with_progress_and_ends_in_a_chat(tmp_path: Path, hub: FakeHub) -> None:
+    from tests.conftest import free_port
+
+    script = fake_checkout(tmp_path / "checkout")
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "LOLLMS_DEFAULT_MODEL": ""}
+    output = run_script(script, free_port(), env, until="The server chats at")
+    assert "Your API key" in output
+    assert re.search(rf"{re.escape(DEFAULT_FILE)}\s+\[#+\]", output), output  # the progress bar
+    assert f"{INSTALLED} is now the default text model" in output
+    assert "> Hello!" in output  # the chat's question, then its answer
+    config = (tmp_path / "checkout" / "config.toml").read_text()
+    assert f'ttt_model = "{INSTALLED}"' in config and "pull_default_on_start = true" in config
+    assert len(hub.state.downloads(DEFAULT_FILE)) == 1
+
+    key = re.search(r"^    (\S+)$", output, re.MULTILINE)
+    assert key is not None
+    again = run_script(
+        script, free_port(), {**env, "LOLLMS_API_KEY": key.group(1)}, until="The server chats at"
+    )
+    assert f"The default text model {INSTALLED} is installed" in again and "Your API key" not in again
+    assert len(hub.state.downloads(DEFAULT_FILE)) == 1  # no second pull
