@@ -73,3 +73,13 @@ def test_it_reads_the_device_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest
     assert module.used_mib(0) == 1234.0
     fake.write_text("#!/bin/sh\nexit 9\n", encoding="utf-8")  # a broken driver: no GPU
     assert module.device() is None
+
+
+def test_the_gpu_box_command_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_prepare.sh"), "run"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 1 and "nvidia-smi not found" in done.stderr
+    usage = subprocess.run(["bash", str(REPO / "scripts" / "gpu_prepare.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "gather BUNDLE" in usage.stderr
