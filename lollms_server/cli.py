@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lollms_server import __version__
-from lollms_server.cli_first_run import add_chat_command, run_chat
+from lollms_server.cli_first_run import add_chat_command, run_chat, run_pull_default
 from lollms_server.cli_models import add_model_commands, run_models, run_pull, run_rm
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import ConfigError
@@ -149,7 +149,12 @@ def serve(config: AppConfig) -> None:
         uvicorn.run(create_app(config), **common)
 
 
-MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm, "chat": run_chat}
+def pull_command(config: AppConfig, args: argparse.Namespace) -> int:
+    """``pull REF``; ``pull`` alone: the default text model (``scripts/run.sh``)."""
+    return run_pull_default(config, args) if args.ref is None else run_pull(config, args)
+
+
+MODEL_COMMANDS = {"pull": pull_command, "models": run_models, "rm": run_rm, "chat": run_chat}
 
 
 def init_model(path: Path, args: argparse.Namespace) -> int:

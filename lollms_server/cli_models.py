@@ -136,10 +136,6 @@ def pull_or_exit_code(config: AppConfig, instance: str | None, ref: str, command
 
 
 def run_pull(config: AppConfig, args: argparse.Namespace) -> int:
-    if args.ref is None:
-        from lollms_server.cli_first_run import run_pull_default
-
-        return run_pull_default(config, args)
     names = pull_or_exit_code(config, args.binding, args.ref, "pull")
     if isinstance(names, int):
         return names
