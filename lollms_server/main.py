@@ -87,7 +87,8 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             hint = await asyncio.to_thread(missing_default_model, config, bindings)
             if hint is not None:
                 logger.warning("%s", hint)
-        await app.state.first_run.start()  # folders now; a missing default model in the background
+        if not pool_worker:  # folders now; a missing default model in the background (the gateway's job)
+            await app.state.first_run.start()
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
             __version__,

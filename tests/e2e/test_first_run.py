@@ -232,3 +232,17 @@ def test_run_script_pulls_with_progress_and_ends_in_a_chat(tmp_path: Path, hub: 
     )
     assert f"The default text model {INSTALLED} is installed" in again and "Your API key" not in again
     assert len(hub.state.downloads(DEFAULT_FILE)) == 1  # no second pull
+
+
+def test_run_script_offline_starts_and_says_exactly_what_to_do(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    script = fake_checkout(tmp_path / "checkout")
+    env = {"HF_HUB_OFFLINE": "1", "LOLLMS_DEFAULT_MODEL": ""}
+    output = run_script(script, free_port(), env, until="lollms-server chat: 503")
+    folder = tmp_path / "checkout" / "models" / "llamacpp_binding"
+    assert folder.is_dir()
+    command = f"--model {DEFAULT_REPO}:Q4_K_M"
+    # the pull, `lollms-server models`, the server's log and the chat's 503 all say it
+    assert output.count(command) >= 3 and output.count(f"copy a .gguf file into {folder}/") >= 3, output
+    assert "The hub is offline (HF_HUB_OFFLINE is set)" in output
