@@ -85,6 +85,8 @@ if $needs_torch; then
                 || "$PY" -m pip install --quiet "torch==$TORCH_VERSION"
         fi
     fi
+else
+    echo ">> torch: not needed by these extras"
 fi
 
 # ---- llama.cpp ---------------------------------------------------------------------------------
