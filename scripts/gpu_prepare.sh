@@ -39,8 +39,8 @@ REQUIREMENTS=(
 
 # left out by default (LOLLMS_PREPARE_SKIP replaces this list; "" keeps every wheel): numpy, which
 # a PyTorch box has (and `run` checks first: without it the bundle is over 64 MiB), and what the
-# check never imports (hub downloads over xet, hub kernels, telemetry, the CLIs' colours)
-LEAVE_OUT="numpy hf_xet kernels opentelemetry_api pygments rich markdown_it_py mdurl"
+# check never imports (hub downloads over xet, hub kernels, telemetry)
+LEAVE_OUT="numpy hf_xet kernels opentelemetry_api"
 
 gather() {
     local bundle="$1" python="${PYTHON:-python3}"
