@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, GOOD_KEY, REPO, ServerProcess, base_config, start_lollms
+from tests.e2e.sse import iter_events
 from tests.fixtures.fake_hub import FakeHub
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +94,7 @@ def test_the_first_start_pulls_the_default_model_and_chats(
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("LOLLMS_DEFAULT_MODEL", raising=False)
-    hub.state.delay = 0.1  # a download of a few seconds: the server answers while it runs
+    hub.state.delay = 0.2  # a download of about 7 s: the server answers while it runs
     config = fresh_config(tmp_path)
     (tmp_path / "config.toml").touch(mode=0o600)
     server = start(config, tmp_path)
@@ -107,7 +108,21 @@ def test_the_first_start_pulls_the_default_model_and_chats(
         assert state["status"] == "pulling", state
         assert state["default_ref"] == f"{DEFAULT_REPO}:Q4_K_M" and state["pull"]["total"] > 0
         assert (tmp_path / "models" / "llamacpp_binding").is_dir()
-        # a chat naming no model waits for the pull (the pool's queue_timeout), then answers
+        # a streamed request for the default model follows the pull, then is answered
+        body = {
+            "input_data": [{"type": "text", "role": "user_prompt", "data": "Hello"}],
+            "stream": True,
+            "parameters": {"max_tokens": 4, "seed": 1},
+        }
+        with httpx.stream(
+            "POST", server.url + "/api/v1/generate", json=body, headers=AUTH, timeout=120
+        ) as streamed:
+            assert streamed.status_code == 200
+            events = list(iter_events(streamed))
+        downloading = [event for event in events if event.get("content") == "downloading"]
+        assert downloading and downloading[-1]["metadata"]["file"] == DEFAULT_FILE, events[:3]
+        assert events[-1]["type"] == "final", events[-3:]
+        # a chat naming no model (after the pull, or waiting for it up to the queue_timeout) answers
         response = httpx.post(server.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=120)
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"]
