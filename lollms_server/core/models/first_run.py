@@ -31,7 +31,7 @@ from typing import Any
 
 from lollms_server.core.bindings import BindingInstance, BindingManager
 from lollms_server.core.config import AppConfig
-from lollms_server.core.errors import BadRequestError, LollmsError, ServiceUnavailableError
+from lollms_server.core.errors import BadRequestError, ConflictError, LollmsError, ServiceUnavailableError
 from lollms_server.core.models.config_file import set_default_text_model
 from lollms_server.core.models.hints import default_ref, missing_default_model
 from lollms_server.core.models.hub import hub_offline
@@ -150,12 +150,15 @@ class FirstRun:
 
     async def pull_default(self) -> Pull:
         """Start (or join) the pull of the default model (at start, or the web UI's button):
-        requests for the default text model follow it, and it is adopted once installed. 4xx/503
-        when it cannot start (offline, refused source, too big, no room)."""
+        requests for the default text model follow it, and it is adopted once installed. 409 when
+        the default text binding has its model; 4xx/503 when the pull cannot start (offline,
+        refused source, too big, no room)."""
         if self.instance is None:
             raise BadRequestError("The default text binding keeps no model files to pull.", param="binding")
         if self.pull is not None:
             return self.pull
+        if self.status == "ready" and self.configured() is not None:
+            raise ConflictError(f"The default text binding already has its model '{self.configured()}'.")
         pull = await self.pulls.start(self.instance.name, self.ref, trusted=True)
         if self.pull is not None:  # started meanwhile by another caller
             return self.pull

@@ -54,6 +54,8 @@ async def test_a_refused_default_model_is_explained_and_a_copied_gguf_is_served(
         assert state["model"] == "mine.gguf" and state["message"] is None
         answer = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
         assert answer.status_code == 200, answer.text
+        again = await client.post("/api/v1/models/default/pull", headers=AUTH)
+        assert again.status_code == 409 and "mine.gguf" in again.json()["error"]["message"]
 
 
 async def test_an_instance_with_a_model_is_left_alone(app_client: Any, tmp_path: Path) -> None:
