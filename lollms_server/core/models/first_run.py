@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from lollms_server.core.bindings import BindingInstance, BindingManager
 from lollms_server.core.config import AppConfig
@@ -45,6 +47,29 @@ RETRY_AFTER = 10
 Fetcher = Callable[..., Awaitable[Any]]
 
 
+LOCK_FILE = ".first-run.lock"
+
+
+def claim(folder: Path) -> IO[bytes] | None:
+    """The open lock file of ``folder`` when this process is the one that pulls the default
+    model (several server workers start together: one pulls, the others wait for its file);
+    None when another process holds it. Blocking."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not posix: one process
+        return open(os.devnull, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        handle = open(folder / LOCK_FILE, "a+b")  # noqa: SIM115 - kept open while the pull runs
+    except OSError:  # a read-only folder: the pull says what is wrong
+        return open(os.devnull, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 class FirstRun:
     """The default text instance's model on a fresh install (see the module docstring)."""
 
@@ -59,6 +84,7 @@ class FirstRun:
         self.message: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._claim: IO[bytes] | None = None  # held while this process pulls the default model
 
     def _default_instance(self) -> BindingInstance | None:
         name = self.config.defaults.ttt_binding
@@ -109,6 +135,7 @@ class FirstRun:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self._release()
 
     # ---- the background task ------------------------------------------------------
     async def _run(self) -> None:
@@ -118,11 +145,15 @@ class FirstRun:
             await self._pull()
         if self.status == "ready":
             return
-        await self._explain()
+        if self.status == "missing":
+            await self._explain()
         while self.status != "ready":  # a file copied in (or pulled by hand) is served at once
             await asyncio.sleep(WATCH_SECONDS)
-            if self.status == "missing":
-                await self._adopt_installed()
+            if self.status == "missing" or (self.status == "pulling" and self.pull is None):
+                if not await self._adopt_installed(force=True) and self.status == "pulling":
+                    await self._pull()  # the process that pulled gave up: this one tries
+                    if self.status == "missing":
+                        await self._explain()
 
     async def _adopt_installed(self, force: bool = False) -> bool:
         assert self.instance is not None
@@ -139,14 +170,28 @@ class FirstRun:
         if hub_offline():
             self.message = "The hub is offline (HF_HUB_OFFLINE is set): the default model is not pulled."
             return
+        assert self.instance is not None
+        handle = await asyncio.to_thread(claim, self.instance.models_folder)
+        if handle is None:  # another server process pulls it: its file is adopted when it lands
+            self.status, self.message = "pulling", None
+            return
+        self._claim = handle
         try:
             await self.pull_default()
         except LollmsError as exc:
             self.status = "missing"
             self.message = f"Pulling the default model {self.ref} failed: {exc.message}"
             return
+        finally:
+            if self.pull is None:
+                self._release()
         if self._follower is not None:
             await asyncio.shield(self._follower)
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
 
     async def pull_default(self) -> Pull:
         """Start (or join) the pull of the default model (at start, or the web UI's button):
@@ -186,6 +231,7 @@ class FirstRun:
             return
         finally:
             self.pull = None
+            self._release()
         self.config.defaults.ttt_model = None
         await self._adopt(names[0])
 

@@ -75,3 +75,30 @@ def test_the_config_file_is_replaced_whole_with_its_mode(tmp_path: Path) -> None
     )
     assert path.stat().st_mode & 0o777 == 0o640
     assert sorted(item.name for item in tmp_path.iterdir()) == ["config.toml"]  # no temporary left
+
+
+async def test_one_server_process_pulls_the_others_wait_for_its_file_or_take_over(
+    app_client: Any, tmp_path: Path, models_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(first_run, "hub_offline", lambda: False)
+    monkeypatch.setattr(first_run, "WATCH_SECONDS", 0.1)
+    folder = tmp_path / "fresh-models" / "llamacpp_binding"
+    folder.mkdir(parents=True)
+    other_process = first_run.claim(folder)  # another worker is pulling
+    assert other_process is not None and first_run.claim(folder) is None
+    nowhere = {"hub_endpoint": "http://127.0.0.1:9"}  # no hub: a pull here would fail at once
+    async with app_client(**fresh(tmp_path, **nowhere)) as client:
+        await asyncio.sleep(0.5)
+        state = (await client.get("/api/v1/models/default", headers=AUTH)).json()
+        assert state["status"] == "pulling" and state["pull"] is None  # waiting, not pulling twice
+        waiting = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+        assert waiting.status_code == 503 and "being pulled" in waiting.json()["error"]["message"]
+        shutil.copy(models_folder / "llamacpp_binding" / "tiny.gguf", folder / "pulled.gguf")
+        state = await state_when(client, lambda state: state["status"] == "ready")
+        assert state["model"] == "pulled.gguf"
+    (folder / "pulled.gguf").unlink()
+    async with app_client(**fresh(tmp_path, **nowhere)) as client:
+        await asyncio.sleep(0.3)
+        other_process.close()  # that worker gave up without a file: this one tries, and says why not
+        state = await state_when(client, lambda state: state["status"] == "missing" and state["message"])
+        assert "Pulling the default model" in state["message"] and "failed" in state["message"]
