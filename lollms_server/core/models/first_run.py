@@ -17,6 +17,9 @@ instances that keep model files are created, then, while the default text instan
   what to do: the command, and the folder to copy a GGUF into. A request meanwhile gets 503 with
   the same words.
 
+With several server workers one process pulls (it holds ``.first-run.lock`` in the models
+folder); the others answer "being pulled" and adopt its file, or pull themselves if it gave up.
+
 An adopted model is written into ``config.toml`` (``defaults.ttt_model``, atomically, same mode)
 when ``pull_default_on_start`` is on, so the next start neither pulls nor looks again.
 """
