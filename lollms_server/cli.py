@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lollms_server import __version__
+from lollms_server.cli_first_run import add_chat_command, run_chat, run_pull_default
 from lollms_server.cli_models import add_model_commands, run_models, run_pull, run_rm
 from lollms_server.core.config import AppConfig, load_config
 from lollms_server.core.errors import ConfigError
@@ -20,6 +21,7 @@ from lollms_server.utils.paths import shipped
 
 EXAMPLE_CONFIG = shipped("config.toml.example")
 KEYS_LINE = re.compile(r"^api_keys\s*=\s*\[\s*\]\s*$", re.MULTILINE)
+PULL_DEFAULT_LINE = re.compile(r"^pull_default_on_start\s*=\s*false\b", re.MULTILINE)
 
 
 def user_config_path() -> Path:
@@ -44,7 +46,9 @@ def find_config(explicit: str | None) -> Path:
 
 
 def write_initial_config(path: Path, force: bool = False) -> str:
-    """Write a config from the example with a new admin key; return the key (shown once)."""
+    """Write a config from the example with a new admin key and ``[models] pull_default_on_start``
+    on (a server started on it pulls a default text model when it has none); return the key
+    (shown once)."""
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite it)")
     try:
@@ -56,6 +60,7 @@ def write_initial_config(path: Path, force: bool = False) -> str:
     text, count = KEYS_LINE.subn(entry, template, count=1)
     if count != 1:
         raise ConfigError(f"{EXAMPLE_CONFIG}: no 'api_keys = []' line to fill in")
+    text = PULL_DEFAULT_LINE.sub("pull_default_on_start = true", text, count=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     if os.name == "posix":
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--binding", help="binding instance for --model (default: the default text binding)")
     add_model_commands(commands)
+    add_chat_command(commands)
     commands.add_parser(
         "cluster-stop",
         help='stop the Ray actors of this config\'s pools (cluster.mode = "ray"), e.g. after changing '
@@ -146,7 +152,12 @@ def serve(config: AppConfig) -> None:
         uvicorn.run(create_app(config), **common)
 
 
-MODEL_COMMANDS = {"pull": run_pull, "models": run_models, "rm": run_rm}
+def pull_command(config: AppConfig, args: argparse.Namespace) -> int:
+    """``pull REF``; ``pull`` alone: the default text model (``scripts/run.sh``)."""
+    return run_pull_default(config, args) if args.ref is None else run_pull(config, args)
+
+
+MODEL_COMMANDS = {"pull": pull_command, "models": run_models, "rm": run_rm, "chat": run_chat}
 
 
 def init_model(path: Path, args: argparse.Namespace) -> int:
@@ -178,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"Wrote {path}\n"
                     f"Your API key (shown only now; the file keeps only its hash):\n\n    {key}\n\n"
                     "Send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.\n"
+                    + (
+                        ""
+                        if args.model
+                        else "Without a text model, the server pulls a default one when it starts "
+                        "([models] pull_default_on_start).\n"
+                    )
                 )
             return init_model(path, args) if args.model else 0
         config = load_config(find_config(args.config))

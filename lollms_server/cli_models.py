@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 from lollms_server.core.bindings import BindingManager
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import ConfigError, LollmsError
+from lollms_server.core.models.config_file import set_default_text_model
 
-TTT_MODEL_LINE = re.compile(r"^#?\s*ttt_model\s*=.*$", re.MULTILINE)
+__all__ = ["add_model_commands", "run_models", "run_pull", "run_rm", "set_default_text_model"]
 
 
 def add_model_commands(commands: Any) -> None:
     """The subcommands, on the parser's subparsers."""
     pull = commands.add_parser("pull", help="download a model from the hub into a binding's models folder")
-    pull.add_argument("ref", help="owner/repo/file.gguf, owner/repo:QUANT (e.g. :Q4_K_M) or owner/repo")
+    pull.add_argument(
+        "ref",
+        nargs="?",
+        help="owner/repo/file.gguf, owner/repo:QUANT (e.g. :Q4_K_M) or owner/repo; omitted: the default "
+        "text model when the default text binding has none ([models] default_model), set as "
+        "defaults.ttt_model",
+    )
     _common(pull)
     models = commands.add_parser("models", help="list the installed models of every binding, with sizes")
     _common(models)
@@ -174,26 +179,3 @@ def run_rm(config: AppConfig, args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(f"Deleted {args.model} from {name}\n")
     return 0
-
-
-def set_default_text_model(path: Path, model: str) -> None:
-    """Write ``defaults.ttt_model = model`` into the config file (its other lines untouched)."""
-    text = path.read_text(encoding="utf-8")
-    line = f"ttt_model = {_toml_string(model)}"
-    defaults = re.search(r"^\[defaults\]\s*$", text, re.MULTILINE)
-    if defaults is None:
-        text = text.rstrip("\n") + f"\n\n[defaults]\n{line}\n"
-    else:
-        section_end = re.search(r"^\[", text[defaults.end() :], re.MULTILINE)
-        end = defaults.end() + (section_end.start() if section_end else len(text) - defaults.end())
-        section = text[defaults.end() : end]
-        if TTT_MODEL_LINE.search(section):
-            section = TTT_MODEL_LINE.sub(line, section, count=1)
-        else:
-            section = f"\n{line}" + section
-        text = text[: defaults.end()] + section + text[end:]
-    path.write_text(text, encoding="utf-8")
-
-
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

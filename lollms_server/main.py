@@ -31,6 +31,7 @@ from lollms_server.core.functions import FunctionManager
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.metrics import Metrics
 from lollms_server.core.models import PullManager
+from lollms_server.core.models.first_run import FirstRun
 from lollms_server.core.models.hints import missing_default_model
 from lollms_server.core.personalities import PersonalityManager
 from lollms_server.core.pools import PoolRegistry
@@ -78,10 +79,15 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
             app.state.jobs = await JobService.open(config, app.state.generation, keys.principal_named)
         metrics.watch(pools.snapshot)
         app.state.pulls = pull_manager(config, bindings, pools)
-        app.state.generation.model_fetcher = app.state.pulls.for_first_use
-        hint = await asyncio.to_thread(missing_default_model, config, bindings)
-        if hint is not None:
-            logger.warning("%s", hint)
+        app.state.first_run = FirstRun(config, bindings, app.state.pulls)
+        app.state.generation.model_fetcher = app.state.first_run.fetcher(app.state.pulls.for_first_use)
+        app.state.generation.no_model = app.state.first_run.no_model
+        if app.state.first_run.configured() is not None or app.state.first_run.instance is None:
+            hint = await asyncio.to_thread(missing_default_model, config, bindings)
+            if hint is not None:
+                logger.warning("%s", hint)
+        if not pool_worker:  # folders now; a missing default model in the background (the gateway's job)
+            await app.state.first_run.start()
         logger.info(
             "lollms_server %s ready: %d binding types, %d instances, %d personalities, %d functions",
             __version__,
@@ -93,6 +99,7 @@ def create_app(config: AppConfig, *, pool_worker: bool = False) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.first_run.close()
             await app.state.pulls.close()
             if pool_worker:
                 await app.state.leases.close_all()

@@ -250,12 +250,17 @@ def client_prompts(clients: int) -> list[str]:
     return [f"{PROMPT} Client {index} wants it told in its own way." for index in range(clients)]
 
 
-def batched_limit(model: Path, clients: int, tokens: int, threads: int, n_ctx: int) -> dict[str, float]:
+def batched_limit(
+    model: Path, clients: int, tokens: int, threads: int, n_ctx: int, gpu_layers: int = 0
+) -> dict[str, float]:
     """The same sequences decoded together with llama.cpp's low-level API and nothing else: one
-    batch with every prompt, then one token per sequence per ``llama_decode`` (greedy)."""
+    batch with every prompt, then one token per sequence per ``llama_decode`` (greedy).
+    ``gpu_layers``: layers offloaded to the GPU (-1: all; ``scripts/gpu_check.py``)."""
     import llama_cpp
 
-    llama = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_threads=threads, verbose=False)
+    llama = llama_cpp.Llama(
+        model_path=str(model), n_ctx=64, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False
+    )
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_seq_max, params.n_batch, params.n_ubatch = n_ctx * clients, clients, 512, 512
     params.n_threads = params.n_threads_batch = threads

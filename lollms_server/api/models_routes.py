@@ -16,11 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from lollms_server.api.deps import AdminUser
+from lollms_server.api.deps import AdminUser, GenerateUser
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.errors import LollmsError, NotFoundError
 from lollms_server.core.models import Pull, PullManager
+from lollms_server.core.models.first_run import FirstRun
 from lollms_server.errors import error_body
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -32,6 +33,14 @@ def get_pulls(request: Request) -> PullManager:
 
 
 PullsDep = Annotated[PullManager, Depends(get_pulls)]
+
+
+def get_first_run(request: Request) -> FirstRun:
+    first_run: FirstRun = request.app.state.first_run
+    return first_run
+
+
+FirstRunDep = Annotated[FirstRun, Depends(get_first_run)]
 
 
 class PullRequest(BaseModel):
@@ -105,6 +114,27 @@ def _pull(pulls: PullManager, pull_id: str) -> Pull:
     if pull is None:
         raise NotFoundError("No such pull.", param="pull_id")
     return pull
+
+
+@router.get("/default")
+async def default_model(principal: GenerateUser, first_run: FirstRunDep) -> dict[str, Any]:
+    """The default text model: ``status`` ready (``model``), pulling (``pull`` progress) or
+    missing (``message``: the command and the folder to copy a GGUF into; the web UI shows it).
+    ``models_folder`` and ``message`` are for admin keys only (they name server paths)."""
+    described = first_run.describe()
+    if "admin" not in principal.scopes:
+        described["models_folder"] = None
+        if described["message"]:
+            described["message"] = "This server has no text model yet; an administrator can pull one."
+    return described
+
+
+@router.post("/default/pull")
+async def pull_default_model(_: AdminUser, first_run: FirstRunDep) -> dict[str, Any]:
+    """Start (or join) the pull of the default model (``[models] default_model``); it becomes
+    ``defaults.ttt_model`` once installed. Follow it with ``GET /api/v1/models/default``."""
+    pull = await first_run.pull_default()
+    return {**first_run.describe(), "pull": pull.describe()}
 
 
 @router.delete("/{instance}/{model:path}")

@@ -273,6 +273,18 @@ class ModelsConfig(StrictModel):
     first_use_total_gb: float = Field(
         50.0, ge=0, description="The same budget for all generate keys together (more: 403)."
     )
+    pull_default_on_start: bool = Field(
+        False,
+        description="When the default text instance has no model and none is installed, pull "
+        "default_model at start (in the background) and make it defaults.ttt_model (written into "
+        "config.toml). `lollms-server init` turns it on.",
+    )
+    default_model: str | None = Field(
+        None,
+        max_length=512,
+        description="What that first-run pull fetches. Unset: the LOLLMS_DEFAULT_MODEL variable, else "
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M.",
+    )
 
     def sources(self, downloads: DownloadsConfig) -> list[str]:
         return list(self.allowed_sources if self.allowed_sources is not None else downloads.allowed_sources)

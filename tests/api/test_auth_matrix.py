@@ -15,6 +15,7 @@ MODEL_MANAGEMENT = {
     "/api/v1/models/pull",
     "/api/v1/models/pulls",
     "/api/v1/models/pulls/{pull_id}",
+    "/api/v1/models/default/pull",  # the default text instance (echo) takes no pulls: 400
     "/api/v1/models/echo/{model}",  # {instance} -> echo (PATH_VALUES)
     "/api/pull",
     "/api/delete",

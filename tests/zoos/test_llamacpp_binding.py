@@ -56,3 +56,61 @@ async def test_binding_loads_streams_and_unloads(module: Any, models_folder: Pat
         [chunk async for chunk in binding.stream_text("tiny.gguf", long_prompt, CancelToken())]
     await binding.unload_model("tiny.gguf")
     assert binding.loaded_models() == []
+
+
+def test_gpu_layers_auto_follows_the_build_and_a_number_wins(
+    module: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import llama_cpp
+
+    model = tmp_path / "m.gguf"
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    assert module.resolve_gpu_layers({"n_gpu_layers": "auto"}, model) == -1  # every layer
+    assert module.resolve_gpu_layers({}, model) == -1
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    assert module.resolve_gpu_layers({"n_gpu_layers": "auto"}, model) == 0  # a CPU build
+    assert module.resolve_gpu_layers({"n_gpu_layers": 12}, model) == 12
+    assert module.resolve_gpu_layers({"n_gpu_layers": -7}, model) == -1
+    assert module.resolve_gpu_layers({"n_gpu_layers": 10**12}, model) == module.MAX_GPU_LAYERS
+
+
+def test_gpu_layers_setting_takes_a_number_or_auto_only() -> None:
+    from lollms_server.core.errors import ConfigError
+
+    def settings(value: Any) -> dict[str, Any]:
+        config = config_from_dict(
+            {
+                "server": {"auto_install_requirements": False},
+                "bindings": {"llm": {"type": "llamacpp_binding", "n_gpu_layers": value}},
+            },
+            environ={},
+        )
+        return BindingManager(config).instances["llm"].settings
+
+    assert settings("auto")["n_gpu_layers"] == "auto" and settings(20)["n_gpu_layers"] == 20
+    for bad in ("all", True, 1.5):
+        with pytest.raises(ConfigError, match='an int or "auto"'):
+            settings(bad)
+    default = config_from_dict({"server": {"auto_install_requirements": False}}, environ={})
+    assert BindingManager(default).cards["llamacpp_binding"].instance_schema["n_gpu_layers"].default == "auto"
+
+
+async def test_the_loaded_model_says_how_many_layers_it_offloaded(models_folder: Path) -> None:
+    config = config_from_dict(
+        {
+            "server": {"auto_install_requirements": False},
+            "paths": {"models_folder": str(models_folder)},
+            "bindings": {"llm": {"type": "llamacpp_binding", "n_threads": 1, "n_ctx": 256, "parallel": 1}},
+        },
+        environ={},
+    )
+    binding = await BindingManager(config).get("llm")
+    await binding.load_model("tiny.gguf")
+    try:
+        info = await binding.get_model_info("tiny.gguf")
+        import llama_cpp
+
+        expected = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        assert info["n_gpu_layers"] == expected and info["gpu_offload"] is (expected != 0)
+    finally:
+        await binding.unload_model("tiny.gguf")

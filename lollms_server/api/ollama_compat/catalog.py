@@ -8,6 +8,7 @@ listing (name, size, file time); it is not a hash of the weights, which would me
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -217,8 +218,21 @@ def running(config: AppConfig, generation: GenerationService, principal: Princip
 
 
 def on_gpu(instance: BindingInstance) -> bool:
-    """Whether the instance's settings put its model on an accelerator."""
+    """Whether the instance's settings put its model on an accelerator (``n_gpu_layers = "auto"``:
+    when the installed llama.cpp can offload, as the binding decides)."""
     settings = instance.settings
     layers = settings.get("n_gpu_layers")
+    if layers == "auto":
+        return llama_gpu_offload()
     device = str(settings.get("device") or "")
     return bool(isinstance(layers, int) and layers != 0) or device.startswith(("cuda", "mps", "xpu"))
+
+
+@functools.cache
+def llama_gpu_offload() -> bool:
+    """Whether the installed llama-cpp-python has a GPU backend (looked up once)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())

@@ -27,7 +27,11 @@ class StreamOptions(OpenAIModel):
 
 
 class ChatCompletionRequest(OpenAIModel):
-    model: str = Field(..., max_length=512, description="<binding instance> or <binding instance>/<model>.")
+    model: str | None = Field(
+        None,
+        max_length=512,
+        description="<binding instance> or <binding instance>/<model>; omitted: the default text model.",
+    )
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None

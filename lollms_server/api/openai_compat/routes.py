@@ -98,7 +98,7 @@ async def chat_completions(
         stream=body.stream,
         priority=body.priority,
     )
-    head = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": body.model}
+    head = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": body.model or "default"}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.tools and body.tool_choice != "none":
         return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)

@@ -24,7 +24,9 @@ class SettingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["str", "int", "float", "bool", "list", "dict"] = Field("str", description="Value type.")
+    type: Literal["str", "int", "float", "bool", "list", "dict", "int_or_auto"] = Field(
+        "str", description='Value type (int_or_auto: a whole number or the string "auto").'
+    )
     default: Any = Field(None, description="Value when the instance does not set it.")
     description: str = Field("", description="What the setting does.")
     options: list[Any] | None = Field(None, description="Allowed values, when restricted.")
@@ -60,6 +62,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list": lambda v: isinstance(v, list),
     "dict": lambda v: isinstance(v, dict),
+    "int_or_auto": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool)),
 }
 
 
@@ -81,7 +84,8 @@ def validate_settings(instance: str, card: BindingCard, values: dict[str, Any]) 
             continue
         value = values[key]
         if value is not None and not _TYPE_CHECKS[spec.type](value):
-            raise ConfigError(f"bindings.{instance}.{key}: expected {spec.type}, got {type(value).__name__}")
+            expected = 'an int or "auto"' if spec.type == "int_or_auto" else spec.type
+            raise ConfigError(f"bindings.{instance}.{key}: expected {expected}, got {type(value).__name__}")
         if spec.type == "float" and isinstance(value, int):
             value = float(value)
         if spec.options is not None and value is not None and value not in spec.options:

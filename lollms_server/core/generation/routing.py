@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lollms_server.core.bindings import BindingInstance, BindingManager
 from lollms_server.core.config import AppConfig
-from lollms_server.core.errors import BadRequestError
+from lollms_server.core.errors import BadRequestError, LollmsError
 from lollms_server.core.generation.media_inputs import validate_media_parameters
 from lollms_server.core.generation.text_inputs import validate_text_parameters
 from lollms_server.core.personalities import Personality
@@ -42,9 +43,11 @@ def resolve(
     binding_name: str | None,
     model_name: str | None,
     personality: Personality | None = None,
+    no_model: Callable[[BindingInstance], LollmsError | None] | None = None,
 ) -> Target:
-    """The target of a request: 400 when nothing names a binding or a model, 403 when the key
-    may not use the binding, 404 for an unknown binding."""
+    """The target of a request: 400 when nothing names a binding or a model (or ``no_model``'s
+    error: the first run's 503 saying how to get one), 403 when the key may not use the binding,
+    404 for an unknown binding."""
     defaults = config.defaults
     recommended = personality.config if personality is not None and generation_type == "ttt" else None
     if binding_name is None and recommended is not None and recommended.recommended_binding:
@@ -71,6 +74,9 @@ def resolve(
         model = defaults.model_for(generation_type)
     model = model or instance.config.model_name
     if not model:
+        error = no_model(instance) if no_model is not None else None
+        if error is not None:
+            raise error
         raise BadRequestError(
             f"No model for binding '{instance.name}': give model_name or set its model_name.",
             param="model_name",

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from lollms_server.core.bindings import Binding, BindingManager, CancelToken, TextResult
+from lollms_server.core.bindings import Binding, BindingInstance, BindingManager, CancelToken, TextResult
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import (
     BadRequestError,
@@ -93,6 +93,9 @@ class GenerationService:
         self.model_fetcher: ModelFetcher | None = None
         """Starts or joins the pull of a missing model (``PullManager.for_first_use``), before
         admission: a first-use download holds no slot (see ``first_use``)."""
+        self.no_model: Callable[[BindingInstance], LollmsError | None] | None = None
+        """The error for a request whose instance has no model (the first run's 503 saying how
+        to get one, ``core.models.first_run``); None: routing's 400."""
         self.gates = InstanceGates(list(bindings.instances))
 
     def personality_of(self, request: GenerateRequest) -> Personality | None:
@@ -109,7 +112,14 @@ class GenerationService:
         personality: Personality | None = None,
     ) -> Target:
         return resolve(
-            self.config, self.bindings, principal, generation_type, binding_name, model_name, personality
+            self.config,
+            self.bindings,
+            principal,
+            generation_type,
+            binding_name,
+            model_name,
+            personality,
+            self.no_model,
         )
 
     def _workflow(

@@ -49,6 +49,7 @@ async function signIn(key) {
     message.textContent = "This key has neither the generate nor the admin scope.";
     return false;
   }
+  views.chat.notice.admin = isAdmin; // admins get the no-model notice's pull button
   if (canGenerate) await Promise.all([views.chat.refresh(), views.media.refresh()]);
   message.textContent = "";
   $("api-key").value = "";

@@ -3,6 +3,7 @@
 
 import { isAbort, parseObject, streamEvents } from "./api.js";
 import { $, element, fillSelect, numberOf, seconds } from "./dom.js";
+import { NoModelNotice } from "./firstrun.js";
 import { renderMarkdown } from "./markdown.js";
 
 /** The status line's text for a queued / started / progress ``info`` event. */
@@ -34,11 +35,23 @@ export class ChatView {
     });
     $("chat-stop").addEventListener("click", () => this.stop());
     $("chat-clear").addEventListener("click", () => this.clear());
-    $("chat-binding").addEventListener("change", () => this.catalog.fillModels("ttt", $("chat-binding"), $("chat-model")));
+    $("chat-binding").addEventListener("change", () => {
+      this.notice.render();
+      this.catalog.fillModels("ttt", $("chat-binding"), $("chat-model"));
+    });
+    this.notice = new NoModelNotice(catalog, () => this.modelArrived());
+  }
+
+  /** The default text model is there (pulled, or copied in): the pickers learn it. */
+  async modelArrived() {
+    this.catalog.models.clear();
+    await this.catalog.load();
+    await this.catalog.fillPickers("ttt", $("chat-binding"), $("chat-model"));
   }
 
   async refresh() {
     await this.catalog.fillPickers("ttt", $("chat-binding"), $("chat-model"));
+    await this.notice.check();
     const personalities = this.catalog.personalities.map((name) => [name, name]);
     fillSelect($("chat-personality"), [["", "none"], ...personalities], this.catalog.defaults.personality || "");
   }
@@ -84,7 +97,7 @@ export class ChatView {
   }
 
   async send() {
-    if (this.controller) return;
+    if (this.controller || !$("no-model").hidden) return;
     const prompt = $("chat-input").value;
     if (!prompt.trim()) return;
     const status = $("chat-status");

@@ -52,11 +52,38 @@ SAMPLING_KEYS = (
 )
 
 
+MAX_GPU_LAYERS = 100_000  # more than any model has; llama.cpp offloads what there is
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama-cpp-python build has a GPU backend (CUDA, Metal, Vulkan, ROCm...)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def resolve_gpu_layers(settings: dict[str, Any], model_path: Path) -> int:
+    """The ``n_gpu_layers`` llama.cpp gets for the model at ``model_path``: an explicit number
+    wins (negative = every layer); ``"auto"`` (the default) = every layer (-1) when the build
+    can offload, else 0.
+
+    This is where the device memory arbiter (``lollms_server.core.devices``) plugs in: with it,
+    ``"auto"`` becomes the largest layer count that fits the free memory of the instance's device
+    (``model_path`` gives the file size and layer count to weigh); until then every layer is
+    offloaded and a model too big for the card fails to load with llama.cpp's error."""
+    wanted = settings.get("n_gpu_layers", "auto")
+    if wanted is None or wanted == "auto":
+        return -1 if gpu_offload_supported() else 0
+    layers = int(wanted)
+    return -1 if layers < 0 else min(layers, MAX_GPU_LAYERS)
+
+
 class LoadedLlama:
-    def __init__(self, llama: Any, path: Path, engine: BatchEngine) -> None:
+    def __init__(self, llama: Any, path: Path, engine: BatchEngine, gpu_layers: int = 0) -> None:
         self.llama = llama
         self.path = path
         self.engine = engine
+        self.gpu_layers = gpu_layers  # what n_gpu_layers resolved to (-1 = all)
         self.size_mb = path.stat().st_size / 2**20
         self.chat_formatter: Any = None  # built once from the model's chat template
 
@@ -173,10 +200,11 @@ class LlamaCppBinding(Binding):
         import llama_cpp
 
         settings = self.settings
+        gpu_layers = resolve_gpu_layers(settings, path)
         llama = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=settings["n_ctx"],
-            n_gpu_layers=settings["n_gpu_layers"],
+            n_gpu_layers=gpu_layers,
             n_threads=settings["n_threads"] or None,
             n_batch=settings["n_batch"],
             chat_format=settings["chat_format"] or None,
@@ -190,7 +218,14 @@ class LlamaCppBinding(Binding):
         except BaseException:
             llama.close()
             raise
-        return LoadedLlama(llama, path, engine)
+        logger.info(
+            "Loaded %s with n_gpu_layers=%d (%s%s)",
+            path.name,
+            gpu_layers,
+            "setting " if settings.get("n_gpu_layers") not in (None, "auto") else "auto: ",
+            "GPU offload" if gpu_layers != 0 else "CPU only",
+        )
+        return LoadedLlama(llama, path, engine, gpu_layers)
 
     async def load_model(self, model_name: str) -> None:
         if model_name in self._models:
@@ -257,6 +292,8 @@ class LlamaCppBinding(Binding):
                 architecture=metadata.get("general.architecture"),
                 has_chat_template="tokenizer.chat_template" in metadata,
                 size_mb=round(loaded.size_mb, 3),
+                n_gpu_layers=loaded.gpu_layers,
+                gpu_offload=loaded.gpu_layers != 0,
             )
             return info
         path = await self.run_blocking(self._locate_local, model_name)
