@@ -85,8 +85,16 @@ class Binding:
         return 0.0
 
     async def estimate_footprint_mb(self, model_name: str) -> float | None:
-        """Memory the model will need once loaded, if it can be told before loading."""
+        """Memory the model will need once loaded on :meth:`memory_device` (weights plus what
+        the binding allocates with them: KV cache, buffers), if it can be told before loading.
+        The server reserves it on the device before the load, so an estimate should rather be
+        high than low; after the load it measures :meth:`footprint_mb` and remembers it."""
         return None
+
+    def memory_device(self, model_name: str) -> str:
+        """Where ``model_name`` puts its memory: ``cpu``, ``cuda:0``, ``cuda:1``..., ``mps``
+        (one memory arbiter per device, shared by every pool; see core.devices)."""
+        return "cpu"
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         return {"binding": self.instance_name, "model_name": model_name}

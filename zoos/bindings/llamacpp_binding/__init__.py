@@ -34,6 +34,7 @@ from lollms_server.core.bindings import (
 )
 
 from .batching import RANDOM_SEED, BatchEngine, Finished, LoopSink, Sampling, SequenceRequest
+from .memory import Footprint, estimate_footprint, layers_that_fit, offloaded_layers, read_header
 from .structured import requested_grammar
 
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
@@ -59,6 +60,7 @@ class LoadedLlama:
         self.engine = engine
         self.size_mb = path.stat().st_size / 2**20
         self.chat_formatter: Any = None  # built once from the model's chat template
+        self.footprint: Footprint | None = None  # what the load holds, per device
 
 
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.cpp's LLAMA_FLASH_ATTN_TYPE_*
@@ -190,7 +192,30 @@ class LlamaCppBinding(Binding):
         except BaseException:
             llama.close()
             raise
-        return LoadedLlama(llama, path, engine)
+        loaded = LoadedLlama(llama, path, engine)
+        try:  # the footprint of the context really made (its n_ctx is padded by llama.cpp)
+            header = read_header(path)
+            loaded.footprint = estimate_footprint(
+                header, {**settings, "n_ctx": engine.n_ctx_seq, "parallel": parallel}, self._gpu()
+            )
+        except (OSError, ValueError, KeyError):
+            logger.warning("Could not read the GGUF header of %s", path, exc_info=True)
+        return loaded
+
+    @staticmethod
+    def _gpu() -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+
+    def memory_device(self, model_name: str) -> str:
+        """A GPU (``cuda:<main_gpu>``, ``mps`` on Apple) when layers are offloaded to one,
+        else the CPU."""
+        if not self._gpu() or offloaded_layers(self.settings.get("n_gpu_layers", 0), 1) == 0:
+            return "cpu"
+        import sys
+
+        return "mps" if sys.platform == "darwin" else f"cuda:{int(self.settings.get('main_gpu') or 0)}"
 
     async def load_model(self, model_name: str) -> None:
         if model_name in self._models:
@@ -218,29 +243,40 @@ class LlamaCppBinding(Binding):
         return list(self._models)
 
     def footprint_mb(self, model_name: str) -> float:
+        """What the loaded model holds on its device: the weights of its layers there, their KV
+        cache (``parallel x n_ctx`` cells at the cache type) and the compute buffer."""
         loaded = self._models.get(model_name)
         if loaded is None:
             return 0.0
-        # weights (the file) plus the KV cache: 2 (K and V) x layers x context x kv width x f16
-        llama = loaded.llama
-        metadata = llama.metadata
-        arch = metadata.get("general.architecture", "llama")
-        try:
-            layers = int(metadata.get(f"{arch}.block_count", 0))
-            width = int(metadata.get(f"{arch}.embedding_length", 0))
-            heads = int(metadata.get(f"{arch}.attention.head_count", 1)) or 1
-            kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
-            kv_mb = 2 * layers * llama.n_ctx() * (width * kv_heads // heads) * 2 / 2**20
-        except (TypeError, ValueError):
-            kv_mb = 0.0
-        return loaded.size_mb + kv_mb
+        if loaded.footprint is None:  # an unreadable header: the file
+            return loaded.size_mb
+        footprint = loaded.footprint
+        return (footprint.gpu if self.memory_device(model_name) != "cpu" else footprint.total) / 2**20
 
     async def estimate_footprint_mb(self, model_name: str) -> float | None:
+        """The same numbers, from the GGUF header, before the load."""
         try:
             path = safe_join(self.models_folder, model_name)
-            return path.stat().st_size / 2**20 if path.is_file() else None
-        except (BadRequestError, OSError):
+        except BadRequestError:
             return None
+        if not path.is_file():
+            return None
+        gpu = self.memory_device(model_name) != "cpu"
+
+        def estimate() -> float | None:
+            try:
+                footprint = estimate_footprint(read_header(path), self.settings, gpu)
+            except (OSError, ValueError, KeyError):
+                logger.warning("Could not read the GGUF header of %s", path, exc_info=True)
+                return path.stat().st_size / 2**20 if path.is_file() else None
+            return (footprint.gpu if gpu else footprint.total) / 2**20
+
+        return await self.run_blocking(estimate)
+
+    def layers_that_fit(self, model_name: str, free_bytes: int) -> int:
+        """The largest ``n_gpu_layers`` of ``model_name`` with these settings whose GPU share
+        fits ``free_bytes`` (for ``n_gpu_layers = "auto"``; blocking: call it in a thread)."""
+        return layers_that_fit(self._locate_local(model_name), self.settings, free_bytes)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         info: dict[str, Any] = {"binding": self.instance_name, "model_name": model_name}
