@@ -74,6 +74,12 @@ class ModelOwner(Protocol):
     def memory_device(self, model_name: str) -> str: ...
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed (``torch.OutOfMemoryError``, ``torch.cuda.OutOfMemoryError``
+    and the like, told by name: torch is not imported here)."""
+    return any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__)
+
+
 class KeyedLocks:
     """One lock per key, kept only while someone holds or waits for it (keys chosen by requests
     must not pile up)."""
@@ -306,9 +312,26 @@ class ResourceManager:
                 raise asyncio.CancelledError() from None
             raise
         except Exception as exc:
-            logger.exception("Loading %s/%s failed", binding.instance_name, model)
             if cancelled:
                 raise asyncio.CancelledError() from None
+            if is_out_of_memory(exc):  # the estimate was short: remember more, and say "memory"
+                raised = max(2 * estimate, 1.0)
+                logger.warning(
+                    "Loading %s/%s ran out of memory on %s (estimated %.0f MB; next time %.0f MB)",
+                    binding.instance_name,
+                    model,
+                    arbiter.name,
+                    estimate,
+                    raised,
+                )
+                arbiter.stats.rejections["memory"] += 1
+                self.devices.store.remember(self._footprint_key(binding, model, arbiter.name), raised)
+                raise PoolBusyError(
+                    f"Model '{model}' did not fit on {arbiter.name} (out of memory while loading).",
+                    retry_after=pool.retry_after(),
+                    reason="memory",
+                ) from None
+            logger.exception("Loading %s/%s failed", binding.instance_name, model)
             raise BindingError(f"Loading model '{model}' failed ({type(exc).__name__}).") from exc
         elapsed = time.monotonic() - started
         self._owners[binding.instance_name] = binding
