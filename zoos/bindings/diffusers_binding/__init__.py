@@ -41,6 +41,13 @@ VIDEO_PIPELINES = (
 )
 
 
+def _dtype_argument() -> str:
+    """``dtype`` where diffusers takes it (it deprecates ``torch_dtype``), else ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 class LoadedPipeline(LoadedTorchModel):
     def __init__(self, pipeline: Any) -> None:
         super().__init__(pipeline)
@@ -63,7 +70,7 @@ class DiffusersBinding(TorchBinding):
     def load_from(self, location: str) -> LoadedPipeline:
         from diffusers import DiffusionPipeline
 
-        pipeline = DiffusionPipeline.from_pretrained(location, torch_dtype=self.dtype)
+        pipeline = DiffusionPipeline.from_pretrained(location, **{_dtype_argument(): self.dtype})
         pipeline.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         return LoadedPipeline(pipeline)
