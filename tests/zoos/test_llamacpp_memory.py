@@ -74,7 +74,9 @@ async def test_header_weights_are_llama_cpp_model_size(models_folder: Path, memo
         await binding.unload_model(model)
 
 
-@pytest.mark.parametrize(("model", "n_ctx", "parallel"), [("tiny.gguf", 300, 3), ("slow.gguf", 512, 2)])
+@pytest.mark.parametrize(
+    ("model", "n_ctx", "parallel"), [("tiny.gguf", 300, 3), ("tiny.gguf", 4096, 1), ("slow.gguf", 512, 2)]
+)
 async def test_kv_formula_is_llama_cpp_kv_buffer(
     models_folder: Path, memory: Any, llama_log: list[str], model: str, n_ctx: int, parallel: int
 ) -> None:
