@@ -307,10 +307,6 @@ class ResourceManager:
             cancelled = True
         try:
             load.result()
-        except LollmsError:
-            if cancelled:
-                raise asyncio.CancelledError() from None
-            raise
         except Exception as exc:
             if cancelled:
                 raise asyncio.CancelledError() from None
@@ -331,6 +327,8 @@ class ResourceManager:
                     retry_after=pool.retry_after(),
                     reason="memory",
                 ) from None
+            if isinstance(exc, LollmsError):
+                raise
             logger.exception("Loading %s/%s failed", binding.instance_name, model)
             raise BindingError(f"Loading model '{model}' failed ({type(exc).__name__}).") from exc
         elapsed = time.monotonic() - started

@@ -11,10 +11,12 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from lollms_server.core.bindings import threads
 from lollms_server.core.bindings.base import Binding, BindingContext
-from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError
+from lollms_server.core.bindings.contract import CancelToken
+from lollms_server.core.errors import BadRequestError, BindingError, NotFoundError, ServiceUnavailableError
 from lollms_server.utils.paths import safe_join
 
 __all__ = [
@@ -29,8 +31,11 @@ __all__ = [
     "weight_files",
     "locate_model_folder",
     "LoadedTorchModel",
+    "DeviceOutOfMemoryError",
     "TorchBinding",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +188,32 @@ def locate_model_folder(
     raise NotFoundError(f"Model '{model_name}' not found for binding '{instance}'.", param="model_name")
 
 
+class DeviceOutOfMemoryError(ServiceUnavailableError):
+    """A torch call ran out of device memory: 503 with ``reason = "memory"`` (the cache is
+    emptied first), never a 500: the same request may fit once other work is done."""
+
+    reason = "memory"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+
+
+async def _memory_checked(call: Any) -> Any:
+    try:
+        return await call
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        logger.warning("Out of device memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        await threads.run_blocking(free_memory)
+        raise DeviceOutOfMemoryError(
+            "The device ran out of memory for this request; try again later or ask for less "
+            "(fewer or smaller images, shorter audio).",
+            retry_after=5,
+        ) from None
+
+
 def _wait_for(lock: threading.Lock) -> None:
     with lock:
         pass
@@ -293,6 +324,18 @@ class TorchBinding(Binding):
             return folder_size_mb(path)
 
         return await self.run_blocking(estimate)
+
+    @staticmethod
+    async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`Binding.run_blocking`; a torch out-of-memory error is a 503 ``reason = "memory"``."""
+        result: T = await _memory_checked(threads.run_blocking(func, *args, **kwargs))
+        return result
+
+    @staticmethod
+    async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: Any, **kwargs: Any) -> T:
+        """:meth:`Binding.run_cancellable`; a torch out-of-memory error is a 503 ``reason = "memory"``."""
+        result: T = await _memory_checked(threads.run_cancellable(func, cancel, *args, **kwargs))
+        return result
 
     def loaded(self, model_name: str) -> Any:
         loaded = self._models.get(model_name)

@@ -110,3 +110,35 @@ async def test_the_binding_estimates_before_and_measures_after_a_load(
     monkeypatch.setattr(torch_helpers, "free_memory", free_memory)
     await binding.unload_model("tiny-sd")
     assert alive_when_freed == [False], "the model was still referenced when the cache was emptied"
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as torch's (``torch.OutOfMemoryError``, ``torch.cuda.OutOfMemoryError``)."""
+
+
+async def test_out_of_memory_in_a_torch_call_is_503_memory_with_the_cache_emptied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lollms_server.core.bindings import BindingCard, BindingContext, CancelToken
+    from lollms_server.core.errors import ServiceUnavailableError
+
+    freed: list[bool] = []
+    monkeypatch.setattr(torch_helpers, "free_memory", lambda: freed.append(True))
+    binding = torch_helpers.TorchBinding(
+        BindingContext("images", BindingCard(type_name="fake_torch"), {"device": "cpu"}, Path("."), "media")
+    )
+
+    def denoise(cancel: Any) -> None:
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(ServiceUnavailableError) as error:
+        await binding.run_cancellable(denoise, CancelToken(), CancelToken())
+    assert error.value.status_code == 503 and getattr(error.value, "reason", None) == "memory"
+    assert int(error.value.headers["Retry-After"]) >= 1 and freed == [True]
+
+    def other_failure() -> None:
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):  # stays the binding's failure (500)
+        await binding.run_blocking(other_failure)
+    assert freed == [True]
