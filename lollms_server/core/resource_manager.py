@@ -161,6 +161,7 @@ class ResourceManager:
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._owners: dict[str, ModelOwner] = {}
         self._model_locks = KeyedLocks()
+        self._jobs = 0
         self._housekeeper: asyncio.Task[None] | None = None
 
     def pool(self, name: str) -> Pool:
@@ -250,6 +251,47 @@ class ResourceManager:
             expired = limit is not None and now - entry.last_used >= limit
             found.append(Candidate(key, entry.last_used, idle_expired=expired))
         return found
+
+    @asynccontextmanager
+    async def working_memory(
+        self, binding: ModelOwner, pool_name: str, model: str, mb: float, shape: str
+    ) -> AsyncIterator[float]:
+        """Reserve ``mb`` MB of working memory for one generation of the resident ``model`` (or
+        what such a ``shape`` of request needed last time, when more) on its device, for the
+        block; idle models of the device make room, busy ones are waited for until the pool's
+        queue deadline (503 ``reason = "memory"``); 422 when it can never fit. A device
+        out-of-memory error inside the block doubles what that shape reserves next time."""
+        device = self.device_of(binding, model)
+        arbiter = self.devices.get(device)
+        shape_key = self._footprint_key(binding, f"{model} [{shape}]", device)
+        need = max(float(mb), self.devices.store.get(shape_key) or 0.0)
+        if need <= 0:
+            yield 0.0
+            return
+        pool = self.pool(pool_name)
+        self._jobs += 1
+        key = (binding.instance_name, f"{model}#job-{self._jobs}")
+        async with arbiter.loading():
+            await arbiter.reserve(
+                Reservation(binding.instance_name, key[1], pool_name, need, need),
+                deadline=time.monotonic() + pool.config.queue_timeout,
+                candidates=lambda: self._candidates(arbiter.name, exclude=(binding.instance_name, model)),
+                evict=self._evict,
+                retry_after=pool.retry_after(),
+            )
+            arbiter.mark(key, "in_use")
+        try:
+            yield need
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raised = 2 * need
+                logger.warning(
+                    "%s/%s [%s] ran out of memory with %.0f MB; next time %.0f MB", *key, shape, need, raised
+                )
+                await asyncio.to_thread(self.devices.store.remember, shape_key, raised)
+            raise
+        finally:
+            arbiter.release(key)
 
     async def _evict(self, key: tuple[str, str]) -> bool:
         return await self.unload(*key)
@@ -349,10 +391,6 @@ class ResourceManager:
         )
         self.models[key] = entry
         arbiter.settle(key, footprint, "resident" if cancelled else "in_use")
-        if footprint > 0:
-            await asyncio.to_thread(
-                self.devices.store.remember, self._footprint_key(binding, model, arbiter.name), footprint
-            )
         logger.info(
             "Loaded %s/%s on %s in %.3f s (%.1f MB, estimated %.1f MB)",
             binding.instance_name,
@@ -362,16 +400,23 @@ class ResourceManager:
             footprint,
             estimate,
         )
-        if arbiter.over_limit_mb() > 0:  # underestimated: idle models of the device make room
-            await self._trim(arbiter, exclude=key)
         if cancelled:
             raise asyncio.CancelledError()
-        if budget is not None:
-            try:
-                await self._make_room(pool_name, budget, 0.0, exclude=(binding.instance_name, model))
-            except BaseException:
-                entry.in_use -= 1
-                raise
+        try:  # the caller holds the model from here: give it back if anything below fails
+            if footprint > 0:
+                await asyncio.to_thread(
+                    self.devices.store.remember, self._footprint_key(binding, model, arbiter.name), footprint
+                )
+            if arbiter.over_limit_mb() > 0:  # underestimated: idle models of the device make room
+                await self._trim(arbiter, exclude=key)
+            if budget is not None:
+                await self._make_room(pool_name, budget, 0.0, exclude=key)
+        except BaseException:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+            if entry.in_use == 0:
+                arbiter.mark(key, "resident")
+            raise
         return elapsed
 
     def with_residency(self, info: dict[str, Any], instance: str, model: str | None) -> dict[str, Any]:

@@ -366,6 +366,52 @@ def test_device_names_and_defaults() -> None:
     assert cpu.limit_mb == 300 and cpu.total_mb > 300  # psutil's RAM
 
 
+async def image_job(
+    manager: ResourceManager, binding: FakeBinding, model: str, estimate: float, real: float, shape: str
+) -> str:
+    """One image request: the model resident, the job's working memory reserved, ``real`` MB
+    allocated on the device while it runs."""
+    try:
+        async with manager.slot("media"), manager.use_model(binding, "media", model):
+            async with manager.working_memory(binding, "media", model, estimate, shape) as reserved:
+                binding.events.append(f"job {reserved:.0f}")
+                binding.device.alloc("job", real)
+                try:
+                    await asyncio.sleep(0.01)
+                finally:
+                    binding.device.free("job")
+        return "ok"
+    except ModelTooLargeError:
+        return "too_large"
+
+
+async def test_an_image_job_reserves_its_working_memory_evicting_idle_text() -> None:
+    device = FakeDevice(1000)
+    manager = manager_for(device, pools={"text": {"limit": 1}, "media": {"limit": 1}})
+    text = FakeBinding("llm", device, {"llama": 500})
+    image = FakeBinding("sd", device, {"sdxl": 200}, pool="media")
+    assert await generate(manager, text, "text", "llama") == "ok"
+    assert await image_job(manager, image, "sdxl", 300, 300, "tti:1024:1024") == "ok"
+    # 500 + 200 fit; the job's 300 more do not: the idle text model went, before the job ran
+    assert text.events == ["load llama", "unload llama"] and image.events == ["load sdxl", "job 300"]
+    assert device.ooms == 0 and device.high_water <= 900
+    assert arbiter(manager).ledger.keys() == {("sd", "sdxl")}  # the job's reservation is gone
+    assert await image_job(manager, image, "sdxl", 950, 0, "tti:4096:4096") == "too_large"
+
+
+async def test_out_of_memory_in_a_job_raises_that_shapes_reservation() -> None:
+    device = FakeDevice(1000, external=400)
+    manager = manager_for(device, pools={"media": {"limit": 1}})
+    image = FakeBinding("sd", device, {"sdxl": 200}, pool="media")
+    with pytest.raises(FakeOutOfMemory):  # 100 reserved, 450 really needed: out of memory
+        await image_job(manager, image, "sdxl", 100, 450, "tti:1024:1024")
+    assert device.ooms == 1 and arbiter(manager).ledger.keys() == {("sd", "sdxl")}
+    assert await image_job(manager, image, "sdxl", 100, 150, "tti:512:512") == "ok"  # another shape
+    device.external = 0
+    assert await image_job(manager, image, "sdxl", 100, 190, "tti:1024:1024") == "ok"
+    assert image.events[-1] == "job 200"  # the shape that ran out now reserves twice as much
+
+
 # ---- a property-based run ------------------------------------------------------------------
 REQUEST = st.tuples(
     st.integers(0, 1),  # binding (pool)
@@ -430,7 +476,9 @@ def test_any_sequence_stays_within_the_device_and_evicts_no_busy_model(
         ledger = arbiter(manager).ledger
         loaded = {(binding.instance_name, model) for binding in bindings for model in binding.loaded}
         assert set(ledger) == loaded == set(manager.models)
-        assert all(entry.state == "resident" for entry in ledger.values())
+        assert all(entry.state == "resident" for entry in ledger.values()), [
+            (entry.key, entry.state, manager.models[entry.key].in_use) for entry in ledger.values()
+        ]
         assert arbiter(manager).waiting == 0
 
     asyncio.run(scenario())

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lollms_server.core.bindings import BindingManager
+from lollms_server.core.bindings import BindingManager, MediaRequest
 from lollms_server.core.config import config_from_dict
 from tests.conftest import ADMIN_KEY, AUTH, ServerProcess, media_instance, running_server
 
@@ -21,10 +21,12 @@ pytestmark = pytest.mark.e2e
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TEXT = {"n_ctx": 512, "parallel": 1, "n_threads": 1}
+SIZE = {"width": 64, "height": 64}
 
 
-def estimates(models_folder: Path, media_folder: Path) -> tuple[float, float]:
-    """What the server will reserve for the tiny text and image models (their estimates)."""
+def estimates(models_folder: Path, media_folder: Path) -> tuple[float, float, float]:
+    """What the server will reserve for the tiny text and image models (their estimates) and
+    for the working memory of one 64 x 64 image."""
     config = config_from_dict(
         {
             "server": {"auto_install_requirements": False},
@@ -37,14 +39,16 @@ def estimates(models_folder: Path, media_folder: Path) -> tuple[float, float]:
         environ={},
     )
 
-    async def both() -> tuple[float, float]:
+    async def all_three() -> tuple[float, float, float]:
         manager = BindingManager(config)
         text = await (await manager.get("llm")).estimate_footprint_mb("tiny.gguf")
-        image = await (await manager.get("images")).estimate_footprint_mb("tiny-sd")
-        assert text and image
-        return text, image
+        images = await manager.get("images")
+        image = await images.estimate_footprint_mb("tiny-sd")
+        job = await images.request_memory_mb("tiny-sd", MediaRequest("tti", parameters=SIZE))
+        assert text and image and job
+        return text, image, job
 
-    return asyncio.run(both())
+    return asyncio.run(all_three())
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +60,11 @@ def sizes_and_server(
 
     media = tmp_path_factory.mktemp("device-media")
     build_tiny_stable_diffusion(media / "diffusers_binding" / "tiny-sd")
-    text_mb, image_mb = estimates(models_folder, media)
-    # room for either model alone (with a margin for buffers measured after the load), never both
-    cap = max(text_mb, image_mb) + 0.5 * min(text_mb, image_mb)
+    text_mb, image_mb, job_mb = estimates(models_folder, media)
+    # room for the text model alone or the image model and one image's working memory, never
+    # for both models
+    cap = (max(text_mb, image_mb + job_mb) + text_mb + image_mb) / 2
+    assert max(text_mb, image_mb + job_mb) < cap < text_mb + image_mb
     folder = tmp_path_factory.mktemp("device-server")
     with running_server(
         folder,
@@ -108,7 +114,7 @@ def test_text_image_text_evict_each_other_across_pools(
     text_mb, image_mb, cap, server, folder = sizes_and_server
     assert max(text_mb, image_mb) < cap < text_mb + image_mb
     text = {"binding_name": "llm", "model_name": "tiny.gguf", "parameters": {"max_tokens": 4}}
-    image = {"binding_name": "images", "model_name": "tiny-sd", "parameters": {"seed": 1}}
+    image = {"binding_name": "images", "model_name": "tiny-sd", "parameters": {"seed": 1, **SIZE}}
     seen = []
     for kind, extra in (("ttt", text), ("tti", image), ("ttt", text)):
         response = generate(server, kind, **extra)

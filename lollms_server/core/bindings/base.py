@@ -91,6 +91,12 @@ class Binding:
         high than low; after the load it measures :meth:`footprint_mb` and remembers it."""
         return None
 
+    async def request_memory_mb(self, model_name: str, request: MediaRequest) -> float:
+        """Working memory one media request needs on :meth:`memory_device` beyond the resident
+        model (activations for its width x height x images, frames, seconds of audio...): the
+        server reserves it for the generation. 0: nothing beyond what the model holds."""
+        return 0.0
+
     def memory_device(self, model_name: str) -> str:
         """Where ``model_name`` puts its memory: ``cpu``, ``cuda:0``, ``cuda:1``..., ``mps``
         (one memory arbiter per device, shared by every pool; see core.devices)."""
