@@ -35,6 +35,10 @@ FORBIDDEN = [
     ("lollms_server.core.devices", "lollms_server.core.generation"),
     ("lollms_server.core.devices", "lollms_server.core.jobs"),
     ("lollms_server.core.devices", "lollms_server.core.models"),
+    ("lollms_server.core.device_share", "lollms_server.core.bindings"),
+    ("lollms_server.core.device_share", "lollms_server.core.pools"),
+    ("lollms_server.core.device_share", "lollms_server.core.resource_manager"),
+    ("lollms_server.core.device_share", "lollms_server.core.devices"),
     # models on disk (pulls): above bindings and config, below generation and pools
     ("lollms_server.core.models", "lollms_server.core.generation"),
     ("lollms_server.core.models", "lollms_server.core.pools"),

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from lollms_server.core.config import DeviceConfig
+from lollms_server.core.device_share import SharedLedger
 from lollms_server.core.errors import BadRequestError, ConfigError
 from lollms_server.core.scheduler import PoolBusyError
 
@@ -227,8 +228,11 @@ class DeviceArbiter:
         *,
         reclaim_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedLedger | None = None,
     ) -> None:
         self.name = name
+        self.shared = shared
+        """The other server processes' reservations on this device (None: this process only)."""
         self.config = config or DeviceConfig()
         self.probe = probe or default_probe(name)
         self.reclaim_timeout = (
@@ -259,7 +263,16 @@ class DeviceArbiter:
         return min(float(cap), room) if cap is not None else room
 
     def reserved_mb(self) -> float:
-        return sum(item.mb for item in self.ledger.values())
+        """What this process's ledger and the other processes of the host hold."""
+        own = sum(item.mb for item in self.ledger.values())
+        return own + (self.shared.others_mb() if self.shared is not None else 0.0)
+
+    def _publish(self) -> None:
+        if self.shared is not None:
+            self.shared.publish(
+                {"instance": item.instance, "model": item.model, "mb": item.mb}
+                for item in self.ledger.values()
+            )
 
     def free_mb(self) -> float:
         """What a new reservation may take now: min(ledger, probe)."""
@@ -271,9 +284,17 @@ class DeviceArbiter:
     # ---- reservations -------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def loading(self) -> AsyncIterator[None]:
-        """One load per device at a time (its reservation, the load and the measurement)."""
+        """One load per device at a time (its reservation, the load and the measurement), on
+        the whole host when the ledger is shared."""
         async with self._load_lock:
-            yield
+            if self.shared is None:
+                yield
+                return
+            await self.shared.acquire_load()
+            try:
+                yield
+            finally:
+                self.shared.release_load()
 
     def too_large(self, mb: float, what: str) -> None:
         """422 when ``mb`` can never fit the device, whatever is evicted."""
@@ -312,6 +333,7 @@ class DeviceArbiter:
                 if reservation.mb <= self.free_mb():
                     reservation.state = "loading"
                     self.ledger[reservation.key] = reservation
+                    self._publish()
                     return reservation
                 if await self._evict_one(reservation.mb, candidates, evict):
                     continue
@@ -323,9 +345,7 @@ class DeviceArbiter:
                     self.stats.memory_waits += 1
                 if now >= deadline:
                     self.stats.rejections["memory"] += 1
-                    holders = (
-                        ", ".join(f"{i.instance}/{i.model}" for i in self.ledger.values()) or "other programs"
-                    )
+                    holders = ", ".join(self._holders()) or "other programs"
                     raise PoolBusyError(
                         f"{what} needs about {reservation.mb:.0f} MB on {self.name}; "
                         f"{max(0.0, self.free_mb()):.0f} MB are free and the rest is in use ({holders}).",
@@ -339,6 +359,12 @@ class DeviceArbiter:
             if waited_since is not None:
                 self.waiting -= 1
                 self.stats.memory_wait_seconds += self._clock() - waited_since
+
+    def _holders(self) -> list[str]:
+        held = [f"{item.instance}/{item.model}" for item in self.ledger.values()]
+        if self.shared is not None:
+            held += [f"{e['instance']}/{e['model']} (process {e['owner']})" for e in self.shared.others()]
+        return held
 
     async def _evict_one(
         self, needed: float, candidates: Callable[[], list[Candidate]], evict: Evict
@@ -369,7 +395,8 @@ class DeviceArbiter:
                 self.ledger[victim.key].state = "resident"
             return False
         self.stats.evictions[reason] += 1
-        self.ledger.pop(victim.key, None)
+        if self.ledger.pop(victim.key, None) is not None:
+            self._publish()
         await self._await_reclaim(before, entry.mb)
         return True
 
@@ -400,6 +427,7 @@ class DeviceArbiter:
             entry.mb = max(0.0, measured_mb)
             entry.measured_mb = measured_mb
             entry.state = state
+            self._publish()
 
     def mark(self, key: tuple[str, str], state: State) -> None:
         entry = self.ledger.get(key)
@@ -411,6 +439,7 @@ class DeviceArbiter:
     def release(self, key: tuple[str, str]) -> None:
         """``key`` is unloaded (or its load failed): its memory is free again."""
         if self.ledger.pop(key, None) is not None:
+            self._publish()
             self._changed.set()
 
     def over_limit_mb(self) -> float:
@@ -432,6 +461,7 @@ class DeviceArbiter:
             "probe_free_mb": round(probe_free, 1) if finite else None,
             "waiting": self.waiting,
             "models": [item.public() for item in self.ledger.values()],
+            "other_processes": self.shared.others() if self.shared is not None else [],
             "evictions": dict(self.stats.evictions),
             "memory_waits": self.stats.memory_waits,
             "memory_wait_seconds": round(self.stats.memory_wait_seconds, 3),
@@ -493,8 +523,13 @@ class Devices:
         probes: Mapping[str, MemoryProbe] | None = None,
         *,
         reclaim_timeout: float | None = None,
+        shared_folder: Path | None = None,
+        owner: str | None = None,
     ) -> None:
         self.configs = {device_name(name): config for name, config in (configs or {}).items()}
+        self._shared_folder = shared_folder
+        """Where the ledgers shared by the server processes of this host live (None: not shared)."""
+        self._owner = owner
         self.store = store or FootprintStore(None)
         self._probes = dict(probes or {})
         self._reclaim_timeout = reclaim_timeout
@@ -509,6 +544,9 @@ class Devices:
                 self.configs.get(name),
                 self._probes.get(name),
                 reclaim_timeout=self._reclaim_timeout,
+                shared=SharedLedger(self._shared_folder, name, self._owner)
+                if self._shared_folder is not None
+                else None,
             )
             self.arbiters[name] = arbiter
         return arbiter

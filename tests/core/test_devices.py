@@ -412,6 +412,77 @@ async def test_out_of_memory_in_a_job_raises_that_shapes_reservation() -> None:
     assert image.events[-1] == "job 200"  # the shape that ran out now reserves twice as much
 
 
+def process_manager(device: FakeDevice, folder: Path, owner: str, queue_timeout: float) -> ResourceManager:
+    """The resource manager of one server process of the host (its own ``owner``)."""
+    config = ResourceManagerConfig(pools={"text": PoolConfig(limit=2, queue_timeout=queue_timeout)})
+    config.default_pool = "text"
+    devices = Devices(
+        {GPU: DeviceConfig(reserve_mb=100)},
+        None,
+        {GPU: device},
+        reclaim_timeout=0.5,
+        shared_folder=folder,
+        owner=owner,
+    )
+    return ResourceManager(config, devices=devices)
+
+
+async def test_server_processes_of_a_host_share_the_ledger(tmp_path: Path) -> None:
+    import os
+
+    device = FakeDevice(1000)
+    first = process_manager(device, tmp_path, f"{os.getpid()}:first", 0.3)
+    second = process_manager(device, tmp_path, f"{os.getpid()}:second", 0.3)
+    text_a = FakeBinding("llm", device, {"a": 600})
+    text_b = FakeBinding("llm", device, {"b": 500})
+    assert await generate(first, text_a, "text", "a") == "ok"
+    # the second process sees the first one's model and may not evict it: 503 naming the holder
+    try:
+        async with second.use_model(text_b, "text", "b"):
+            raise AssertionError("admitted over another process's model")
+    except ServiceUnavailableError as exc:
+        assert getattr(exc, "reason", None) == "memory" and "llm/a (process" in exc.message
+    assert device.ooms == 0 and text_b.loaded == []
+    state = second.snapshot()["devices"][GPU]
+    assert [(item["model"], item["mb"]) for item in state["other_processes"]] == [("a", 600.0)]
+    # once the first process unloads it, the second one loads
+    assert await first.unload("llm", "a")
+    assert await generate(second, text_b, "text", "b") == "ok"
+    assert first.snapshot()["devices"][GPU]["other_processes"][0]["model"] == "b"
+
+
+async def test_loads_of_two_processes_on_one_device_are_serialized(tmp_path: Path) -> None:
+    import os
+
+    device = FakeDevice(1000)
+    first = process_manager(device, tmp_path, f"{os.getpid()}:first", 2.0)
+    second = process_manager(device, tmp_path, f"{os.getpid()}:second", 2.0)
+    text_a = FakeBinding("llm", device, {"a": 600}, load_seconds=0.1)
+    text_b = FakeBinding("llm", device, {"b": 600}, load_seconds=0.1)
+    results = await asyncio.gather(
+        generate(first, text_a, "text", "a", 0.1), generate(second, text_b, "text", "b", 0.1)
+    )
+    # never both loading at once; the later one waited, and could not evict the other process's
+    # (idle) model: 503 memory at its deadline
+    assert sorted(results) == ["memory", "ok"]
+    assert device.ooms == 0 and device.high_water <= 900
+
+
+def test_the_shared_ledger_forgets_dead_processes_and_ignores_garbage(tmp_path: Path) -> None:
+    from lollms_server.core.device_share import SharedLedger
+
+    mine = SharedLedger(tmp_path, GPU, owner="1:me", alive=lambda pid: pid != 999)
+    other = SharedLedger(tmp_path, GPU, owner="2:them", alive=lambda pid: True)
+    dead = SharedLedger(tmp_path, GPU, owner="999", alive=lambda pid: True)
+    other.publish([{"instance": "llm", "model": "x", "mb": 300}])
+    dead.publish([{"instance": "llm", "model": "y", "mb": 400}])
+    assert mine.others_mb() == 300  # the dead process's 400 MB do not count
+    mine.publish([])  # a write drops the dead process's entries
+    assert "999" not in (tmp_path / "device-cuda-0.json").read_text()
+    (tmp_path / "device-cuda-0.json").write_text('{"2:them": [{"mb": "lots"}, 5], "x": 7}')
+    assert mine.others() == [] and mine.others_mb() == 0
+
+
 # ---- a property-based run ------------------------------------------------------------------
 REQUEST = st.tuples(
     st.integers(0, 1),  # binding (pool)

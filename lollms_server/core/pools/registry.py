@@ -37,7 +37,11 @@ class PoolRegistry:
         self.resources = ResourceManager(
             config.resource_manager,
             {pool for pool, kind in kinds.items() if kind == "inprocess"},
-            devices=Devices(config.devices, FootprintStore(config.paths.runtime_folder / FOOTPRINTS_FILE)),
+            devices=Devices(
+                config.devices,
+                FootprintStore(config.paths.runtime_folder / FOOTPRINTS_FILE),
+                shared_folder=config.paths.runtime_folder,  # the server processes of this host
+            ),
         )
         """The pools that run in this process (the others run in their host's own)."""
         self.hosts: dict[str, PoolHost] = {
