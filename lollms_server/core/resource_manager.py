@@ -310,6 +310,25 @@ class ResourceManager:
         budget = pool.config.memory_budget_mb
         deadline = time.monotonic() + pool.config.queue_timeout  # a wait for memory ends there
         estimate = await self.estimate_mb(binding, model, arbiter.name)
+        fit = getattr(binding, "fit_to_memory", None)
+        if callable(fit):  # partial offload: what fits once the idle models of the device are gone
+            evictable = sum(
+                arbiter.ledger[c.key].mb
+                for c in self._candidates(arbiter.name, key)
+                if c.key in arbiter.ledger
+            )
+            available = max(0.0, min(arbiter.free_mb() + evictable, arbiter.limit_mb))
+            fitted = await fit(model, available) if estimate > available else await fit(model, None)
+            if fitted is not None:
+                logger.info(
+                    "%s/%s: %.0f MB do not fit %s (%.0f MB available): loading %.0f MB there",
+                    *key,
+                    estimate,
+                    arbiter.name,
+                    available,
+                    fitted,
+                )
+                estimate = float(fitted)
         if budget is not None:  # the pool's quota inside its device
             if estimate > budget:
                 raise ModelTooLargeError(

@@ -145,3 +145,43 @@ def test_a_bad_header_is_refused_not_followed(tmp_path: Path, memory: Any) -> No
     truncated.write_bytes(b"GGUF" + (3).to_bytes(4, "little"))
     with pytest.raises(ValueError):
         memory.read_header(truncated)
+
+
+async def test_fit_offload_loads_the_largest_layer_count_that_fits(
+    models_folder: Path, memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a (simulated) GPU too small for every layer, ``fit = "offload"`` loads the largest
+    number of layers that fits, with parallel and n_ctx as configured; ``fit = "evict"`` keeps
+    n_gpu_layers and is refused as too large."""
+    from lollms_server.core.config import DeviceConfig, PoolConfig, ResourceManagerConfig
+    from lollms_server.core.devices import Devices, ModelTooLargeError
+    from lollms_server.core.resource_manager import ResourceManager
+    from tests.core.test_devices import FakeDevice
+
+    binding = await binding_for(models_folder, n_ctx=512, parallel=2, n_gpu_layers=-1)
+    monkeypatch.setattr(type(binding), "_gpu", staticmethod(lambda: True))  # a GPU backend
+    assert binding.memory_device("slow.gguf") == "cuda:0"
+    header = memory.read_header(models_folder / "llamacpp_binding" / "slow.gguf")
+
+    def gpu_mb(layers: int) -> float:
+        footprint = memory.estimate_footprint(header, {**binding.settings, "n_gpu_layers": layers}, True)
+        return float(footprint.gpu) / 2**20
+
+    assert await binding.estimate_footprint_mb("slow.gguf") == pytest.approx(gpu_mb(header.n_layer + 1))
+    device = FakeDevice((gpu_mb(2) + gpu_mb(3)) / 2)  # room for two layers, not three
+    manager = ResourceManager(
+        ResourceManagerConfig(pools={"p": PoolConfig(queue_timeout=0.5)}, default_pool="p"),
+        devices=Devices({"cuda:0": DeviceConfig(reserve_mb=0)}, None, {"cuda:0": device}),
+    )
+    async with manager.use_model(binding, "p", "slow.gguf"):
+        loaded = binding._models["slow.gguf"]
+        assert loaded.footprint.gpu_layers == 2 and loaded.engine.parallel == 2
+        entry = manager.devices.get("cuda:0").ledger[("llm", "slow.gguf")]
+        assert entry.estimate_mb == pytest.approx(gpu_mb(2)) and entry.mb == pytest.approx(gpu_mb(2))
+        assert (await binding.get_model_info("slow.gguf"))["gpu_layers"] == 2
+    assert await manager.unload("llm", "slow.gguf")
+    await binding.apply_settings({**binding.settings, "fit": "evict"})
+    with pytest.raises(ModelTooLargeError):
+        async with manager.use_model(binding, "p", "slow.gguf"):
+            pass
+    assert binding.loaded_models() == []

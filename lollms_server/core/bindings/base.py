@@ -97,6 +97,14 @@ class Binding:
         server reserves it for the generation. 0: nothing beyond what the model holds."""
         return 0.0
 
+    async def fit_to_memory(self, model_name: str, available_mb: float | None) -> float | None:
+        """Called before every load: ``available_mb`` is what its device can give even after
+        idle models are evicted when the estimate exceeds it, else None (load as configured). A
+        binding that can place part of the model elsewhere (llama.cpp: fewer GPU layers)
+        prepares that for the coming load and returns its new estimate; None: it cannot (the
+        load then waits for memory) or need not."""
+        return None
+
     def memory_device(self, model_name: str) -> str:
         """Where ``model_name`` puts its memory: ``cpu``, ``cuda:0``, ``cuda:1``..., ``mps``
         (one memory arbiter per device, shared by every pool; see core.devices)."""

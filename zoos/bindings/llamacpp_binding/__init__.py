@@ -137,6 +137,7 @@ class LlamaCppBinding(Binding):
         import llama_cpp  # noqa: F401 - fail at start-up, not at the first request
 
         self._models: dict[str, LoadedLlama] = {}
+        self._fitted: dict[str, int] = {}  # n_gpu_layers planned for a coming load (fit = "offload")
 
     # ---- models ------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
@@ -171,10 +172,10 @@ class LlamaCppBinding(Binding):
             f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name"
         )
 
-    def _create(self, path: Path) -> LoadedLlama:
+    def _create(self, path: Path, settings: dict[str, Any] | None = None) -> LoadedLlama:
         import llama_cpp
 
-        settings = self.settings
+        settings = self.settings if settings is None else settings
         llama = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=settings["n_ctx"],
@@ -221,8 +222,10 @@ class LlamaCppBinding(Binding):
         if model_name in self._models:
             return
         path = await self.run_blocking(self._locate, model_name)
+        fitted = self._fitted.pop(model_name, None)
+        settings = self.settings if fitted is None else {**self.settings, "n_gpu_layers": fitted}
         try:
-            loaded = await self.run_blocking(self._create, path)
+            loaded = await self.run_blocking(self._create, path, settings)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             logger.error("llama.cpp could not load %s: %s", model_name, exc)
             raise BindingError(f"llama.cpp could not load model '{model_name}'.") from None
@@ -273,6 +276,29 @@ class LlamaCppBinding(Binding):
 
         return await self.run_blocking(estimate)
 
+    async def fit_to_memory(self, model_name: str, available_mb: float | None) -> float | None:
+        """``fit = "offload"`` on a GPU: the next load of ``model_name`` offloads the largest
+        number of layers whose share fits ``available_mb`` (never fewer sequences or a shorter
+        context); returns that load's estimate. None: load as configured."""
+        self._fitted = {}
+        if (
+            available_mb is None
+            or self.settings.get("fit", "offload") != "offload"
+            or self.memory_device(model_name) == "cpu"
+        ):
+            return None
+        try:
+            path = await self.run_blocking(self._locate_local, model_name)
+            header = await self.run_blocking(read_header, path)
+        except (NotFoundError, BadRequestError, OSError, ValueError):
+            return None
+        layers = await self.run_blocking(
+            layers_that_fit, path, self.settings, int(max(0.0, available_mb) * 2**20)
+        )
+        self._fitted = {model_name: layers}  # one load at a time per device: only the next one
+        footprint = estimate_footprint(header, {**self.settings, "n_gpu_layers": layers}, True)
+        return footprint.gpu / 2**20
+
     def layers_that_fit(self, model_name: str, free_bytes: int) -> int:
         """The largest ``n_gpu_layers`` of ``model_name`` with these settings whose GPU share
         fits ``free_bytes`` (for ``n_gpu_layers = "auto"``; blocking: call it in a thread)."""
@@ -293,6 +319,7 @@ class LlamaCppBinding(Binding):
                 architecture=metadata.get("general.architecture"),
                 has_chat_template="tokenizer.chat_template" in metadata,
                 size_mb=round(loaded.size_mb, 3),
+                gpu_layers=loaded.footprint.gpu_layers if loaded.footprint is not None else None,
             )
             return info
         path = await self.run_blocking(self._locate_local, model_name)
