@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 MB = 2**20
 DEVICE_NAME = re.compile(r"^(cpu|mps|cuda:\d{1,2})$")
+SECRET_SETTING = re.compile(r"token|key|secret|password", re.IGNORECASE)
 State = Literal["loading", "resident", "in_use", "evicting"]
 RECLAIM_SHARE = 0.75
 """Share of an evicted model's memory the probe must show back before the arbiter goes on."""
@@ -473,7 +474,8 @@ class DeviceArbiter:
 # ---- estimates remembered -----------------------------------------------------------------
 def footprint_key(binding_type: str, model: str, settings: Mapping[str, Any], device: str) -> str:
     """The key of a measured footprint: same binding type, model, settings and device."""
-    digest = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()
+    kept = {k: v for k, v in settings.items() if not SECRET_SETTING.search(str(k))}  # no tokens on disk
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
     return f"{binding_type}|{model}|{digest[:16]}|{device}"
 
 
