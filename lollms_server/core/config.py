@@ -291,7 +291,7 @@ class DeviceConfig(StrictModel):
         None,
         ge=0,
         description="Memory kept free on the device (default: max(1 GiB, 5 % of total) on a GPU, "
-        "max(1 GiB, 10 % of RAM) on the CPU).",
+        "min(1 GiB, 5 % of RAM) on the CPU).",
     )
     max_memory_mb: float | None = Field(
         None,

@@ -251,9 +251,10 @@ class DeviceArbiter:
             self.reserve_mb = float(self.config.reserve_mb)
         elif total == float("inf"):
             self.reserve_mb = 0.0
+        elif name in ("cpu", "mps"):  # RAM: the OS and other programs use it, page cache is freed
+            self.reserve_mb = min(1024.0, 0.05 * total)
         else:
-            share = 0.10 if name in ("cpu", "mps") else 0.05
-            self.reserve_mb = min(max(1024.0, share * total), total / 2)
+            self.reserve_mb = min(max(1024.0, 0.05 * total), total / 2)
 
     # ---- numbers ------------------------------------------------------------------------
     @property

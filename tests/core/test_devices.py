@@ -364,6 +364,7 @@ def test_device_names_and_defaults() -> None:
     assert small.reserve_mb == 1024  # at least 1 GiB
     cpu = DeviceArbiter("cpu", DeviceConfig(max_memory_mb=300, reserve_mb=0))
     assert cpu.limit_mb == 300 and cpu.total_mb > 300  # psutil's RAM
+    assert DeviceArbiter("cpu").reserve_mb == min(1024, 0.05 * cpu.total_mb)
 
 
 async def image_job(
