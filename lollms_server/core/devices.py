@@ -245,6 +245,7 @@ class DeviceArbiter:
         self._changed = asyncio.Event()
         self.waiting = 0
         self.stats = DeviceStats()
+        self._quotas: dict[str, float] = {}
         total = self.probe.total_mb()
         self.total_mb = total
         if self.config.reserve_mb is not None:
@@ -443,6 +444,23 @@ class DeviceArbiter:
         if self.ledger.pop(key, None) is not None:
             self._publish()
             self._changed.set()
+
+    def note_quota(self, pool: str, budget_mb: float | None) -> None:
+        """A pool with a ``memory_budget_mb`` loads on this device: warn once when the quotas of
+        the pools seen here together exceed the device (the device's memory then decides)."""
+        if budget_mb is None or pool in self._quotas:
+            return
+        self._quotas[pool] = float(budget_mb)
+        total = sum(self._quotas.values())
+        if total > self.limit_mb:
+            logger.warning(
+                "The memory_budget_mb of pools %s (%.0f MB together) exceed what device %s can hold "
+                "(%.0f MB): the device's memory decides",
+                ", ".join(sorted(self._quotas)),
+                total,
+                self.name,
+                self.limit_mb,
+            )
 
     def over_limit_mb(self) -> float:
         """How far the ledger is past the limit (after an underestimated load)."""

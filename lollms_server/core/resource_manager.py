@@ -329,6 +329,7 @@ class ResourceManager:
                     fitted,
                 )
                 estimate = float(fitted)
+        arbiter.note_quota(pool_name, budget)
         if budget is not None:  # the pool's quota inside its device
             if estimate > budget:
                 raise ModelTooLargeError(

@@ -353,6 +353,18 @@ async def test_a_pool_budget_is_a_quota_inside_its_device() -> None:
     assert await generate(manager, text, "text", "huge") == "too_large"
 
 
+async def test_quotas_that_exceed_their_device_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    device = FakeDevice(1000)
+    manager = manager_for(
+        device, pools={"text": {"memory_budget_mb": 600}, "media": {"memory_budget_mb": 500}}
+    )
+    assert await generate(manager, FakeBinding("llm", device, {"a": 100}), "text", "a") == "ok"
+    assert "exceed" not in caplog.text
+    image = FakeBinding("sd", device, {"x": 100}, pool="media")
+    assert await generate(manager, image, "media", "x") == "ok"
+    assert "pools media, text (1100 MB together) exceed what device cuda:0 can hold (900 MB)" in caplog.text
+
+
 def test_device_names_and_defaults() -> None:
     assert device_name("cuda") == "cuda:0" and device_name("cuda:1") == "cuda:1"
     assert device_name("CPU") == "cpu" and device_name(None) == "cpu"
