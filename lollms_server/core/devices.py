@@ -324,10 +324,12 @@ class DeviceArbiter:
         candidates: Callable[[], list[Candidate]],
         evict: Evict,
         retry_after: int = 5,
+        on_wait: Callable[[float], None] | None = None,
     ) -> Reservation:
         """Put ``reservation`` on the ledger once it fits, evicting idle models of any pool and
         waiting for busy ones to finish until ``deadline`` (a ``clock`` time); 422 when it can
-        never fit, 503 ``reason = "memory"`` at the deadline. Hold :meth:`loading` around it."""
+        never fit, 503 ``reason = "memory"`` at the deadline. Hold :meth:`loading` around it.
+        ``on_wait(eta_seconds)`` hears once that the reservation waits for busy models."""
         what = f"Model '{reservation.model}'"
         self.too_large(reservation.mb, what)
         waited_since: float | None = None
@@ -346,6 +348,8 @@ class DeviceArbiter:
                     waited_since = now
                     self.waiting += 1
                     self.stats.memory_waits += 1
+                    if on_wait is not None:
+                        on_wait(float(retry_after))
                 if now >= deadline:
                     self.stats.rejections["memory"] += 1
                     holders = ", ".join(self._holders()) or "other programs"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -191,8 +191,15 @@ class ResourceManager:
 
     # ---- model residency ------------------------------------------------
     @asynccontextmanager
-    async def use_model(self, binding: ModelOwner, pool_name: str, model: str) -> AsyncIterator[float]:
+    async def use_model(
+        self,
+        binding: ModelOwner,
+        pool_name: str,
+        model: str,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> AsyncIterator[float]:
         """Make ``model`` resident (loading it if needed) and mark it busy; yields load seconds.
+        ``on_wait(eta_seconds)`` hears when the load waits for memory that busy models hold.
 
         Call it while holding a slot of ``pool_name``.
         """
@@ -207,7 +214,7 @@ class ResourceManager:
         async with self._model_locks.hold(key):
             entry = self.models.get(key)
             if entry is None:
-                load_seconds = await self._load(binding, pool_name, model)  # in use by us already
+                load_seconds = await self._load(binding, pool_name, model, on_wait)  # in use by us already
                 entry = self.models[key]
             else:
                 entry.in_use += 1
@@ -296,14 +303,21 @@ class ResourceManager:
     async def _evict(self, key: tuple[str, str]) -> bool:
         return await self.unload(*key)
 
-    async def _load(self, binding: ModelOwner, pool_name: str, model: str) -> float:
+    async def _load(
+        self, binding: ModelOwner, pool_name: str, model: str, on_wait: Callable[[float], None] | None = None
+    ) -> float:
         device = self.device_of(binding, model)
         arbiter = self.devices.get(device)
         async with arbiter.loading():  # one load per device at a time
-            return await self._load_on(binding, pool_name, model, arbiter)
+            return await self._load_on(binding, pool_name, model, arbiter, on_wait)
 
     async def _load_on(
-        self, binding: ModelOwner, pool_name: str, model: str, arbiter: DeviceArbiter
+        self,
+        binding: ModelOwner,
+        pool_name: str,
+        model: str,
+        arbiter: DeviceArbiter,
+        on_wait: Callable[[float], None] | None = None,
     ) -> float:
         pool = self.pool(pool_name)
         key = (binding.instance_name, model)
@@ -344,6 +358,7 @@ class ResourceManager:
             candidates=lambda: self._candidates(arbiter.name, exclude=key),
             evict=self._evict,
             retry_after=pool.retry_after(),
+            on_wait=on_wait,
         )
         try:
             return await self._load_reserved(binding, pool_name, model, arbiter, estimate)

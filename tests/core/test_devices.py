@@ -195,6 +195,29 @@ async def test_a_streaming_text_model_is_never_evicted_the_image_waits_for_it() 
     assert text.events == ["load llama", "unload llama"]
 
 
+async def test_a_load_waiting_for_memory_is_told_so_once() -> None:
+    device = FakeDevice(1000)
+    manager = manager_for(device, pools={"text": {"limit": 2}})
+    text = FakeBinding("llm", device, {"a": 600, "b": 500})
+    stream = asyncio.create_task(generate(manager, text, "text", "a", 0.3))
+    await asyncio.sleep(0.05)
+    heard: list[float] = []
+    async with manager.use_model(text, "text", "b", on_wait=heard.append):
+        pass
+    assert len(heard) == 1 and heard[0] >= 1  # an ETA in seconds, as the queue's
+    assert await stream == "ok"
+
+
+def test_a_stream_waiting_for_memory_says_so() -> None:
+    from lollms_server.core.generation.queued import QueuedStream
+
+    waiting: Any = QueuedStream.__new__(QueuedStream)
+    waiting.position, waiting.download = (0, 5.0), None
+    assert waiting._queued().metadata == {"queue_position": 0, "eta_seconds": 5.0, "reason": "memory"}
+    waiting.position = (3, 5.0)
+    assert "reason" not in waiting._queued().metadata
+
+
 async def test_an_image_that_waits_past_its_deadline_gets_503_memory() -> None:
     device = FakeDevice(1000)
     manager = manager_for(device, pools={"text": {"limit": 4}, "media": {"limit": 1, "queue_timeout": 0.2}})

@@ -89,8 +89,10 @@ class LocalPoolHost:
         lease = await self.resources.acquire(self.pool, ticket, on_position)
         residency = AsyncExitStack()
         try:
+            # a load that waits for memory busy models hold: "queued" events at place 0
+            on_wait = (lambda eta: on_position(0, eta)) if on_position is not None else None
             load_seconds = await residency.enter_async_context(
-                self.resources.use_model(binding, self.pool, model)
+                self.resources.use_model(binding, self.pool, model, on_wait)
             )
         except BaseException:
             lease.release()
