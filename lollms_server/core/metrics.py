@@ -24,7 +24,8 @@ class PoolCollector(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()["pools"]
+        state = self.snapshot()
+        snapshot = state["pools"]
         gauges = {
             "queued": GaugeMetricFamily(
                 "lollms_pool_queue_depth", "Requests waiting for a slot.", labels=["pool"]
@@ -76,7 +77,7 @@ class PoolCollector(Collector):
         yield loaded
         yield footprint
         yield host_up
-        yield from device_metrics(self.snapshot().get("devices") or {})
+        yield from device_metrics(state.get("devices") or {})
 
 
 def device_metrics(devices: dict[str, Any]) -> Iterator[Metric]:
