@@ -2,7 +2,8 @@
 
 Requests by route template, method and status with latencies; tokens and generation seconds
 by binding and API key name (never the key); and, read at scrape time from the pools'
-snapshot, queue depth, active slots, waits, rejections and loaded models per pool.
+snapshot, queue depth, active slots, waits, rejections and loaded models per pool, and each
+device's memory ledger.
 """
 
 from __future__ import annotations
