@@ -104,6 +104,32 @@ def free_memory() -> None:
         pass
 
 
+TRIM_SHARE = 0.25
+"""PyTorch's cached-but-unused GPU memory is given back once it exceeds this share of the
+driver's free memory (ComfyUI's rule)."""
+
+
+def trim_cache() -> list[int]:
+    """After a generation: give PyTorch's cached-but-unused memory back to the driver on each
+    GPU where it is more than :data:`TRIM_SHARE` of what the driver has free, so llama.cpp and
+    other programs sharing the card can allocate it. Returns the GPUs trimmed."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return []
+    if not torch.cuda.is_available():
+        return []
+    trimmed = []
+    for index in range(torch.cuda.device_count()):
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        free, _total = torch.cuda.mem_get_info(index)
+        if cached > 0 and cached > TRIM_SHARE * free:
+            with torch.cuda.device(index):
+                torch.cuda.empty_cache()
+            trimmed.append(index)
+    return trimmed
+
+
 def folder_size_mb(path: Path) -> float:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / 2**20
 
@@ -333,8 +359,12 @@ class TorchBinding(Binding):
 
     @staticmethod
     async def run_cancellable(func: Callable[..., T], cancel: CancelToken, *args: Any, **kwargs: Any) -> T:
-        """:meth:`Binding.run_cancellable`; a torch out-of-memory error is a 503 ``reason = "memory"``."""
-        result: T = await _memory_checked(threads.run_cancellable(func, cancel, *args, **kwargs))
+        """:meth:`Binding.run_cancellable` (a generation); a torch out-of-memory error is a 503
+        ``reason = "memory"``; PyTorch's cache is trimmed after it (:func:`trim_cache`)."""
+        try:
+            result: T = await _memory_checked(threads.run_cancellable(func, cancel, *args, **kwargs))
+        finally:
+            await threads.run_blocking(trim_cache)
         return result
 
     def loaded(self, model_name: str) -> Any:

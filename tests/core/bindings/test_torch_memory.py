@@ -142,3 +142,30 @@ async def test_out_of_memory_in_a_torch_call_is_503_memory_with_the_cache_emptie
     with pytest.raises(RuntimeError, match="something else"):  # stays the binding's failure (500)
         await binding.run_blocking(other_failure)
     assert freed == [True]
+
+
+def test_the_cache_is_trimmed_after_a_job_only_when_it_hoards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated GPUs: 0 keeps 3 GiB cached with 4 GiB free (trimmed), 1 keeps 0.5 GiB cached
+    with 10 GiB free (kept)."""
+    import contextlib
+
+    cuda = torch.cuda
+    reserved = {0: 5 * 2**30, 1: 3 * 2**30}
+    allocated = {0: 2 * 2**30, 1: int(2.5 * 2**30)}
+    free = {0: 4 * 2**30, 1: 10 * 2**30}
+    current = {"device": 0}
+    emptied: list[int] = []
+
+    @contextlib.contextmanager
+    def device(index: int) -> Any:
+        current["device"] = index
+        yield
+
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cuda, "memory_reserved", lambda index: reserved[index])
+    monkeypatch.setattr(cuda, "memory_allocated", lambda index: allocated[index])
+    monkeypatch.setattr(cuda, "mem_get_info", lambda index: (free[index], 80 * 2**30))
+    monkeypatch.setattr(cuda, "device", device)
+    monkeypatch.setattr(cuda, "empty_cache", lambda: emptied.append(current["device"]))
+    assert torch_helpers.trim_cache() == [0] and emptied == [0]
