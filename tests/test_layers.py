@@ -27,6 +27,18 @@ FORBIDDEN = [
     ("lollms_server.core.scheduler", "lollms_server.core.pools"),
     ("lollms_server.core.scheduler", "lollms_server.core.generation"),
     ("lollms_server.core.scheduler", "lollms_server.core.resource_manager"),
+    # devices (memory arbiters) sit below pools, bindings and residency: they know models only
+    # through what the resource manager hands them
+    ("lollms_server.core.devices", "lollms_server.core.bindings"),
+    ("lollms_server.core.devices", "lollms_server.core.pools"),
+    ("lollms_server.core.devices", "lollms_server.core.resource_manager"),
+    ("lollms_server.core.devices", "lollms_server.core.generation"),
+    ("lollms_server.core.devices", "lollms_server.core.jobs"),
+    ("lollms_server.core.devices", "lollms_server.core.models"),
+    ("lollms_server.core.device_share", "lollms_server.core.bindings"),
+    ("lollms_server.core.device_share", "lollms_server.core.pools"),
+    ("lollms_server.core.device_share", "lollms_server.core.resource_manager"),
+    ("lollms_server.core.device_share", "lollms_server.core.devices"),
     # models on disk (pulls): above bindings and config, below generation and pools
     ("lollms_server.core.models", "lollms_server.core.generation"),
     ("lollms_server.core.models", "lollms_server.core.pools"),
@@ -175,6 +187,7 @@ def test_no_import_runs_up_a_layer() -> None:
         ("utils/paths.py", "from lollms_server.core.config import AppConfig", "upward"),
         ("core/bindings/manager.py", "    from lollms_server.core.pools import registry", "upward"),
         ("core/types.py", "from lollms_server.core.config import AppConfig", "cycle"),
+        ("core/devices.py", "from lollms_server.core.resource_manager import LoadedModel", "upward"),
     ],
 )
 def test_the_checks_catch_an_added_upward_import_or_cycle(

@@ -317,6 +317,24 @@ class ResourceManagerConfig(StrictModel):
     )
 
 
+class DeviceConfig(StrictModel):
+    """One device's memory (``[devices."cuda:0"]``, ``[devices.cpu]``): what the arbiter of
+    :mod:`lollms_server.core.devices` may hand out to the models of every pool on it."""
+
+    reserve_mb: float | None = Field(
+        None,
+        ge=0,
+        description="Memory kept free on the device (default: max(1 GiB, 5 % of total) on a GPU, "
+        "min(1 GiB, 5 % of RAM) on the CPU).",
+    )
+    max_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Most memory the models of this server may hold on the device (a cap below its "
+        "real size, to share it with other programs).",
+    )
+
+
 class ClusterPoolConfig(StrictModel):
     """What the Ray actor of one pool asks the cluster for (its placement)."""
 
@@ -517,6 +535,10 @@ class AppConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sizes and maxima of requests.")
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="Scaling out: pools as Ray actors."
+    )
+    devices: dict[str, DeviceConfig] = Field(
+        default_factory=dict,
+        description='Memory of each device ("cpu", "cuda:0", "mps"), shared by every pool on it.',
     )
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="Durable async jobs.")
     personalities_config: dict[str, PersonalityOverride] = Field(

@@ -2,7 +2,8 @@
 
 Requests by route template, method and status with latencies; tokens and generation seconds
 by binding and API key name (never the key); and, read at scrape time from the pools'
-snapshot, queue depth, active slots, waits, rejections and loaded models per pool.
+snapshot, queue depth, active slots, waits, rejections and loaded models per pool, and each
+device's memory ledger.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class PoolCollector(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()["pools"]
+        state = self.snapshot()
+        snapshot = state["pools"]
         gauges = {
             "queued": GaugeMetricFamily(
                 "lollms_pool_queue_depth", "Requests waiting for a slot.", labels=["pool"]
@@ -76,6 +78,62 @@ class PoolCollector(Collector):
         yield loaded
         yield footprint
         yield host_up
+        yield from device_metrics(state.get("devices") or {})
+
+
+def device_metrics(devices: dict[str, Any]) -> Iterator[Metric]:
+    """The memory arbiters' ledgers (see ``DeviceArbiter.snapshot``): sizes in bytes, evictions
+    by reason, waits for memory, refusals, and each model's measured / estimated footprint."""
+    sizes = {
+        key: GaugeMetricFamily(f"lollms_device_memory_{key}_bytes", text, labels=["device"])
+        for key, text in (
+            ("total", "Memory of the device (its cap when max_memory_mb is set)."),
+            ("free", "What a new reservation may take now: min(ledger, probe) less the reserve."),
+            ("reserved", "Memory the ledger hands to models."),
+        )
+    }
+    evictions = CounterMetricFamily(
+        "lollms_device_evictions", "Models evicted to make room, by reason.", labels=["device", "reason"]
+    )
+    waits = CounterMetricFamily(
+        "lollms_device_memory_waits", "Loads that waited for memory.", labels=["device"]
+    )
+    wait_seconds = CounterMetricFamily(
+        "lollms_device_memory_wait_seconds", "Seconds loads waited for memory.", labels=["device"]
+    )
+    rejections = CounterMetricFamily(
+        "lollms_device_rejections",
+        "Loads refused: memory (503 at the deadline) or too_large (422).",
+        labels=["device", "reason"],
+    )
+    ratio = GaugeMetricFamily(
+        "lollms_footprint_estimate_ratio",
+        "Measured footprint / estimate of a loaded model (above 1: the estimate was short).",
+        labels=["device", "binding", "model"],
+    )
+    for name, device in devices.items():
+        total = device.get("limit_mb") if device.get("limit_mb") is not None else device.get("total_mb")
+        for key, value in (
+            ("total", total),
+            ("free", device.get("free_mb")),
+            ("reserved", device["reserved_mb"]),
+        ):
+            if value is not None:
+                sizes[key].add_metric([name], float(value) * 2**20)
+        for reason, count in device["evictions"].items():
+            evictions.add_metric([name, reason], float(count))
+        waits.add_metric([name], float(device["memory_waits"]))
+        wait_seconds.add_metric([name], float(device["memory_wait_seconds"]))
+        for reason, count in device["rejections"].items():
+            rejections.add_metric([name, reason], float(count))
+        for model in device["models"]:
+            if model.get("measured_mb") is not None and model.get("estimate_mb"):
+                ratio.add_metric(
+                    [name, model["instance"], model["model"]],
+                    float(model["measured_mb"]) / float(model["estimate_mb"]),
+                )
+    yield from sizes.values()
+    yield from (evictions, waits, wait_seconds, rejections, ratio)
 
 
 class Metrics:

@@ -91,7 +91,7 @@ class SizedBinding(Binding):
 
 
 async def test_lru_eviction_under_budget_and_busy_models_are_kept() -> None:
-    manager = resources(limit=4, memory_budget_mb=100)
+    manager = resources(limit=4, memory_budget_mb=100, queue_timeout=0.2)
     binding = SizedBinding()
     for model in ("a", "b"):
         async with manager.use_model(binding, "p", model):
@@ -101,9 +101,11 @@ async def test_lru_eviction_under_budget_and_busy_models_are_kept() -> None:
     async with manager.use_model(binding, "p", "c"):
         assert binding.loaded == {"a", "c"}
         async with manager.use_model(binding, "p", "a"):
-            with pytest.raises(ServiceUnavailableError):  # a and c busy: nothing to evict
+            # a and c busy: nothing to evict; it waits for memory until its deadline, then 503
+            with pytest.raises(ServiceUnavailableError) as busy:
                 async with manager.use_model(binding, "p", "d"):
                     pass
+            assert getattr(busy.value, "reason", None) == "memory"
     assert manager.memory_used_mb("p") == 80
 
 

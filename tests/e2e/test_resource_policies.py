@@ -41,14 +41,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_folder: Path) -> Ite
             "pools": {
                 "default": {"limit": 1, "queue_size": 8, "queue_timeout": 30},
                 "busy": {"limit": 1, "queue_size": 1, "queue_timeout": 0.5},
-                "lru": {"limit": 1, "memory_budget_mb": 3.5},
+                # two tiny models at n_ctx 512 (weights, KV and compute buffer: ~7.6 MB each), not three
+                "lru": {"limit": 1, "memory_budget_mb": 18},
                 "idle": {"limit": 1, "idle_unload_seconds": 0.5},
             },
         },
         bindings={
             "echo": {"type": "scripted_binding"},
             "llm_busy": {**llama, "pool": "busy"},
-            "llm_lru": {**llama, "pool": "lru"},
+            "llm_lru": {**llama, "n_ctx": 512, "pool": "lru"},
             "llm_idle": {**llama, "pool": "idle"},
         },
         defaults={"ttt_binding": "echo", "ttt_model": "echo"},
@@ -135,7 +136,8 @@ def test_memory_budget_evicts_least_recently_used(server: ServerProcess) -> None
     lru = pool_status(server, "lru")
     assert lru["memory_used_mb"] <= lru["memory_budget_mb"]
     too_big = generate(server, body("llm_lru", "slow.gguf"))
-    assert too_big.status_code == 500 and "needs about" in too_big.json()["error"]["message"]
+    assert too_big.status_code == 422 and "needs about" in too_big.json()["error"]["message"]
+    assert too_big.json()["error"]["type"] == "model_too_large"
 
 
 def test_binding_failing_mid_stream_sends_error_event_and_server_keeps_serving(server: ServerProcess) -> None:

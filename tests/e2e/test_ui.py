@@ -402,6 +402,14 @@ def test_the_dashboard_shows_a_request_queued_behind_a_long_one(
         [(position, key, priority, _)] = card["waiting"]
         assert (position, key, priority) == ("1", "limited", "interactive")
         assert ["echo", "echo", "10 MB", "yes"] in [row[:4] for row in card["models"]]
+        device = wait_for(
+            driver,
+            lambda d: d.execute_script(
+                "const card = document.querySelector('#dashboard-pools [data-device=\"cpu\"]');"
+                "return card && card.textContent;"
+            ),
+        )
+        assert "Device cpu" in device and "echo" in device and "in_use" in device  # the memory ledger
         keys = by_id(driver, "dashboard-keys").text
         assert "user" in keys and "limited" in keys
         assert by_id(driver, "dashboard-pulls").is_displayed()  # this server has the model-pull API

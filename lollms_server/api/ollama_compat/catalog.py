@@ -211,10 +211,17 @@ def running(config: AppConfig, generation: GenerationService, principal: Princip
                     "digest": hashlib.sha256(name.encode()).hexdigest(),
                     "details": details(instance, model),
                     "expires_at": expires.isoformat(),
-                    "size_vram": size if on_gpu(instance) else 0,
+                    "size_vram": size if on_device(loaded, instance) else 0,
                 }
             )
     return models
+
+
+def on_device(loaded: dict[str, Any], instance: BindingInstance) -> bool:
+    """Whether a loaded model holds accelerator memory: its device in the memory ledger, else
+    (a host that reports none) what the instance's settings say."""
+    device = loaded.get("device")
+    return device != "cpu" if isinstance(device, str) else on_gpu(instance)
 
 
 def on_gpu(instance: BindingInstance) -> bool:

@@ -85,8 +85,30 @@ class Binding:
         return 0.0
 
     async def estimate_footprint_mb(self, model_name: str) -> float | None:
-        """Memory the model will need once loaded, if it can be told before loading."""
+        """Memory the model will need once loaded on :meth:`memory_device` (weights plus what
+        the binding allocates with them: KV cache, buffers), if it can be told before loading.
+        The server reserves it on the device before the load, so an estimate should rather be
+        high than low; after the load it measures :meth:`footprint_mb` and remembers it."""
         return None
+
+    async def request_memory_mb(self, model_name: str, request: MediaRequest) -> float:
+        """Working memory one media request needs on :meth:`memory_device` beyond the resident
+        model (activations for its width x height x images, frames, seconds of audio...): the
+        server reserves it for the generation. 0: nothing beyond what the model holds."""
+        return 0.0
+
+    async def fit_to_memory(self, model_name: str, available_mb: float | None) -> float | None:
+        """Called before every load: ``available_mb`` is what its device can give even after
+        idle models are evicted when the estimate exceeds it, else None (load as configured). A
+        binding that can place part of the model elsewhere (llama.cpp: fewer GPU layers)
+        prepares that for the coming load and returns its new estimate; None: it cannot (the
+        load then waits for memory) or need not."""
+        return None
+
+    def memory_device(self, model_name: str) -> str:
+        """Where ``model_name`` puts its memory: ``cpu``, ``cuda:0``, ``cuda:1``..., ``mps``
+        (one memory arbiter per device, shared by every pool; see core.devices)."""
+        return "cpu"
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         return {"binding": self.instance_name, "model_name": model_name}

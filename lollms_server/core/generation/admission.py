@@ -94,9 +94,15 @@ class Admission:
     async def run_media(
         self, request: MediaRequest, cancel: CancelToken, progress: Progress
     ) -> list[MediaOutput]:
-        """Call the binding method of this media generation type."""
+        """Call the binding method of this media generation type (holding the request's working
+        memory on the model's device when the pool runs in this process)."""
         method = getattr(self.binding, MEDIA_METHODS[self.target.generation_type])
-        outputs: list[MediaOutput] = await method(self.target.model, request, cancel, progress)
+        working_memory = getattr(self.session, "working_memory", None)  # in-process pools
+        if working_memory is None:
+            outputs: list[MediaOutput] = await method(self.target.model, request, cancel, progress)
+            return outputs
+        async with working_memory(request):  # reserved on the model's device for the job
+            outputs = await method(self.target.model, request, cancel, progress)
         return outputs
 
     async def release(self) -> None:

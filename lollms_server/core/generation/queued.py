@@ -1,6 +1,7 @@
 """A stream whose request waits in its pool's queue: ``queued`` info events with its place and
 an ETA (when it moves, and at least every 2 s) until it is admitted, then the generation's own
-events. Before its queue, a first-use download shows as ``downloading`` info events
+events; place 0 with ``reason: "memory"`` once it has its slot and waits for device memory.
+Before its queue, a first-use download shows as ``downloading`` info events
 (``{file, completed, total}``). A request admitted at once never comes here (its errors stay
 plain HTTP answers); one that waits has its answer started, so a later queue timeout is an ``error`` event."""
 
@@ -48,11 +49,10 @@ class QueuedStream:
             progress = self.download.latest if self.download is not None else None
             return StreamChunk(type="info", content="downloading", metadata=dict(progress or {}))
         position, eta = self.position
-        return StreamChunk(
-            type="info",
-            content="queued",
-            metadata={"queue_position": position, "eta_seconds": round(eta, 1)},
-        )
+        metadata: dict[str, Any] = {"queue_position": position, "eta_seconds": round(eta, 1)}
+        if position == 0:  # past the pool's queue, waiting for device memory busy models hold
+            metadata["reason"] = "memory"
+        return StreamChunk(type="info", content="queued", metadata=metadata)
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         try:

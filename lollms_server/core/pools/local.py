@@ -3,11 +3,11 @@ manager's instances. Worker processes and Ray actors run exactly this inside."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from lollms_server.core.bindings import Binding, BindingManager
+from lollms_server.core.bindings import Binding, BindingManager, MediaRequest
 from lollms_server.core.config import AppConfig
 from lollms_server.core.pools.host import HostKind
 from lollms_server.core.resource_manager import Lease, ResourceManager, Ticket
@@ -17,20 +17,49 @@ class LocalSession:
     """A held slot of an in-process pool with the model resident."""
 
     def __init__(
-        self, binding: Binding, lease: Lease, residency: AsyncExitStack, load_seconds: float
+        self,
+        binding: Binding,
+        lease: Lease,
+        residency: AsyncExitStack,
+        load_seconds: float,
+        memory: tuple[ResourceManager, str, str] | None = None,
     ) -> None:
         self.binding = binding
+        self._memory = memory  # (resources, pool, model): for working memory
         self.queue_wait = lease.wait_seconds
         self.load_seconds = load_seconds
         self.host_timings: dict[str, float] | None = None
         self._lease = lease
         self._residency = residency
 
+    @asynccontextmanager
+    async def working_memory(self, request: MediaRequest) -> AsyncIterator[None]:
+        """The working memory of one media generation reserved on the model's device for the
+        block (see ``ResourceManager.working_memory``)."""
+        if self._memory is None:
+            yield
+            return
+        resources, pool, model = self._memory
+        mb = await self.binding.request_memory_mb(model, request)
+        async with resources.working_memory(self.binding, pool, model, mb, request_shape(request)):
+            yield
+
     async def aclose(self) -> None:
         try:
             await self._residency.aclose()
         finally:
             self._lease.release()
+
+
+def request_shape(request: MediaRequest) -> str:
+    """What a media request's working memory depends on: its type and size parameters."""
+    parameters = request.parameters
+    sizes = [
+        str(parameters.get(name))
+        for name in ("width", "height", "n", "num_images", "num_frames", "duration", "size")
+        if parameters.get(name) is not None
+    ]
+    return ":".join([request.generation_type, *sizes])[:120]
 
 
 class LocalPoolHost:
@@ -60,13 +89,15 @@ class LocalPoolHost:
         lease = await self.resources.acquire(self.pool, ticket, on_position)
         residency = AsyncExitStack()
         try:
+            # a load that waits for memory busy models hold: "queued" events at place 0
+            on_wait = (lambda eta: on_position(0, eta)) if on_position is not None else None
             load_seconds = await residency.enter_async_context(
-                self.resources.use_model(binding, self.pool, model)
+                self.resources.use_model(binding, self.pool, model, on_wait)
             )
         except BaseException:
             lease.release()
             raise
-        return LocalSession(binding, lease, residency, load_seconds)
+        return LocalSession(binding, lease, residency, load_seconds, (self.resources, self.pool, model))
 
     async def binding(self, instance: str) -> Binding:
         return await self.bindings.get(instance)

@@ -24,6 +24,7 @@ from lollms_server.core.bindings import (
     TextResult,
 )
 from lollms_server.core.config import AppConfig
+from lollms_server.core.devices import Devices
 from lollms_server.core.pools.leases import LeaseTable
 from lollms_server.core.pools.local import LocalPoolHost
 from lollms_server.core.pools.ray_cluster import ray_module
@@ -103,7 +104,7 @@ class PoolActor:
         self.config = config.for_pool(pool)
         configure_logging(self.config.logging.level, secrets=configured_secrets(self.config))
         self.bindings = BindingManager(self.config)
-        self.resources = ResourceManager(self.config.resource_manager)
+        self.resources = ResourceManager(self.config.resource_manager, devices=Devices(self.config.devices))
         host = LocalPoolHost(self.config, pool, self.bindings, self.resources)
         self.leases = LeaseTable(host, self.config.resource_manager.generation_timeout)
         self.started_at = time.time()

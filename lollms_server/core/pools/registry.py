@@ -11,6 +11,7 @@ from typing import Any
 
 from lollms_server.core.bindings import BindingInstance, BindingManager
 from lollms_server.core.config import AppConfig
+from lollms_server.core.devices import FOOTPRINTS_FILE, Devices, FootprintStore
 from lollms_server.core.pools.host import PoolHost, PoolSession
 from lollms_server.core.resource_manager import ResourceManager, Ticket
 
@@ -34,7 +35,13 @@ class PoolRegistry:
         self.bindings = bindings
         kinds = {pool: config.pool_host(pool) for pool in config.resource_manager.pools}
         self.resources = ResourceManager(
-            config.resource_manager, {pool for pool, kind in kinds.items() if kind == "inprocess"}
+            config.resource_manager,
+            {pool for pool, kind in kinds.items() if kind == "inprocess"},
+            devices=Devices(
+                config.devices,
+                FootprintStore(config.paths.runtime_folder / FOOTPRINTS_FILE),
+                shared_folder=config.paths.runtime_folder,  # the server processes of this host
+            ),
         )
         """The pools that run in this process (the others run in their host's own)."""
         self.hosts: dict[str, PoolHost] = {
@@ -74,5 +81,8 @@ class PoolRegistry:
 
     def snapshot(self) -> dict[str, Any]:
         """Queue depth, waits, slots and loaded models of every pool (remote ones as their host
-        last reported, with ``host_up``)."""
-        return {"pools": [host.snapshot() for host in self.hosts.values()]}
+        last reported, with ``host_up``), and the memory ledger of each device this process uses."""
+        return {
+            "pools": [host.snapshot() for host in self.hosts.values()],
+            "devices": self.resources.devices.snapshot(),
+        }

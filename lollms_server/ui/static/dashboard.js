@@ -98,7 +98,34 @@ export class DashboardView {
       card.append(table("Loaded models", ["Model", "Binding", "Footprint", "In use", "Idle"], models.map((m) => [m.model, m.binding, `${m.footprint_mb} MB`, m.in_use ? "yes" : "no", seconds(m.idle_seconds)])));
       return card;
     });
-    $("dashboard-pools").replaceChildren(...cards);
+    $("dashboard-pools").replaceChildren(...cards, ...this.deviceCards(status.devices || {}));
+  }
+
+  // One card per device: its memory ledger (GET /api/v1/status "devices"), shared by every pool.
+  deviceCards(devices) {
+    return Object.entries(devices).map(([name, device]) => {
+      const card = element("section", { className: "card pool device", attrs: { "aria-label": `Device ${name}` } });
+      card.dataset.device = name;
+      card.append(element("h3", { text: `Device ${name}` }));
+      const stats = element("dl", { className: "stats" });
+      const facts = [
+        ["Reserved", `${device.reserved_mb} / ${device.limit_mb ?? "?"} MB`],
+        ["Free now", device.free_mb === null ? "?" : `${device.free_mb} MB`],
+        ["Kept free", `${device.reserve_mb} MB`],
+        ["Waiting for memory", device.waiting],
+        ["Evictions", Object.values(device.evictions || {}).reduce((a, b) => a + b, 0)],
+        ["Refused (memory / too large)", `${device.rejections?.memory ?? 0} / ${device.rejections?.too_large ?? 0}`],
+      ];
+      for (const [label, value] of facts) {
+        const item = element("div", { className: "stat" });
+        item.append(element("dt", { text: label }), element("dd", { text: String(value) }));
+        stats.append(item);
+      }
+      card.append(stats);
+      const models = device.models || [];
+      card.append(table("Reservations", ["Model", "Binding", "Pool", "MB", "Estimate", "State"], models.map((m) => [m.model, m.instance, m.pool, `${m.mb}`, `${m.estimate_mb}`, m.state])));
+      return card;
+    });
   }
 
   renderKeys(keys) {

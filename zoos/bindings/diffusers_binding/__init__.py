@@ -42,6 +42,13 @@ VIDEO_PIPELINES = (
 )
 
 
+def _dtype_argument() -> str:
+    """``dtype`` where diffusers takes it (it deprecates ``torch_dtype``), else ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 class LoadedPipeline(LoadedTorchModel):
     def __init__(self, pipeline: Any) -> None:
         super().__init__(pipeline)
@@ -64,10 +71,30 @@ class DiffusersBinding(TorchBinding):
     def load_from(self, location: str) -> LoadedPipeline:
         from diffusers import DiffusionPipeline
 
-        pipeline = DiffusionPipeline.from_pretrained(location, torch_dtype=self.dtype)
+        pipeline = DiffusionPipeline.from_pretrained(location, **{_dtype_argument(): self.dtype})
         pipeline.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         return LoadedPipeline(pipeline)
+
+    async def request_memory_mb(self, model_name: str, request: MediaRequest) -> float:
+        """A first guess of one job's working memory, corrected by the server when a shape runs
+        out of memory: the denoiser's activations (ComfyUI's rule of thumb: latent area x batch
+        x 2 for guidance x dtype bytes x 0.01 MiB) plus the VAE decode of every image (about 64
+        f32 activations a pixel). Frames count as images."""
+        parameters = request.parameters
+        try:
+            width = int(parameters.get("width", self.settings["default_width"]))
+            height = int(parameters.get("height", self.settings["default_height"]))
+            images = int(parameters.get("num_images", 1)) * int(parameters.get("num_frames", 1))
+        except (TypeError, ValueError):
+            return 0.0
+        if request.images:  # an edit keeps the input's size; the limits bound it
+            width, height = max(width, 512), max(height, 512)
+        itemsize = int(getattr(self.dtype, "itemsize", 4))
+        latent_area = (width // 8) * (height // 8) * max(1, images) * 2
+        denoise = latent_area * itemsize * 0.01
+        decode = width * height * max(1, images) * 64 * 4 / 2**20
+        return float(denoise + decode)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         info = self.base_info(model_name)

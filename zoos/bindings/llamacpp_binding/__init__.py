@@ -34,6 +34,7 @@ from lollms_server.core.bindings import (
 )
 
 from .batching import RANDOM_SEED, BatchEngine, Finished, LoopSink, Sampling, SequenceRequest
+from .memory import Footprint, estimate_footprint, layers_that_fit, offloaded_layers, read_header
 from .structured import requested_grammar
 
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
@@ -67,10 +68,9 @@ def resolve_gpu_layers(settings: dict[str, Any], model_path: Path) -> int:
     wins (negative = every layer); ``"auto"`` (the default) = every layer (-1) when the build
     can offload, else 0.
 
-    This is where the device memory arbiter (``lollms_server.core.devices``) plugs in: with it,
-    ``"auto"`` becomes the largest layer count that fits the free memory of the instance's device
-    (``model_path`` gives the file size and layer count to weigh); until then every layer is
-    offloaded and a model too big for the card fails to load with llama.cpp's error."""
+    The device memory arbiter (``lollms_server.core.devices``) narrows it before a load: with
+    ``fit = "offload"`` (the default), ``fit_to_memory`` passes the largest layer count whose share
+    fits the device's free memory (after evicting idle models) as an explicit number here."""
     wanted = settings.get("n_gpu_layers", "auto")
     if wanted is None or wanted == "auto":
         return -1 if gpu_offload_supported() else 0
@@ -86,6 +86,7 @@ class LoadedLlama:
         self.gpu_layers = gpu_layers  # what n_gpu_layers resolved to (-1 = all)
         self.size_mb = path.stat().st_size / 2**20
         self.chat_formatter: Any = None  # built once from the model's chat template
+        self.footprint: Footprint | None = None  # what the load holds, per device
 
 
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.cpp's LLAMA_FLASH_ATTN_TYPE_*
@@ -162,6 +163,7 @@ class LlamaCppBinding(Binding):
         import llama_cpp  # noqa: F401 - fail at start-up, not at the first request
 
         self._models: dict[str, LoadedLlama] = {}
+        self._fitted: dict[str, int] = {}  # n_gpu_layers planned for a coming load (fit = "offload")
 
     # ---- models ------------------------------------------------------------
     async def list_available_models(self) -> list[dict[str, Any]]:
@@ -196,10 +198,10 @@ class LlamaCppBinding(Binding):
             f"Model '{model_name}' not found for binding '{self.instance_name}'.", param="model_name"
         )
 
-    def _create(self, path: Path) -> LoadedLlama:
+    def _create(self, path: Path, settings: dict[str, Any] | None = None) -> LoadedLlama:
         import llama_cpp
 
-        settings = self.settings
+        settings = self.settings if settings is None else settings
         gpu_layers = resolve_gpu_layers(settings, path)
         llama = llama_cpp.Llama(
             model_path=str(path),
@@ -225,14 +227,37 @@ class LlamaCppBinding(Binding):
             "setting " if settings.get("n_gpu_layers") not in (None, "auto") else "auto: ",
             "GPU offload" if gpu_layers != 0 else "CPU only",
         )
-        return LoadedLlama(llama, path, engine, gpu_layers)
+        loaded = LoadedLlama(llama, path, engine, gpu_layers)
+        try:  # the footprint of the context really made (its n_ctx is padded by llama.cpp)
+            header = read_header(path)
+            loaded.footprint = estimate_footprint(
+                header, {**settings, "n_ctx": engine.n_ctx_seq, "parallel": parallel}, self._gpu()
+            )
+        except (OSError, ValueError, KeyError):
+            logger.warning("Could not read the GGUF header of %s", path, exc_info=True)
+        return loaded
+
+    @staticmethod
+    def _gpu() -> bool:
+        return gpu_offload_supported()
+
+    def memory_device(self, model_name: str) -> str:
+        """A GPU (``cuda:<main_gpu>``, ``mps`` on Apple) when layers are offloaded to one,
+        else the CPU."""
+        if not self._gpu() or offloaded_layers(self.settings.get("n_gpu_layers", 0), 1) == 0:
+            return "cpu"
+        import sys
+
+        return "mps" if sys.platform == "darwin" else f"cuda:{int(self.settings.get('main_gpu') or 0)}"
 
     async def load_model(self, model_name: str) -> None:
         if model_name in self._models:
             return
         path = await self.run_blocking(self._locate, model_name)
+        fitted = self._fitted.pop(model_name, None)
+        settings = self.settings if fitted is None else {**self.settings, "n_gpu_layers": fitted}
         try:
-            loaded = await self.run_blocking(self._create, path)
+            loaded = await self.run_blocking(self._create, path, settings)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             logger.error("llama.cpp could not load %s: %s", model_name, exc)
             raise BindingError(f"llama.cpp could not load model '{model_name}'.") from None
@@ -253,29 +278,63 @@ class LlamaCppBinding(Binding):
         return list(self._models)
 
     def footprint_mb(self, model_name: str) -> float:
+        """What the loaded model holds on its device: the weights of its layers there, their KV
+        cache (``parallel x n_ctx`` cells at the cache type) and the compute buffer."""
         loaded = self._models.get(model_name)
         if loaded is None:
             return 0.0
-        # weights (the file) plus the KV cache: 2 (K and V) x layers x context x kv width x f16
-        llama = loaded.llama
-        metadata = llama.metadata
-        arch = metadata.get("general.architecture", "llama")
-        try:
-            layers = int(metadata.get(f"{arch}.block_count", 0))
-            width = int(metadata.get(f"{arch}.embedding_length", 0))
-            heads = int(metadata.get(f"{arch}.attention.head_count", 1)) or 1
-            kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
-            kv_mb = 2 * layers * llama.n_ctx() * (width * kv_heads // heads) * 2 / 2**20
-        except (TypeError, ValueError):
-            kv_mb = 0.0
-        return loaded.size_mb + kv_mb
+        if loaded.footprint is None:  # an unreadable header: the file
+            return loaded.size_mb
+        footprint = loaded.footprint
+        return (footprint.gpu if self.memory_device(model_name) != "cpu" else footprint.total) / 2**20
 
     async def estimate_footprint_mb(self, model_name: str) -> float | None:
+        """The same numbers, from the GGUF header, before the load."""
         try:
             path = safe_join(self.models_folder, model_name)
-            return path.stat().st_size / 2**20 if path.is_file() else None
-        except (BadRequestError, OSError):
+        except BadRequestError:
             return None
+        if not path.is_file():
+            return None
+        gpu = self.memory_device(model_name) != "cpu"
+
+        def estimate() -> float | None:
+            try:
+                footprint = estimate_footprint(read_header(path), self.settings, gpu)
+            except (OSError, ValueError, KeyError):
+                logger.warning("Could not read the GGUF header of %s", path, exc_info=True)
+                return path.stat().st_size / 2**20 if path.is_file() else None
+            return (footprint.gpu if gpu else footprint.total) / 2**20
+
+        return await self.run_blocking(estimate)
+
+    async def fit_to_memory(self, model_name: str, available_mb: float | None) -> float | None:
+        """``fit = "offload"`` on a GPU: the next load of ``model_name`` offloads the largest
+        number of layers whose share fits ``available_mb`` (never fewer sequences or a shorter
+        context); returns that load's estimate. None: load as configured."""
+        self._fitted = {}
+        if (
+            available_mb is None
+            or self.settings.get("fit", "offload") != "offload"
+            or self.memory_device(model_name) == "cpu"
+        ):
+            return None
+        try:
+            path = await self.run_blocking(self._locate_local, model_name)
+            header = await self.run_blocking(read_header, path)
+        except (NotFoundError, BadRequestError, OSError, ValueError):
+            return None
+        layers = await self.run_blocking(
+            layers_that_fit, path, self.settings, int(max(0.0, available_mb) * 2**20)
+        )
+        self._fitted = {model_name: layers}  # one load at a time per device: only the next one
+        footprint = estimate_footprint(header, {**self.settings, "n_gpu_layers": layers}, True)
+        return footprint.gpu / 2**20
+
+    def layers_that_fit(self, model_name: str, free_bytes: int) -> int:
+        """The largest ``n_gpu_layers`` of ``model_name`` with these settings whose GPU share
+        fits ``free_bytes`` (for ``n_gpu_layers = "auto"``; blocking: call it in a thread)."""
+        return layers_that_fit(self._locate_local(model_name), self.settings, free_bytes)
 
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         info: dict[str, Any] = {"binding": self.instance_name, "model_name": model_name}
@@ -294,6 +353,7 @@ class LlamaCppBinding(Binding):
                 size_mb=round(loaded.size_mb, 3),
                 n_gpu_layers=loaded.gpu_layers,
                 gpu_offload=loaded.gpu_layers != 0,
+                gpu_layers=loaded.footprint.gpu_layers if loaded.footprint is not None else None,
             )
             return info
         path = await self.run_blocking(self._locate_local, model_name)
