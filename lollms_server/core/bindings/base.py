@@ -88,6 +88,11 @@ class Binding:
         """Memory the model will need once loaded, if it can be told before loading."""
         return None
 
+    def engine_counters(self, model_name: str) -> dict[str, float]:
+        """Cumulative counters of a loaded model's generation engine (a batch engine's steps,
+        tokens and seconds), reported as ``/metrics`` ``lollms_engine_*``; none by default."""
+        return {}
+
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         return {"binding": self.instance_name, "model_name": model_name}
 
