@@ -512,12 +512,95 @@ async def bench_round_text(url: str, model: str, prompt: str, tokens: int) -> No
         await usage_stream(client, url, chat_body(model, prompt, tokens, cache_prompt=False))
 
 
+async def ceiling_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> int:
+    """One stream, its events counted without parsing them (the client stays cheap)."""
+    events = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for data in response.aiter_raw():
+            events += data.count(b"data: ")
+    return events
+
+
+def main_ceiling(streams: int, tokens: int, runs: int) -> None:
+    """What one server process can emit when the model costs nothing: ``streams`` concurrent
+    streams of a scripted binding that yields ``tokens`` tokens at once, natively and on /v1;
+    aggregate tokens/s (the client shares the machine) and the server's CPU ms per token."""
+    print(f"{streams} streams x {tokens} tokens, scripted instant binding; load average {load_average()}")
+    config_bindings = {"echo": {"type": "scripted_binding", "model_name": "echo", "instant": True}}
+    native = {
+        "input_data": [{"type": "text", "role": "user_prompt", "data": "go"}],
+        "stream": True,
+        "binding_name": "echo",
+        "model_name": "echo",
+        "parameters": {"max_tokens": tokens},
+    }
+    openai = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "max_tokens": tokens,
+    }
+    from tests.processes import start_lollms
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "server": {"auto_install_requirements": False},
+            "logging": {"level": "WARNING"},
+            "paths": {"bindings_folder": str(REPO / "tests" / "fixtures" / "user_bindings")},
+            "security": {"api_keys": [KEY]},
+            "resource_manager": {"pools": {"default": {"limit": streams, "queue_size": 2 * streams}}},
+            "bindings": config_bindings,
+        }
+        server = start_lollms(config, Path(tmp))
+        results: dict[str, list[tuple[float, float]]] = {"native": [], "/v1": []}
+        try:
+
+            async def burst(url: str, body: dict[str, Any]) -> tuple[int, float]:
+                limits = httpx.Limits(max_connections=streams + 4)
+                async with httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=600, limits=limits
+                ) as client:
+                    started = time.perf_counter()
+                    counts = await asyncio.gather(
+                        *(ceiling_stream(client, url, body) for _ in range(streams))
+                    )
+                    return sum(counts), time.perf_counter() - started
+
+            routes = {
+                "native": (server.url + "/api/v1/generate", native),
+                "/v1": (server.url + "/v1/chat/completions", openai),
+            }
+            for url, body in routes.values():  # warm-up
+                asyncio.run(burst(url, body))
+            for _ in range(runs):
+                for name, (url, body) in routes.items():
+                    before = process_cpu_seconds(server.process.pid)
+                    events, elapsed = asyncio.run(burst(url, body))
+                    cpu = process_cpu_seconds(server.process.pid) - before
+                    results[name].append((streams * tokens / elapsed, cpu * 1000 / (streams * tokens)))
+                    assert events >= streams * tokens, (name, events)
+        finally:
+            server.stop()
+    print(f"load average after: {load_average()}")
+    for name, values in results.items():
+        rate = statistics.median(value[0] for value in values)
+        cpu_ms = statistics.median(value[1] for value in values)
+        print(
+            f"{name:>7}: {rate:9.0f} tokens/s aggregate, server {cpu_ms * 1000:6.1f} CPU us per token "
+            f"(ceiling ~{1000 / cpu_ms:,.0f} tokens/s per core)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", help="GGUF file, or mid (default: build the tiny test model)")
     parser.add_argument("--clients", help="continuous batching: client counts, e.g. 1,4,8")
+    parser.add_argument(
+        "--ceiling", type=int, metavar="STREAMS", help="the server's own token ceiling with this many streams"
+    )
     parser.add_argument("--tokens", type=int, default=256, help="tokens per generation")
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
@@ -529,6 +612,9 @@ def main() -> None:
         help="run the pool in the server process or in a worker process",
     )
     args = parser.parse_args()
+    if args.ceiling:
+        main_ceiling(args.ceiling, args.tokens, args.runs)
+        return
     if args.clients:
         model_path = mid_model() if args.model in (None, "mid") else Path(args.model).resolve()
         counts = sorted({int(count) for count in args.clients.split(",")})
