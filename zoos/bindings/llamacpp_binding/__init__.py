@@ -235,10 +235,6 @@ class LlamaCppBinding(Binding):
             kv_mb = 0.0
         return loaded.size_mb + kv_mb
 
-    def engine_counters(self, model_name: str) -> dict[str, float]:
-        loaded = self._models.get(model_name)
-        return loaded.engine.counters() if loaded is not None else {}
-
     async def estimate_footprint_mb(self, model_name: str) -> float | None:
         try:
             path = safe_join(self.models_folder, model_name)
@@ -278,6 +274,10 @@ class LlamaCppBinding(Binding):
         if loaded is None:
             raise BindingError(f"Model '{model_name}' is not loaded.")
         return loaded
+
+    def engine_counters(self, model_name: str) -> dict[str, float]:
+        loaded = self._models.get(model_name)
+        return loaded.engine.counters() if loaded is not None else {}
 
     # ---- generation ----------------------------------------------------------
     async def stream_text(
