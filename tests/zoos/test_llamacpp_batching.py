@@ -298,3 +298,22 @@ async def test_an_empty_prompt_is_refused(binding: Binding) -> None:
     with pytest.raises(BadRequestError) as caught:
         await run(binding, TextRequest(messages=[], prompt="", parameters={"max_tokens": 4}))
     assert caught.value.param == "input_data"
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "shared"),
+    [
+        ([], [1, 2], 0),
+        ([1, 2, 3], [1, 2, 3], 3),
+        ([1, 2, 3], [1, 2], 2),
+        ([1, 2, 3], [1, 9, 3], 1),
+        (list(range(1000)), list(range(1000)), 1000),
+        (list(range(1000)), [*range(700), -1, *range(701, 1000)], 700),
+        (list(range(1000)), list(range(512)), 512),
+        (list(range(513)), [*range(512), 7], 512),
+    ],
+)
+def test_common_prefix(left: list[int], right: list[int], shared: int) -> None:
+    from zoos.bindings.llamacpp_binding.batching import common_prefix
+
+    assert common_prefix(left, right) == shared == common_prefix(right, left)

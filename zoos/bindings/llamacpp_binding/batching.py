@@ -235,9 +235,14 @@ class Slot:
     last_used: float = 0.0
 
 
-def common_prefix(left: list[int], right: list[int]) -> int:
+def common_prefix(left: list[int], right: list[int], block: int = 256) -> int:
+    """How many tokens ``left`` and ``right`` share from the start (blocks compared in C, then
+    the differing block token by token: admission runs it on every slot for every request)."""
     size = min(len(left), len(right))
-    for index in range(size):
+    start = 0
+    while start < size and left[start : start + block] == right[start : start + block]:
+        start += block
+    for index in range(start, min(start + block, size)):
         if left[index] != right[index]:
             return index
     return size
