@@ -13,11 +13,16 @@ GGUF the tests use (per-token overhead dominates there, which is what this measu
 ~300 MB f32) where the model's compute dominates.
 
 With ``--clients 1,4,8`` it measures continuous batching instead: for each count, that many
-clients stream at once through a server whose llama.cpp instance decodes them together; the
-aggregate tokens/s and the worst time to first token are set against the *batched-decode limit*
-measured in the same run (the same sequences decoded together with llama.cpp's low-level API and
-nothing else), and the time to first token of a request sharing a 1,000-token prefix with the one
-before is measured cold (cache_prompt off) and cached.
+identical chats (temperature 0) stream at once through a server whose llama.cpp instance decodes
+them together, on a fresh server (*cold*: nothing of the prompt cached) and after one chat alone
+and earlier rounds (*warm*: the prompt in the prefix cache). Aggregate tokens/s, the worst time to
+first token and the server process's CPU milliseconds per token are set against the
+*like-for-like limit* measured alternately in the same run: the served prompt's exact token count
+(read from the server's usage), every sequence prefilled together, ``tokens - 1`` decodes of one
+token of each, greedy sampling in C, one KV stream per sequence, with llama.cpp's low-level API
+and nothing else. Last, the time to first token of a request whose ~1,000-word prefix a request
+*still generating* holds: computed (cache_prompt off) and copied from the busy sequence's cells.
+(``llama-server`` is not run beside it.)
 
     python scripts/bench_text.py [--model PATH.gguf|mid] [--tokens 256] [--runs 5]
     python scripts/bench_text.py --model mid --clients 1,4,8 --threads 2 --tokens 128
@@ -246,16 +251,14 @@ def mid_model() -> Path:
     return MID_MODEL
 
 
-def client_prompts(clients: int) -> list[str]:
-    return [f"{PROMPT} Client {index} wants it told in its own way." for index in range(clients)]
-
-
 def batched_limit(
-    model: Path, clients: int, tokens: int, threads: int, n_ctx: int, gpu_layers: int = 0
+    model: Path, clients: int, prompt_tokens: int, tokens: int, threads: int, n_ctx: int, gpu_layers: int = 0
 ) -> dict[str, float]:
-    """The same sequences decoded together with llama.cpp's low-level API and nothing else: one
-    batch with every prompt, then one token per sequence per ``llama_decode`` (greedy).
-    ``gpu_layers``: layers offloaded to the GPU (-1: all; ``scripts/gpu_check.py``)."""
+    """The served work done with llama.cpp's low-level API and nothing else: ``clients``
+    sequences of ``prompt_tokens`` tokens (the served prompt's exact count) prefilled together,
+    then ``tokens - 1`` decodes of one token of every sequence, greedy sampling in C, one KV
+    stream per sequence (as the engine). ``gpu_layers``: layers offloaded to the GPU (-1: all;
+    ``scripts/gpu_check.py``)."""
     import llama_cpp
 
     llama = llama_cpp.Llama(
@@ -264,15 +267,14 @@ def batched_limit(
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_seq_max, params.n_batch, params.n_ubatch = n_ctx * clients, clients, 512, 512
     params.n_threads = params.n_threads_batch = threads
+    params.kv_unified = False
+    params.flash_attn_type = 0  # the binding's default
     ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
-    vocab = llama._model.vocab
     batch = llama_cpp.llama_batch_init(512, 0, 1)
-    samplers = [llama_cpp.llama_sampler_init_greedy() for _ in range(clients)]
+    sampler = llama_cpp.llama_sampler_init_greedy()
     eog = {llama.token_eos()}
-    prompts = [
-        llama.tokenize(llama_chat_prompt(llama, text).encode(), add_bos=True, special=True)
-        for text in client_prompts(clients)
-    ]
+    prompt = llama.tokenize(llama_chat_prompt(llama, PROMPT).encode(), add_bos=True, special=True)
+    prompt = (prompt * (prompt_tokens // len(prompt) + 1))[:prompt_tokens]
 
     def add(token: int, position: int, seq: int, logits: bool) -> int:
         index = batch.n_tokens
@@ -281,13 +283,6 @@ def batched_limit(
         batch.n_tokens = index + 1
         return index
 
-    def sample(seq: int, index: int) -> int:
-        token = llama_cpp.llama_sampler_sample(samplers[seq], ctx, index)
-        if token in eog:  # keep going, like ignore_eos: take the next token id instead
-            token = (token + 1) % llama.n_vocab()
-        llama_cpp.llama_detokenize(vocab, (llama_cpp.llama_token * 1)(token), 1, None, 0, False, False)
-        return int(token)
-
     picked: dict[int, int] = {}
     outputs: dict[int, int] = {}
 
@@ -295,13 +290,14 @@ def batched_limit(
         if llama_cpp.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
         for seq, index in outputs.items():
-            picked[seq] = sample(seq, index)
+            token = int(llama_cpp.llama_sampler_sample(sampler, ctx, index))
+            picked[seq] = token if token not in eog else (token + 1) % llama.n_vocab()  # as ignore_eos
         outputs.clear()
         batch.n_tokens = 0
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     batch.n_tokens = 0
-    for seq, prompt in enumerate(prompts):  # every prompt, in batches of up to 512 tokens
+    for seq in range(clients):  # every prompt, in batches of up to 512 tokens
         for position, token in enumerate(prompt):
             if batch.n_tokens == 512:
                 decode()
@@ -310,21 +306,19 @@ def batched_limit(
                 outputs[seq] = index
     decode()
     first = time.perf_counter() - started  # every sequence has its first token
-    positions = [len(prompt) for prompt in prompts]
     produced = len(picked)
-    for _step in range(tokens - 1):
+    for step in range(tokens - 1):
         for seq, token in picked.items():
-            outputs[seq] = add(token, positions[seq], seq, True)
-            positions[seq] += 1
+            outputs[seq] = add(token, len(prompt) + step, seq, True)
         decode()
         produced += len(picked)
     elapsed = time.perf_counter() - started
-    for sampler in samplers:
-        llama_cpp.llama_sampler_free(sampler)
+    cpu_ms = (time.process_time() - cpu_started) * 1000 / produced
+    llama_cpp.llama_sampler_free(sampler)
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama.close()
-    return {"tokens_per_s": produced / elapsed, "worst_ttft_ms": first * 1000}
+    return {"tokens_per_s": produced / elapsed, "worst_ttft_ms": first * 1000, "cpu_ms": cpu_ms}
 
 
 def llama_chat_prompt(llama: Any, text: str) -> str:
@@ -339,110 +333,266 @@ def llama_chat_prompt(llama: Any, text: str) -> str:
     return formatter(messages=[{"role": "user", "content": text}]).prompt  # type: ignore[arg-type]
 
 
-async def bench_clients(url: str, model: str, clients: int, tokens: int) -> dict[str, float]:
-    """``clients`` SSE streams at once through the server: aggregate tokens/s, worst TTFT."""
-    bodies = [
-        {
-            "input_data": [{"type": "text", "role": "user_prompt", "data": prompt}],
-            "stream": True,
-            "binding_name": "llm",
-            "model_name": model,
-            "parameters": {"max_tokens": tokens, "ignore_eos": True, "seed": index, "cache_prompt": False},
-        }
-        for index, prompt in enumerate(client_prompts(clients))
-    ]
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(sse_stream(client, url, body, False) for body in bodies))
-        elapsed = time.perf_counter() - started
+def chat_body(model: str, prompt: str, tokens: int, stream: bool = True, **parameters: Any) -> dict[str, Any]:
     return {
-        "tokens_per_s": sum(count for _, _, count in results) / elapsed,
-        "worst_ttft_ms": max(first for first, _, _ in results) * 1000,
+        "input_data": [{"type": "text", "role": "user_prompt", "data": prompt}],
+        "stream": stream,
+        "binding_name": "llm",
+        "model_name": model,
+        "parameters": {"max_tokens": tokens, "ignore_eos": True, "temperature": 0, **parameters},
     }
 
 
-async def bench_prefix(url: str, model: str, runs: int) -> tuple[float, float]:
-    """TTFT of a request whose ~1,000-token prefix the previous request read: cold, cached."""
+async def usage_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], started_event: asyncio.Event | None = None
+) -> tuple[float, float, dict[str, int]]:
+    """One native SSE stream: time to first token, total time, its usage."""
+    started = time.perf_counter()
+    first = None
+    usage: dict[str, int] = {}
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "chunk" and event["content"] and first is None:
+                first = time.perf_counter() - started
+                if started_event is not None:
+                    started_event.set()
+            elif event["type"] == "final":
+                usage = event["content"][0]["metadata"]["usage"]
+            elif event["type"] == "error":
+                raise RuntimeError(event)
+    elapsed = time.perf_counter() - started
+    return first or elapsed, elapsed, usage
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served_round(server: ServerProcess, model: str, clients: int, tokens: int) -> dict[str, float]:
+    """:func:`bench_round`, with the server process's CPU milliseconds per generated token (a
+    measure the other users of a busy machine disturb far less than the wall clock)."""
+    before = process_cpu_seconds(server.process.pid)
+    result = asyncio.run(bench_round(server.url + "/api/v1/generate", model, clients, tokens))
+    result["cpu_ms"] = (process_cpu_seconds(server.process.pid) - before) * 1000 / result["completion_tokens"]
+    return result
+
+
+async def bench_round(url: str, model: str, clients: int, tokens: int) -> dict[str, float]:
+    """``clients`` identical chats at once (temperature 0): aggregate tokens/s, worst time to
+    first token, and the prompt's token count the server reported."""
+    body = chat_body(model, PROMPT, tokens)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(usage_stream(client, url, body) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    completion = sum(usage["completion_tokens"] for _, _, usage in results)
+    return {
+        "tokens_per_s": completion / elapsed,
+        "worst_ttft_ms": max(first for first, _, _ in results) * 1000,
+        "prompt_tokens": results[0][2]["prompt_tokens"],
+        "completion_tokens": completion,
+    }
+
+
+async def bench_shared_prefix(url: str, model: str, runs: int) -> tuple[float, float, int]:
+    """Time to first token of a request whose ~1,000-token prefix a request *still generating*
+    holds: computed (cache_prompt off) and copied from the busy sequence's cells."""
     words = "the quick brown fox jumps over the lazy dog near the river bank".split()
     history = " ".join(words[index % len(words)] for index in range(1000))
-    colds, cacheds = [], []
+    colds, shareds, cached = [], [], 0
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
         for run in range(runs + 1):
-            prefix = f"Conversation {run}: {history}"
             times = []
-            for question, cache in (("first?", False), ("second?", True)):
-                body = {
-                    "input_data": [{"type": "text", "role": "user_prompt", "data": f"{prefix} {question}"}],
-                    "stream": True,
-                    "binding_name": "llm",
-                    "model_name": model,
-                    "parameters": {"max_tokens": 2, "ignore_eos": True, "cache_prompt": cache},
-                }
-                first, _, _ = await sse_stream(client, url, body, False)
+            for label, cache in (("computed", False), ("shared", True)):
+                prefix = f"Conversation {run} {label}: {history}"
+                generating = asyncio.Event()
+                holder = asyncio.create_task(
+                    usage_stream(client, url, chat_body(model, f"{prefix} first?", 48), generating)
+                )
+                await generating.wait()  # the first user's answer is streaming
+                first, _, usage = await usage_stream(
+                    client, url, chat_body(model, f"{prefix} second?", 2, cache_prompt=cache)
+                )
+                await holder
                 times.append(first)
+                cached = max(cached, usage.get("cached_tokens", 0)) if cache else cached
             if run:  # the first round warms up
                 colds.append(times[0])
-                cacheds.append(times[1])
-    return statistics.median(colds) * 1000, statistics.median(cacheds) * 1000
+                shareds.append(times[1])
+    return statistics.median(colds) * 1000, statistics.median(shareds) * 1000, cached
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads: int) -> None:
+    """Per client count and repetition, alternated: the like-for-like limit, then a fresh server's
+    first round (cold: the model loaded by an unrelated request, nothing of the prompt cached),
+    then one chat alone and two more rounds (warm: the prompt cached in the slots)."""
     n_ctx = 2048
     print(
         f"model {model.name} ({model.stat().st_size / 2**20:.1f} MB), {tokens} tokens per client, "
-        f"{threads} thread(s)\n"
+        f"{threads} thread(s); load average {load_average()}\n"
     )
     parallel = max(counts)
+    rows = []
+    shared = None
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        server = start_server(
-            model,
-            workdir,
-            threads,
-            settings={"parallel": parallel, "n_ctx": n_ctx},
-            resource_manager={"pools": {"default": {"limit": parallel, "queue_size": 64}}},
-        )
-        url = server.url + "/api/v1/generate"
-        try:
-            asyncio.run(bench_clients(url, model.name, 1, 8))  # warm-up (model load)
-            rows = []
-            for clients in counts:  # alternated runs, medians: this machine's noise hits both alike
-                limits, serveds = [], []
-                for _ in range(runs):
-                    limits.append(batched_limit(model, clients, tokens, threads, n_ctx))
-                    serveds.append(asyncio.run(bench_clients(url, model.name, clients, tokens)))
-                rows.append((clients, medians(serveds), medians(limits)))
-            cold, cached = asyncio.run(bench_prefix(url, model.name, runs))
-        finally:
-            server.stop()
-    single_ttft = rows[0][1]["worst_ttft_ms"] if counts[0] == 1 else None
+        for clients in counts:
+            limits, colds, warms = [], [], []
+            for repetition in range(runs):
+                workdir = Path(tmp) / f"c{clients}r{repetition}"
+                workdir.mkdir()
+                server = start_server(
+                    model,
+                    workdir,
+                    threads,
+                    settings={"parallel": parallel, "n_ctx": n_ctx},
+                    resource_manager={"pools": {"default": {"limit": parallel, "queue_size": 64}}},
+                )
+                url = server.url + "/api/v1/generate"
+                try:
+                    asyncio.run(bench_round_text(url, model.name, "Hi.", 1))  # loads the model
+                    colds.append(served_round(server, model.name, clients, tokens))
+                    asyncio.run(bench_round(url, model.name, 1, tokens))  # one chat alone
+                    warm = [served_round(server, model.name, clients, tokens) for _ in range(2)]
+                    warms.append(medians(warm))
+                    if shared is None and clients == counts[-1] and repetition == runs - 1:
+                        shared = asyncio.run(bench_shared_prefix(url, model.name, runs))
+                finally:
+                    server.stop()
+                prompt_tokens = int(colds[-1]["prompt_tokens"])
+                limits.append(batched_limit(model, clients, prompt_tokens, tokens, threads, n_ctx))
+            rows.append((clients, medians(colds), medians(warms), medians(limits)))
+    print(f"load average after: {load_average()}\n")
     header = (
         "clients",
+        "round",
         "served tok/s",
         "limit tok/s",
         "ratio",
         "worst TTFT ms",
         "limit TTFT ms",
-        "TTFT/1 client",
+        "CPU ms/tok",
+        "limit CPU",
+        "CPU ratio",
     )
+    widths = (7, 6, 13, 12, 6, 14, 14, 11, 10, 10)
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths, strict=True)))
+    for clients, cold, warm, limit in rows:
+        for label, served in (("cold", cold), ("warm", warm)):
+            print(
+                f"{clients:>7} {label:>6} {served['tokens_per_s']:>13.1f} {limit['tokens_per_s']:>12.1f} "
+                f"{served['tokens_per_s'] / limit['tokens_per_s']:>5.2f}x {served['worst_ttft_ms']:>14.1f} "
+                f"{limit['worst_ttft_ms']:>14.1f} {served['cpu_ms']:>11.2f} {limit['cpu_ms']:>10.2f} "
+                f"{limit['cpu_ms'] / served['cpu_ms']:>9.2f}x"
+            )
     print(
-        " ".join(f"{name:>{width}}" for name, width in zip(header, (7, 13, 12, 6, 14, 14, 14), strict=True))
+        f"(prompt {int(rows[0][1]['prompt_tokens'])} tokens; medians of {runs} alternated repetitions; "
+        "ratio = served / limit tokens/s; CPU ratio = limit / served CPU ms per token)"
     )
-    for clients, served, limit in rows:
-        versus_one = f"{served['worst_ttft_ms'] / single_ttft:13.2f}x" if single_ttft else " " * 14
+    if shared is not None:
+        computed, copied, cached = shared
         print(
-            f"{clients:>7} {served['tokens_per_s']:>13.1f} {limit['tokens_per_s']:>12.1f} "
-            f"{served['tokens_per_s'] / limit['tokens_per_s']:>5.2f}x {served['worst_ttft_ms']:>14.1f} "
-            f"{limit['worst_ttft_ms']:>14.1f} {versus_one}"
+            f"\n~1,000-token prefix held by a request still generating: TTFT computed {computed:.1f} ms, "
+            f"copied {copied:.1f} ms ({computed / copied:.1f}x faster; {cached} tokens cached)"
         )
-    print(
-        f"\n1,000-token shared prefix: TTFT cold {cold:.1f} ms, cached {cached:.1f} ms "
-        f"({cold / cached:.1f}x faster)"
-    )
+
+
+async def bench_round_text(url: str, model: str, prompt: str, tokens: int) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        await usage_stream(client, url, chat_body(model, prompt, tokens, cache_prompt=False))
+
+
+async def ceiling_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> int:
+    """One stream, its events counted without parsing them (the client stays cheap)."""
+    events = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for data in response.aiter_raw():
+            events += data.count(b"data: ")
+    return events
+
+
+def main_ceiling(streams: int, tokens: int, runs: int) -> None:
+    """What one server process can emit when the model costs nothing: ``streams`` concurrent
+    streams of a scripted binding that yields ``tokens`` tokens at once, natively and on /v1;
+    aggregate tokens/s (the client shares the machine) and the server's CPU ms per token."""
+    print(f"{streams} streams x {tokens} tokens, scripted instant binding; load average {load_average()}")
+    config_bindings = {"echo": {"type": "scripted_binding", "model_name": "echo", "instant": True}}
+    native = {
+        "input_data": [{"type": "text", "role": "user_prompt", "data": "go"}],
+        "stream": True,
+        "binding_name": "echo",
+        "model_name": "echo",
+        "parameters": {"max_tokens": tokens},
+    }
+    openai = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "max_tokens": tokens,
+    }
+    from tests.processes import start_lollms
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "server": {"auto_install_requirements": False},
+            "logging": {"level": "WARNING"},
+            "paths": {"bindings_folder": str(REPO / "tests" / "fixtures" / "user_bindings")},
+            "security": {"api_keys": [KEY]},
+            "resource_manager": {"pools": {"default": {"limit": streams, "queue_size": 2 * streams}}},
+            "bindings": config_bindings,
+        }
+        server = start_lollms(config, Path(tmp))
+        results: dict[str, list[tuple[float, float]]] = {"native": [], "/v1": []}
+        try:
+
+            async def burst(url: str, body: dict[str, Any]) -> tuple[int, float]:
+                limits = httpx.Limits(max_connections=streams + 4)
+                async with httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=600, limits=limits
+                ) as client:
+                    started = time.perf_counter()
+                    counts = await asyncio.gather(
+                        *(ceiling_stream(client, url, body) for _ in range(streams))
+                    )
+                    return sum(counts), time.perf_counter() - started
+
+            routes = {
+                "native": (server.url + "/api/v1/generate", native),
+                "/v1": (server.url + "/v1/chat/completions", openai),
+            }
+            for url, body in routes.values():  # warm-up
+                asyncio.run(burst(url, body))
+            for _ in range(runs):
+                for name, (url, body) in routes.items():
+                    before = process_cpu_seconds(server.process.pid)
+                    events, elapsed = asyncio.run(burst(url, body))
+                    cpu = process_cpu_seconds(server.process.pid) - before
+                    results[name].append((streams * tokens / elapsed, cpu * 1000 / (streams * tokens)))
+                    assert events >= streams * tokens, (name, events)
+        finally:
+            server.stop()
+    print(f"load average after: {load_average()}")
+    for name, values in results.items():
+        rate = statistics.median(value[0] for value in values)
+        cpu_ms = statistics.median(value[1] for value in values)
+        print(
+            f"{name:>7}: {rate:9.0f} tokens/s aggregate, server {cpu_ms * 1000:6.1f} CPU us per token "
+            f"(ceiling ~{1000 / cpu_ms:,.0f} tokens/s per core)"
+        )
 
 
 def main() -> None:
@@ -451,6 +601,9 @@ def main() -> None:
     )
     parser.add_argument("--model", help="GGUF file, or mid (default: build the tiny test model)")
     parser.add_argument("--clients", help="continuous batching: client counts, e.g. 1,4,8")
+    parser.add_argument(
+        "--ceiling", type=int, metavar="STREAMS", help="the server's own token ceiling with this many streams"
+    )
     parser.add_argument("--tokens", type=int, default=256, help="tokens per generation")
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
@@ -462,6 +615,9 @@ def main() -> None:
         help="run the pool in the server process or in a worker process",
     )
     args = parser.parse_args()
+    if args.ceiling:
+        main_ceiling(args.ceiling, args.tokens, args.runs)
+        return
     if args.clients:
         model_path = mid_model() if args.model in (None, "mid") else Path(args.model).resolve()
         counts = sorted({int(count) for count in args.clients.split(",")})

@@ -228,7 +228,7 @@ def check_text(gpu: dict[str, Any], workdir: Path, tokens: int, threads: int) ->
         workdir,
     ) as running:
         generate = running.url + "/api/v1/generate"
-        asyncio.run(bench_text.bench_clients(generate, model.name, 1, 8))  # load
+        asyncio.run(bench_text.bench_round(generate, model.name, 1, 8))  # load
         info = httpx.get(
             running.url + "/api/v1/get_model_info/llm",
             params={"model_name": model.name},
@@ -241,15 +241,18 @@ def check_text(gpu: dict[str, Any], workdir: Path, tokens: int, threads: int) ->
         result["size_vram"] = max((entry.get("size_vram", 0) for entry in ps.get("models", [])), default=0)
         result["loaded_mib"] = round(used_mib(gpu["index"]) - before, 1)
         for clients in (1, 4):
-            served = asyncio.run(bench_text.bench_clients(generate, model.name, clients, tokens))
+            served = asyncio.run(bench_text.bench_round(generate, model.name, clients, tokens))
             result[f"server_tokens_per_s_{clients}"] = round(served["tokens_per_s"], 1)
             result[f"server_worst_ttft_ms_{clients}"] = round(served["worst_ttft_ms"], 1)
+            result["prompt_tokens"] = int(served["prompt_tokens"])
         wait_unloaded(running.url, headers)
         after = settle(gpu["index"])
         result["returned_mib"] = round(before + result["loaded_mib"] - after, 1)
         result["left_after_unload_mib"] = round(after - before, 1)
     for clients in (1, 4):
-        raw = bench_text.batched_limit(model, clients, tokens, threads, 2048, gpu_layers=-1)
+        raw = bench_text.batched_limit(
+            model, clients, result["prompt_tokens"], tokens, threads, 2048, gpu_layers=-1
+        )
         result[f"raw_tokens_per_s_{clients}"] = round(raw["tokens_per_s"], 1)
         result[f"ratio_{clients}"] = round(
             result[f"server_tokens_per_s_{clients}"] / result[f"raw_tokens_per_s_{clients}"], 3
@@ -425,7 +428,7 @@ def check_one_card(
         generate = running.url + "/api/v1/generate"
 
         async def both() -> tuple[dict[str, float], dict[str, Any]]:
-            text = asyncio.create_task(bench_text.bench_clients(generate, model.name, 2, tokens))
+            text = asyncio.create_task(bench_text.bench_round(generate, model.name, 2, tokens))
             image = asyncio.to_thread(image_request, running.url, headers)
             return await text, await image
 

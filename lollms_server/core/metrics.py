@@ -18,6 +18,18 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+ENGINE_COUNTERS = {
+    "steps": "Decode steps of a model's batch engine.",
+    "batch_sequences": "Sequences decoded, summed over the engine's steps (/ steps: batch size).",
+    "batch_tokens": "Tokens decoded, summed over the engine's steps (prompt chunks included).",
+    "batch_pieces": "Computes the engine's steps were split into (1 per step at best).",
+    "decode_seconds": "Seconds the engine spent in the model's decode.",
+    "sample_seconds": "Seconds the engine spent sampling and handling text after the decodes.",
+    "deliver_seconds": "Seconds the engine spent handing each step's events to the server.",
+    "shared_tokens": "Prompt tokens copied from another sequence's cache instead of computed.",
+}
+
+
 class PoolCollector(Collector):
     """Reads the pools' snapshot when Prometheus scrapes."""
 
@@ -61,6 +73,10 @@ class PoolCollector(Collector):
             "1 when the worker process or Ray actor of a remote pool answers.",
             labels=["pool", "host"],
         )
+        engine = {
+            key: CounterMetricFamily(f"lollms_engine_{key}", text, labels=["pool", "binding", "model"])
+            for key, text in ENGINE_COUNTERS.items()
+        }
         for pool in snapshot:
             if "host_up" in pool:
                 host_up.add_metric([pool["name"], pool["isolation"]], float(pool["host_up"]))
@@ -73,12 +89,16 @@ class PoolCollector(Collector):
                 footprint.add_metric(
                     [pool["name"], model["binding"], model["model"]], float(model["footprint_mb"])
                 )
+                for key, value in (model.get("engine") or {}).items():
+                    if key in engine:
+                        engine[key].add_metric([pool["name"], model["binding"], model["model"]], float(value))
         yield from gauges.values()
         yield from counters.values()
         yield loaded
         yield footprint
         yield host_up
         yield from device_metrics(state.get("devices") or {})
+        yield from engine.values()
 
 
 def device_metrics(devices: dict[str, Any]) -> Iterator[Metric]:

@@ -569,6 +569,20 @@ class ResourceManager:
             self._housekeeper = None
 
     # ---- observability ----------------------------------------------------
+    def _public(self, entry: LoadedModel) -> dict[str, Any]:
+        """A loaded model as the snapshot shows it, with its engine's counters when it has some."""
+        public = entry.public()
+        counters = getattr(self._owners.get(entry.instance), "engine_counters", None)
+        if counters is not None:
+            try:
+                engine = counters(entry.model)
+            except Exception:  # noqa: BLE001 - a scrape never fails for a binding's counters
+                logger.exception("Engine counters of %s/%s failed", entry.instance, entry.model)
+                engine = {}
+            if engine:
+                public["engine"] = engine
+        return public
+
     def snapshot(self) -> dict[str, Any]:
         """Queue depth, waits, slot use and loaded models of every pool, with its waiting requests
         in serve order and the use of each key seen lately."""
@@ -590,7 +604,7 @@ class ResourceManager:
                 "max_wait_seconds": round(pool.max_wait_seconds, 4),
                 "memory_budget_mb": pool.config.memory_budget_mb,
                 "memory_used_mb": round(self.memory_used_mb(pool.name), 3),
-                "models": [entry.public() for entry in self.models.values() if entry.pool == pool.name],
+                "models": [self._public(entry) for entry in self.models.values() if entry.pool == pool.name],
                 "policy": pool.config.policy,
                 "waiting": pool.waiting(),
                 "keys": pool.usage(),

@@ -107,6 +107,53 @@ def test_a_shared_prefix_is_read_from_the_cache(server: ServerProcess) -> None:
     assert 'lollms_prompt_tokens_total{binding="llm",cache="hit"}' in metrics
 
 
+async def test_a_second_user_reads_a_busy_users_system_prompt_from_its_cells(server: ServerProcess) -> None:
+    """The second of two users with one long system prompt, arriving while the first generates,
+    gets its prompt from the first's cells (usage cached_tokens) and the answer it gets alone;
+    /metrics counts the engine's steps, decode seconds and copied tokens."""
+    system = " ".join(f"house rule {index}: answer the fox politely." for index in range(10))
+
+    def chat(question: str, stream: bool, **parameters: Any) -> dict[str, Any]:
+        request = body(question, stream=stream, temperature=0, ignore_eos=True, **parameters)
+        request["input_data"].insert(0, {"type": "text", "role": "system_prompt", "data": system})
+        return request
+
+    async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120) as client:
+        alone = await client.post(
+            "/api/v1/generate", json=chat("the second question", False, max_tokens=12, cache_prompt=False)
+        )
+        assert alone.status_code == 200, alone.text
+        first_generating = asyncio.Event()
+
+        async def first() -> None:
+            async with client.stream(
+                "POST", "/api/v1/generate", json=chat("the first question", True, max_tokens=300)
+            ) as response:
+                async for event in aiter_events(response):
+                    if event["type"] == "chunk":
+                        first_generating.set()
+
+        task = asyncio.create_task(first())
+        await first_generating.wait()
+        second = await client.post("/api/v1/generate", json=chat("the second question", False, max_tokens=12))
+        assert not task.done()  # the first still generates
+        await task
+        metrics = (await client.get("/metrics")).text
+    assert second.status_code == 200, second.text
+    output, expected = second.json()["output"][0], alone.json()["output"][0]
+    usage = output["metadata"]["usage"]
+    assert usage["prompt_tokens"] > 100 and expected["metadata"]["usage"]["cached_tokens"] == 0
+    assert usage["cached_tokens"] >= 0.8 * usage["prompt_tokens"]
+    assert output["data"] == expected["data"]
+    counters = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("lollms_engine_") and 'model="tiny.gguf"' in line
+    }
+    assert counters["lollms_engine_steps_total"] > 0 and counters["lollms_engine_decode_seconds_total"] > 0
+    assert counters["lollms_engine_shared_tokens_total"] >= usage["cached_tokens"]
+
+
 SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},

@@ -120,6 +120,91 @@ async def test_a_request_sharing_a_prefix_reads_it_from_the_cache(binding: Bindi
     assert text_of(uncached) == text_of(second)  # the cache changes the speed, not the text
 
 
+def decode_orders(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record, for every ``llama_decode`` of the engine, its sequence ids in first-seen order."""
+    from zoos.bindings.llamacpp_binding import batching
+
+    orders: list[list[int]] = []
+    decode = batching.llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        seen: list[int] = []
+        for index in range(batch.n_tokens):
+            if batch.seq_id[index][0] not in seen:
+                seen.append(batch.seq_id[index][0])
+        orders.append(seen)
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(batching.llama_cpp, "llama_decode", recording)
+    return orders
+
+
+async def test_warm_rounds_decode_their_sequences_in_one_compute(
+    binding: Binding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-cache slowdown: once the prefix cache held the prompt in every slot, a round of
+    identical requests took least-recently-used slots (say 2, 0, 3, 1) and listed them in that
+    order; llama.cpp decodes a batch in one compute per run of consecutive increasing sequence ids,
+    so every step read the weights twice. Each step must list consecutive ids, in order."""
+    chat = request("the same question for everyone", max_tokens=12, ignore_eos=True, temperature=0)
+    alone = text_of(await run(binding, chat))
+    orders = decode_orders(monkeypatch)
+    for _ in range(3):
+        results = await asyncio.gather(*(run(binding, chat) for _ in range(4)))
+        assert [text_of(chunks) for chunks in results] == [alone] * 4
+        assert all(chunks[-1].usage["cached_tokens"] > 0 for chunks in results)  # type: ignore[index]
+    assert orders
+    for order in orders:
+        assert order == list(range(order[0], order[0] + len(order))), orders
+    three = await asyncio.gather(*(run(binding, chat) for _ in range(3)))  # 3 of 4 slots: no gap
+    assert [text_of(chunks) for chunks in three] == [alone] * 3
+    for order in orders:
+        assert order == list(range(order[0], order[0] + len(order))), orders
+    stats = binding._models[MODEL].engine.describe()  # type: ignore[attr-defined]
+    assert stats["batch_pieces"] == stats["steps"] and stats["decode_seconds"] > 0
+
+
+async def test_a_prefix_held_by_a_busy_slot_is_copied_not_recomputed(binding: Binding) -> None:
+    """Two users with one long system prompt, the second arriving while the first generates: the
+    second's prompt is read from the first's cells, and its answer is the one it gets alone."""
+    system = " ".join(f"rule {index}: be kind to the fox." for index in range(10))
+    first_chat = TextRequest(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "first user"}],
+        parameters={"max_tokens": 150, "ignore_eos": True, "temperature": 0},
+    )
+    second_chat = TextRequest(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "second one"}],
+        parameters={"max_tokens": 20, "ignore_eos": True, "temperature": 0},
+    )
+    alone_request = TextRequest(
+        messages=second_chat.messages, parameters={**second_chat.parameters, "cache_prompt": False}
+    )
+    alone = await run(binding, alone_request)
+    assert alone[-1].usage is not None and alone[-1].usage["cached_tokens"] == 0
+    engine = binding._models[MODEL].engine  # type: ignore[attr-defined]
+    engine._clear_cache()  # nothing of the system prompt is cached anywhere
+    first_started = asyncio.Event()
+    first_chunks: list[TextChunk] = []
+
+    async def first() -> None:
+        async for chunk in binding.stream_text(MODEL, first_chat, CancelToken()):
+            first_chunks.append(chunk)
+            if len(first_chunks) == 3:
+                first_started.set()
+
+    task = asyncio.create_task(first())
+    await first_started.wait()
+    second = await run(binding, second_chat)
+    assert not task.done()  # the first still generates
+    await task
+    usage = second[-1].usage
+    assert usage is not None and alone[-1].usage is not None
+    assert usage["prompt_tokens"] == alone[-1].usage["prompt_tokens"] > 100
+    assert usage["cached_tokens"] >= 0.8 * usage["prompt_tokens"]
+    assert text_of(second) == text_of(alone)
+    assert engine.describe()["shared_tokens"] >= usage["cached_tokens"]
+
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -213,3 +298,22 @@ async def test_an_empty_prompt_is_refused(binding: Binding) -> None:
     with pytest.raises(BadRequestError) as caught:
         await run(binding, TextRequest(messages=[], prompt="", parameters={"max_tokens": 4}))
     assert caught.value.param == "input_data"
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "shared"),
+    [
+        ([], [1, 2], 0),
+        ([1, 2, 3], [1, 2, 3], 3),
+        ([1, 2, 3], [1, 2], 2),
+        ([1, 2, 3], [1, 9, 3], 1),
+        (list(range(1000)), list(range(1000)), 1000),
+        (list(range(1000)), [*range(700), -1, *range(701, 1000)], 700),
+        (list(range(1000)), list(range(512)), 512),
+        (list(range(513)), [*range(512), 7], 512),
+    ],
+)
+def test_common_prefix(left: list[int], right: list[int], shared: int) -> None:
+    from zoos.bindings.llamacpp_binding.batching import common_prefix
+
+    assert common_prefix(left, right) == shared == common_prefix(right, left)

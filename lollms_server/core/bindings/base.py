@@ -110,6 +110,11 @@ class Binding:
         (one memory arbiter per device, shared by every pool; see core.devices)."""
         return "cpu"
 
+    def engine_counters(self, model_name: str) -> dict[str, float]:
+        """Cumulative counters of a loaded model's generation engine (a batch engine's steps,
+        tokens and seconds), reported as ``/metrics`` ``lollms_engine_*``; none by default."""
+        return {}
+
     async def get_model_info(self, model_name: str | None) -> dict[str, Any]:
         return {"binding": self.instance_name, "model_name": model_name}
 

@@ -372,6 +372,10 @@ class LlamaCppBinding(Binding):
             raise BindingError(f"Model '{model_name}' is not loaded.")
         return loaded
 
+    def engine_counters(self, model_name: str) -> dict[str, float]:
+        loaded = self._models.get(model_name)
+        return loaded.engine.counters() if loaded is not None else {}
+
     # ---- generation ----------------------------------------------------------
     async def stream_text(
         self, model_name: str, request: TextRequest, cancel: CancelToken

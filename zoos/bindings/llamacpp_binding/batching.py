@@ -13,9 +13,24 @@ chain (penalties, grammar, top-k/top-p/min-p, temperature, seed, logit bias). A 
 the next step and leaves at the step after its end (EOS, a stop string, ``max_tokens``, the
 client gone); a cancelled sequence's KV cells are freed.
 
+Batch order: each sequence has its own KV stream (``kv_unified`` off: a sequence attends to its
+own cells only, whatever the others hold), and llama.cpp then splits a batch into one compute per
+run of *consecutive, increasing* sequence ids. So a step lists its tokens in slot order, and a new
+request takes, among equally good free slots, one next to a running sequence: sequences 2, 0, 3, 1
+in that order (what least-recently-used slots gave once the prefix cache held one prompt in every
+slot) cost two computes of the weights per step instead of one.
+
 Prefix cache: a finished sequence leaves its KV cells in its slot, with the tokens they hold. A
 new request goes to the free slot whose tokens share the longest prefix with its prompt and skips
-those tokens (``cache_prompt``); a chat's next turn re-reads only what is new.
+those tokens (``cache_prompt``); a chat's next turn re-reads only what is new. When another slot,
+busy or not, holds a prefix longer by ``SHARE_MIN_TOKENS`` or more (two users with one system
+prompt, the second arriving while the first still generates), its cells are copied into the new
+request's sequence (``llama_memory_seq_cp``: llama.cpp copies the stream's buffer before the next
+step, far cheaper than computing the prompt) instead of being computed again.
+
+Counters (:meth:`BatchEngine.describe`, ``/metrics`` ``lollms_engine_*``): steps, the sequences
+and tokens they decoded, the computes llama.cpp split them into, and the seconds spent in
+``llama_decode``, in sampling and text handling, and in handing events over.
 
 The llama.cpp objects are used only from the decode thread, except in :meth:`exclusive`, which
 waits until no sequence runs and hands the whole context to the caller (llama-cpp-python's own
@@ -43,6 +58,19 @@ from lollms_server.core.bindings import StopTextBuffer
 logger = logging.getLogger("lollms_bindings.llamacpp_binding.batching")
 
 RANDOM_SEED = llama_cpp.LLAMA_DEFAULT_SEED
+SHARE_MIN_TOKENS = 32  # a prefix copied from another slot saves at least this many tokens
+COUNTERS = (
+    "steps",  # llama_decode calls of the engine
+    "batch_sequences",  # sequences decoded, summed over the steps
+    "batch_tokens",  # tokens decoded, summed over the steps
+    "batch_pieces",  # computes llama.cpp split the steps into (one per run of consecutive ids)
+    "decode_seconds",  # in llama_decode
+    "sample_seconds",  # sampling, end checks, text (after llama_decode, in the decode thread)
+    "deliver_seconds",  # handing the step's events to the consumers' loops
+    "prompt_tokens",
+    "cached_tokens",  # prompt tokens not computed: read from a slot's cache or copied
+    "shared_tokens",  # of which copied from another slot's cells
+)
 
 
 class GrammarError(ValueError):
@@ -207,9 +235,14 @@ class Slot:
     last_used: float = 0.0
 
 
-def common_prefix(left: list[int], right: list[int]) -> int:
+def common_prefix(left: list[int], right: list[int], block: int = 256) -> int:
+    """How many tokens ``left`` and ``right`` share from the start (blocks compared in C, then
+    the differing block token by token: admission runs it on every slot for every request)."""
     size = min(len(left), len(right))
-    for index in range(size):
+    start = 0
+    while start < size and left[start : start + block] == right[start : start + block]:
+        start += block
+    for index in range(start, min(start + block, size)):
         if left[index] != right[index]:
             return index
     return size
@@ -238,7 +271,8 @@ class BatchEngine:
         self.exclusive_held = False
         self.closed = False
         self._busy_thread = False  # true while a step runs outside the condition
-        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "steps": 0, "max_batch_sequences": 0}
+        self.stats: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+        self.stats["max_batch_sequences"] = 0
         self.banned_at_eos = [
             token
             for token in {
@@ -315,6 +349,11 @@ class BatchEngine:
                 **self.stats,
             }
 
+    def counters(self) -> dict[str, float]:
+        """The cumulative counters (see ``COUNTERS``), read without waiting for a step."""
+        stats = dict(self.stats)
+        return {key: stats[key] for key in COUNTERS}
+
     # ---- the decode thread ------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -367,9 +406,22 @@ class BatchEngine:
     def _place(self, sequence: Sequence, free: list[Slot]) -> None:
         request = sequence.request
         tokens = request.tokens
+        limit = len(tokens) - 1  # one token to read: its logits give the first token
         if request.cache_prompt:
-            slot = max(free, key=lambda slot: (common_prefix(slot.tokens, tokens), -slot.last_used))
-            reuse = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)  # one token to read
+            running = {slot.seq_id for slot in self.slots if slot.sequence is not None}
+
+            def rank(slot: Slot) -> tuple[int, bool, float]:
+                # the longest prefix; among equals a slot next to a running one (one compute per
+                # run of consecutive ids), then the least recently used
+                beside = bool(running & {slot.seq_id - 1, slot.seq_id + 1})
+                return min(common_prefix(slot.tokens, tokens), limit), beside, -slot.last_used
+
+            slot = max(free, key=rank)
+            reuse = rank(slot)[0]
+            donor, shared = self._donor(tokens, limit, exclude=slot)
+            if donor is not None and shared >= reuse + SHARE_MIN_TOKENS:
+                slot = max(free, key=lambda item: rank(item)[1:])  # its own cache is worth less
+                reuse = self._copy(donor, slot, shared)
         else:
             slot = min(free, key=lambda slot: slot.last_used)
             reuse = 0
@@ -387,41 +439,87 @@ class BatchEngine:
         self.stats["cached_tokens"] += reuse
         self.active.append(sequence)
 
+    def _donor(self, tokens: list[int], limit: int, exclude: Slot) -> tuple[Slot | None, int]:
+        """The other slot (busy or not) whose cells hold the longest prefix of ``tokens``."""
+        best, length = None, 0
+        for slot in self.slots:
+            if slot is not exclude:
+                shared = min(common_prefix(slot.tokens, tokens), limit)
+                if shared > length:
+                    best, length = slot, shared
+        return best, length
+
+    def _copy(self, donor: Slot, slot: Slot, shared: int) -> int:
+        """Give ``slot`` the first ``shared`` cells of ``donor``; the tokens it then holds.
+        (Across KV streams llama.cpp copies the whole stream's buffer, at the next decode before
+        that step's tokens; the cells past ``shared`` are dropped at once.)"""
+        memory = self.memory
+        llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+        llama_cpp.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
+        trimmed = llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, shared, -1)
+        first = llama_cpp.llama_memory_seq_pos_min(memory, slot.seq_id)
+        last = llama_cpp.llama_memory_seq_pos_max(memory, slot.seq_id)
+        if not trimmed or first != 0 or last != shared - 1:  # e.g. a sliding window dropped cells
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+            return 0
+        slot.tokens.extend(donor.tokens[:shared])
+        self.stats["shared_tokens"] += shared
+        return shared
+
     def _step(self) -> None:
         for sequence in list(self.active):
             if sequence.request.cancelled.is_set():
                 self._end(sequence, reason="cancelled")
         if not self.active:
             return
+        # what each sequence gives: its next token, or a chunk of its prompt (in arrival order, up
+        # to n_batch tokens in all); listed in slot order (see the module docstring)
+        room = self.n_batch - sum(1 for sequence in self.active if sequence.next_token is not None)
+        takes: list[tuple[int, Sequence, int]] = []
+        for sequence in self.active:
+            assert sequence.slot is not None
+            if sequence.next_token is not None:
+                takes.append((sequence.slot.seq_id, sequence, 0))
+            elif sequence.pending and room > 0:
+                take = min(room, len(sequence.pending))
+                room -= take
+                takes.append((sequence.slot.seq_id, sequence, take))
+        takes.sort(key=lambda item: item[0])
         batch = self.batch
         batch.n_tokens = 0
         outputs: list[tuple[Sequence, int]] = []
-        for sequence in self.active:  # one token of every generating sequence
-            if sequence.next_token is not None:
+        pieces, last_id = 0, -2
+        for seq_id, sequence, take in takes:
+            pieces += seq_id != last_id + 1
+            last_id = seq_id
+            if take == 0:  # a generating sequence: its sampled token
+                assert sequence.next_token is not None
                 outputs.append((sequence, self._add(sequence, sequence.next_token, True)))
                 sequence.next_token = None
-        for sequence in self.active:  # then prompt chunks, up to n_batch tokens per step
-            room = self.n_batch - batch.n_tokens
-            if room <= 0:
-                break
-            if not sequence.pending:
                 continue
-            take = min(room, len(sequence.pending))
+            pending = sequence.pending
+            ends = take == len(pending)
             for index in range(take):
-                last = index == take - 1 and take == len(sequence.pending)
-                position = self._add(sequence, sequence.pending[index], last)
-                if last:
-                    outputs.append((sequence, position))
-            for _ in range(take):
-                sequence.pending.popleft()
-        self.stats["steps"] += 1
-        self.stats["max_batch_sequences"] = max(self.stats["max_batch_sequences"], len(self.active))
+                position = self._add(sequence, pending.popleft(), ends and index == take - 1)
+            if ends:
+                outputs.append((sequence, position))
+        stats = self.stats
+        stats["steps"] += 1
+        stats["batch_sequences"] += len(takes)
+        stats["batch_tokens"] += batch.n_tokens
+        stats["batch_pieces"] += pieces
+        stats["max_batch_sequences"] = max(stats["max_batch_sequences"], len(self.active))
+        started = time.perf_counter()
         status = llama_cpp.llama_decode(self.ctx, batch)
+        decoded = time.perf_counter()
+        stats["decode_seconds"] += decoded - started
         if status != 0:
             raise RuntimeError(f"llama_decode failed ({status}).")
         now = time.time()
         for sequence, index in outputs:
             self._sampled(sequence, index, now)
+        stats["sample_seconds"] += time.perf_counter() - decoded
 
     def _add(self, sequence: Sequence, token: int, logits: bool) -> int:
         slot = sequence.slot
@@ -512,6 +610,7 @@ class BatchEngine:
     def _flush(self) -> None:
         """Hand over the events of this step: one call per event loop, after all the sampling
         (the consumers then run while the next ``llama_decode`` has released the GIL)."""
+        started = time.perf_counter()
         by_loop: dict[Any, list[tuple[LoopSink, list[Any]]]] = {}
         for sequence in [*self.active, *self._finished]:
             if not sequence.outbox:
@@ -528,6 +627,7 @@ class BatchEngine:
                 loop.call_soon_threadsafe(deliver_on_loop, batch)
             except RuntimeError:  # that loop is closed: nobody listens any more
                 pass
+        self.stats["deliver_seconds"] += time.perf_counter() - started
 
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)
