@@ -40,7 +40,9 @@ class SecretMask(logging.Filter):
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:  # masked even when another handler formatted (and cached) it first
+            record.exc_text = self.mask(record.exc_text)
         return True
 
 

@@ -20,9 +20,12 @@ async def test_preload_makes_resident_and_unload_frees(app_client: Callable[...,
         entry = generation.resources.models[("echo", "other")]
         assert entry.in_use == 0  # resident, used by nobody
         assert generation.pools.snapshot()["pools"][0]["active"] == 0  # the slot was given back
-        assert await generation.unload(user, target) is True
+        assert await generation.unload(user, target) is False  # a generate key never unloads
+        assert ("echo", "other") in generation.resources.models
+        admin = Principal("admin", scopes=frozenset({"generate", "admin"}))
+        assert await generation.unload(admin, target) is True
         assert ("echo", "other") not in generation.resources.models
-        assert await generation.unload(user, target) is False  # nothing left to unload
+        assert await generation.unload(admin, target) is False  # nothing left to unload
 
         limited = Principal("limited", allowed_bindings=frozenset({"echo"}))
         with pytest.raises(PermissionDeniedError):
