@@ -398,7 +398,8 @@ class ResourceManager:
                     raised,
                 )
                 arbiter.stats.rejections["memory"] += 1
-                self.devices.store.remember(self._footprint_key(binding, model, arbiter.name), raised)
+                remembered = self._footprint_key(binding, model, arbiter.name)
+                await asyncio.to_thread(self.devices.store.remember, remembered, raised)  # a file write
                 raise PoolBusyError(
                     f"Model '{model}' did not fit on {arbiter.name} (out of memory while loading).",
                     retry_after=pool.retry_after(),

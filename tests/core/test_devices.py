@@ -589,3 +589,30 @@ def test_any_sequence_stays_within_the_device_and_evicts_no_busy_model(
         assert arbiter(manager).waiting == 0
 
     asyncio.run(scenario())
+
+
+class ThreadRecordingStore(FootprintStore):
+    """A footprint store that notes the thread of every write (the file write blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writer_threads: list[int] = []
+
+    def remember(self, key: str, mb: float) -> None:
+        import threading
+
+        self.writer_threads.append(threading.get_ident())
+        super().remember(key, mb)
+
+
+async def test_an_out_of_memory_load_remembers_its_footprint_off_the_event_loop(tmp_path: Path) -> None:
+    import threading
+
+    device = FakeDevice(1000, external=500)  # 500 MB free; the model is estimated at 60
+    store = ThreadRecordingStore(tmp_path / "footprints.json")
+    manager = manager_for(device, store=store, reserve=0.0)
+    text = FakeBinding("llm", device, {"big": 600}, estimate_factor=0.1)
+    assert await generate(manager, text, "text", "big") == "memory"
+    assert device.ooms == 1, "the load did not run out of memory: the test checks nothing"
+    assert store.writer_threads, "the out-of-memory load remembered nothing"
+    assert threading.get_ident() not in store.writer_threads  # never written on the loop's thread
