@@ -53,12 +53,17 @@ class SharedLedger:
     async def acquire_load(self) -> None:
         """Wait (without blocking the loop) until no other process of the host loads a model
         on this device."""
-        while True:
-            try:
-                self._load_lock.acquire(blocking=False)
-                return
-            except Timeout:
-                await asyncio.sleep(LOCK_POLL_SECONDS)
+        while not self.try_acquire_load():
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+
+    def try_acquire_load(self) -> bool:
+        """Take the host-wide load lock if no other process holds it (never waits; this
+        process's own holder does not stop it: the lock counts its holders)."""
+        try:
+            self._load_lock.acquire(blocking=False)
+        except Timeout:
+            return False
+        return True
 
     def release_load(self) -> None:
         self._load_lock.release()

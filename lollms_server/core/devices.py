@@ -316,6 +316,30 @@ class DeviceArbiter:
                 param="model_name",
             )
 
+    def try_reserve(self, reservation: Reservation) -> bool:
+        """Put ``reservation`` on the ledger at once when it fits now without evicting anything,
+        without waiting for :meth:`loading`: a request waiting for memory holds that lock while
+        busy models hold the memory, and the request that fits may be the one whose end frees
+        it. False: it does not fit now, or a load runs on the device (its measurement must see
+        only itself; here or in another process of the host); then :meth:`reserve` under
+        :meth:`loading`."""
+        if self._load_lock.locked() and not self.waiting:  # held by a load, not by a waiter
+            return False
+        if reservation.mb > self.free_mb():
+            return False
+        if self.shared is not None and not self.shared.try_acquire_load():
+            return False
+        try:
+            if reservation.mb > self.free_mb():  # again, with the host's other processes held off
+                return False
+            reservation.state = "loading"
+            self.ledger[reservation.key] = reservation
+            self._publish()
+            return True
+        finally:
+            if self.shared is not None:
+                self.shared.release_load()
+
     async def reserve(
         self,
         reservation: Reservation,

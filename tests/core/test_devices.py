@@ -616,3 +616,33 @@ async def test_an_out_of_memory_load_remembers_its_footprint_off_the_event_loop(
     assert device.ooms == 1, "the load did not run out of memory: the test checks nothing"
     assert store.writer_threads, "the out-of-memory load remembered nothing"
     assert threading.get_ident() not in store.writer_threads  # never written on the loop's thread
+
+
+async def test_a_request_waiting_for_working_memory_does_not_hold_back_one_that_fits() -> None:
+    """Two busy models: the first request's working memory waits for the other model; the
+    second request's fits at once. It must not queue behind the waiter (which holds the device's
+    load lock and waits for exactly the model that request would give back)."""
+    device = FakeDevice(1000)  # 900 MB usable
+    manager = manager_for(device, pools={"media": {"limit": 4, "queue_timeout": 3.0}})
+    first = FakeBinding("a", device, {"m": 400}, pool="media")
+    second = FakeBinding("b", device, {"m": 400}, pool="media")
+    both_resident = asyncio.Event()
+    inside: list[str] = []
+
+    async def job(binding: FakeBinding, mb: float, delay: float) -> float:
+        async with manager.slot("media"), manager.use_model(binding, "media", "m"):
+            inside.append(binding.instance_name)
+            if len(inside) == 2:
+                both_resident.set()
+            await both_resident.wait()
+            await asyncio.sleep(delay)
+            asked = time.monotonic()
+            async with manager.working_memory(binding, "media", "m", mb, "s"):
+                waited = time.monotonic() - asked
+                await asyncio.sleep(0.05)
+        return waited
+
+    waits = await asyncio.gather(job(first, 200, 0.0), job(second, 50, 0.05), return_exceptions=True)
+    assert not any(isinstance(wait, BaseException) for wait in waits), waits
+    assert waits[1] < 1.0  # the one that fits went at once, not at the waiter's deadline
+    assert device.ooms == 0 and device.high_water <= 900
