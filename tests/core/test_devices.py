@@ -646,3 +646,15 @@ async def test_a_request_waiting_for_working_memory_does_not_hold_back_one_that_
     assert not any(isinstance(wait, BaseException) for wait in waits), waits
     assert waits[1] < 1.0  # the one that fits went at once, not at the waiter's deadline
     assert device.ooms == 0 and device.high_water <= 900
+
+
+def test_a_driver_hiccup_does_not_fail_the_status_snapshot() -> None:
+    class FlakyProbe:
+        def total_mb(self) -> float:
+            return 1000.0
+
+        def free_mb(self) -> float:
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    state = DeviceArbiter(GPU, DeviceConfig(reserve_mb=100), FlakyProbe()).snapshot()
+    assert state["free_mb"] is None and state["probe_free_mb"] is None and state["limit_mb"] == 900.0
