@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 0.05
 WRITE_TIMEOUT_SECONDS = 5.0
+WRITE_POLL_SECONDS = 0.001
 MAX_ENTRIES = 4096
 """Entries read from the file at most (a corrupt or hostile file cannot grow memory)."""
 
@@ -53,12 +54,17 @@ class SharedLedger:
     async def acquire_load(self) -> None:
         """Wait (without blocking the loop) until no other process of the host loads a model
         on this device."""
-        while True:
-            try:
-                self._load_lock.acquire(blocking=False)
-                return
-            except Timeout:
-                await asyncio.sleep(LOCK_POLL_SECONDS)
+        while not self.try_acquire_load():
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+
+    def try_acquire_load(self) -> bool:
+        """Take the host-wide load lock if no other process holds it (never waits; this
+        process's own holder does not stop it: the lock counts its holders)."""
+        try:
+            self._load_lock.acquire(blocking=False)
+        except Timeout:
+            return False
+        return True
 
     def release_load(self) -> None:
         self._load_lock.release()
@@ -110,7 +116,10 @@ class SharedLedger:
         """Write this process's reservations (dropping those of dead processes)."""
         mine = [dict(entry) for entry in entries]
         try:
-            with self._write_lock:
+            # it runs on the event loop: while another process writes, look again every
+            # millisecond (filelock's default sleeps 50 ms, stalling every stream of the loop)
+            self._write_lock.acquire(poll_interval=WRITE_POLL_SECONDS)
+            try:
                 data = {owner: items for owner, items in self._read().items() if self._lives(owner)}
                 if mine:
                     data[self.owner] = mine
@@ -119,5 +128,7 @@ class SharedLedger:
                 temporary = self.path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
                 temporary.write_text(json.dumps(data), encoding="utf-8")
                 temporary.replace(self.path)
+            finally:
+                self._write_lock.release()
         except (OSError, Timeout):
             logger.warning("Could not write the shared device ledger %s", self.path, exc_info=True)

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -277,11 +278,12 @@ class DeviceArbiter:
                 for item in self.ledger.values()
             )
 
-    def free_mb(self) -> float:
-        """What a new reservation may take now: min(ledger, probe)."""
+    def free_mb(self, probe_free: float | None = None) -> float:
+        """What a new reservation may take now: min(ledger, probe) (``probe_free``: the probe's
+        reading when the caller has one)."""
         by_ledger = self.limit_mb - self.reserved_mb()
         pending = sum(item.mb for item in self.ledger.values() if item.state == "loading")
-        by_probe = self.probe.free_mb() - self.reserve_mb - pending
+        by_probe = (self.probe.free_mb() if probe_free is None else probe_free) - self.reserve_mb - pending
         return min(by_ledger, by_probe)
 
     # ---- reservations -------------------------------------------------------------------
@@ -315,6 +317,30 @@ class DeviceArbiter:
                 + ").",
                 param="model_name",
             )
+
+    def try_reserve(self, reservation: Reservation) -> bool:
+        """Put ``reservation`` on the ledger at once when it fits now without evicting anything,
+        without waiting for :meth:`loading`: a request waiting for memory holds that lock while
+        busy models hold the memory, and the request that fits may be the one whose end frees
+        it. False: it does not fit now, or a load runs on the device (its measurement must see
+        only itself; here or in another process of the host); then :meth:`reserve` under
+        :meth:`loading`."""
+        if self._load_lock.locked() and not self.waiting:  # held by a load, not by a waiter
+            return False
+        if reservation.mb > self.free_mb():
+            return False
+        if self.shared is not None and not self.shared.try_acquire_load():
+            return False
+        try:
+            if reservation.mb > self.free_mb():  # again, with the host's other processes held off
+                return False
+            reservation.state = "loading"
+            self.ledger[reservation.key] = reservation
+            self._publish()
+            return True
+        finally:
+            if self.shared is not None:
+                self.shared.release_load()
 
     async def reserve(
         self,
@@ -475,13 +501,13 @@ class DeviceArbiter:
             probe_free = self.probe.free_mb()
         except Exception:  # noqa: BLE001 - a status page must not fail on a driver hiccup
             probe_free = float("nan")
-        finite = probe_free != float("inf")
+        finite = math.isfinite(probe_free)  # not when unknown (inf) or unreadable (nan)
         return {
             "total_mb": round(self.total_mb, 1) if self.total_mb != float("inf") else None,
             "limit_mb": round(self.limit_mb, 1) if self.limit_mb != float("inf") else None,
             "reserve_mb": round(self.reserve_mb, 1),
             "reserved_mb": round(self.reserved_mb(), 3),
-            "free_mb": round(self.free_mb(), 1) if finite else None,
+            "free_mb": round(self.free_mb(probe_free), 1) if finite else None,
             "probe_free_mb": round(probe_free, 1) if finite else None,
             "waiting": self.waiting,
             "models": [item.public() for item in self.ledger.values()],

@@ -8,7 +8,8 @@ sees the first one's request. A decision costs two system calls and a few array 
 
 Layout (native 64-bit integers): a header; a table of process slots (pid and a nonce: a process
 that dies leaves its slot behind, freed with its counts as soon as another process sees the pid is
-gone); a table of keys (a 63-bit hash of the name; entries are reused once idle); per key, 61
+gone, or a process of the same pid sees the nonce is none of its own); a table of keys (a
+63-bit hash of the name; entries are reused once idle); per key, 61
 one-second buckets of requests and of generated tokens (a sliding minute that never lets more
 through than the exact one: a request leaves it up to a second late) and, per process slot, its
 running and waiting requests.
@@ -58,6 +59,11 @@ _KEY_WORDS = _HOLDS + PROCESSES * 2
 WORDS = _KEYS + MAX_KEYS * _KEY_WORDS
 
 
+_LIVE_NONCES: set[int] = set()
+"""The nonces of this process's open stores: a slot holding this process's pid with another
+nonce was left by a dead process whose pid came back (a restarted container), not by us."""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -102,8 +108,13 @@ class SharedKeyQuotas(KeyQuotas):
         with self._locked_file(map_only=True):
             pass
         self._nonce = secrets.randbits(62) or 1
-        with self._locked():
-            self._slot = self._claim_slot()
+        _LIVE_NONCES.add(self._nonce)  # before the slot: another store here must not free it
+        try:
+            with self._locked():
+                self._slot = self._claim_slot()
+        except BaseException:
+            _LIVE_NONCES.discard(self._nonce)
+            raise
         self._last_dead_check = time.monotonic()
 
     # ---- the file ----------------------------------------------------------------------------
@@ -135,16 +146,24 @@ class SharedKeyQuotas(KeyQuotas):
         """Free this process's slot and its counts (a clean exit)."""
         with self._locked():
             self._free_slot(self._slot)
+        _LIVE_NONCES.discard(self._nonce)
         self._words.release()
         self._map.close()
         os.close(self._fd)
+
+    def _dead(self, slot: int) -> bool:
+        """The process of a claimed ``slot`` is gone (or it is a former process of our pid)."""
+        pid, nonce = self._words[_HEADER + slot * 2], self._words[_HEADER + slot * 2 + 1]
+        if pid == os.getpid():
+            return nonce not in _LIVE_NONCES
+        return not _alive(pid)
 
     def _claim_slot(self) -> int:
         words = self._words
         free = None
         for slot in range(PROCESSES):
             pid = words[_HEADER + slot * 2]
-            if pid == 0 or not _alive(pid):
+            if pid == 0 or self._dead(slot):
                 if pid:
                     self._free_slot(slot)
                 free = slot if free is None else free
@@ -167,7 +186,7 @@ class SharedKeyQuotas(KeyQuotas):
         words = self._words
         for slot in range(PROCESSES):
             pid = words[_HEADER + slot * 2]
-            if pid and slot != self._slot and not _alive(pid):
+            if pid and slot != self._slot and self._dead(slot):
                 self._free_slot(slot)
 
     def _entry(self, key: str) -> int:

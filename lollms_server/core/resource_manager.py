@@ -278,15 +278,17 @@ class ResourceManager:
         pool = self.pool(pool_name)
         self._jobs += 1
         key = (binding.instance_name, f"{model}#job-{self._jobs}")
-        async with arbiter.loading():
-            await arbiter.reserve(
-                Reservation(binding.instance_name, key[1], pool_name, need, need),
-                deadline=time.monotonic() + pool.config.queue_timeout,
-                candidates=lambda: self._candidates(arbiter.name, exclude=(binding.instance_name, model)),
-                evict=self._evict,
-                retry_after=pool.retry_after(),
-            )
-            arbiter.mark(key, "in_use")
+        reservation = Reservation(binding.instance_name, key[1], pool_name, need, need)
+        if not arbiter.try_reserve(reservation):  # what fits goes at once, past a waiting request
+            async with arbiter.loading():
+                await arbiter.reserve(
+                    reservation,
+                    deadline=time.monotonic() + pool.config.queue_timeout,
+                    candidates=lambda: self._candidates(arbiter.name, exclude=(binding.instance_name, model)),
+                    evict=self._evict,
+                    retry_after=pool.retry_after(),
+                )
+        arbiter.mark(key, "in_use")
         try:
             yield need
         except Exception as exc:
@@ -398,7 +400,8 @@ class ResourceManager:
                     raised,
                 )
                 arbiter.stats.rejections["memory"] += 1
-                self.devices.store.remember(self._footprint_key(binding, model, arbiter.name), raised)
+                remembered = self._footprint_key(binding, model, arbiter.name)
+                await asyncio.to_thread(self.devices.store.remember, remembered, raised)  # a file write
                 raise PoolBusyError(
                     f"Model '{model}' did not fit on {arbiter.name} (out of memory while loading).",
                     retry_after=pool.retry_after(),

@@ -589,3 +589,72 @@ def test_any_sequence_stays_within_the_device_and_evicts_no_busy_model(
         assert arbiter(manager).waiting == 0
 
     asyncio.run(scenario())
+
+
+class ThreadRecordingStore(FootprintStore):
+    """A footprint store that notes the thread of every write (the file write blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writer_threads: list[int] = []
+
+    def remember(self, key: str, mb: float) -> None:
+        import threading
+
+        self.writer_threads.append(threading.get_ident())
+        super().remember(key, mb)
+
+
+async def test_an_out_of_memory_load_remembers_its_footprint_off_the_event_loop(tmp_path: Path) -> None:
+    import threading
+
+    device = FakeDevice(1000, external=500)  # 500 MB free; the model is estimated at 60
+    store = ThreadRecordingStore(tmp_path / "footprints.json")
+    manager = manager_for(device, store=store, reserve=0.0)
+    text = FakeBinding("llm", device, {"big": 600}, estimate_factor=0.1)
+    assert await generate(manager, text, "text", "big") == "memory"
+    assert device.ooms == 1, "the load did not run out of memory: the test checks nothing"
+    assert store.writer_threads, "the out-of-memory load remembered nothing"
+    assert threading.get_ident() not in store.writer_threads  # never written on the loop's thread
+
+
+async def test_a_request_waiting_for_working_memory_does_not_hold_back_one_that_fits() -> None:
+    """Two busy models: the first request's working memory waits for the other model; the
+    second request's fits at once. It must not queue behind the waiter (which holds the device's
+    load lock and waits for exactly the model that request would give back)."""
+    device = FakeDevice(1000)  # 900 MB usable
+    manager = manager_for(device, pools={"media": {"limit": 4, "queue_timeout": 3.0}})
+    first = FakeBinding("a", device, {"m": 400}, pool="media")
+    second = FakeBinding("b", device, {"m": 400}, pool="media")
+    both_resident = asyncio.Event()
+    inside: list[str] = []
+
+    async def job(binding: FakeBinding, mb: float, delay: float) -> float:
+        async with manager.slot("media"), manager.use_model(binding, "media", "m"):
+            inside.append(binding.instance_name)
+            if len(inside) == 2:
+                both_resident.set()
+            await both_resident.wait()
+            await asyncio.sleep(delay)
+            asked = time.monotonic()
+            async with manager.working_memory(binding, "media", "m", mb, "s"):
+                waited = time.monotonic() - asked
+                await asyncio.sleep(0.05)
+        return waited
+
+    waits = await asyncio.gather(job(first, 200, 0.0), job(second, 50, 0.05), return_exceptions=True)
+    assert not any(isinstance(wait, BaseException) for wait in waits), waits
+    assert waits[1] < 1.0  # the one that fits went at once, not at the waiter's deadline
+    assert device.ooms == 0 and device.high_water <= 900
+
+
+def test_a_driver_hiccup_does_not_fail_the_status_snapshot() -> None:
+    class FlakyProbe:
+        def total_mb(self) -> float:
+            return 1000.0
+
+        def free_mb(self) -> float:
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    state = DeviceArbiter(GPU, DeviceConfig(reserve_mb=100), FlakyProbe()).snapshot()
+    assert state["free_mb"] is None and state["probe_free_mb"] is None and state["limit_mb"] == 900.0

@@ -150,3 +150,22 @@ def test_one_process_keeps_quotas_in_memory_several_share_the_runtime_folder(tmp
     shared = key_quotas(config(2))  # type: ignore[arg-type]
     assert isinstance(shared, SharedKeyQuotas) and shared.path == tmp_path / "run" / "quotas.bin"
     assert (shared.path.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_slot_left_by_a_crashed_process_whose_pid_came_back_is_freed(tmp_path: Path) -> None:
+    """A container restarts its server with the same pids, the runtime folder on a volume: the
+    slot a killed process left under this pid is not this process's, and its counts go."""
+    from lollms_server.core import quota_store
+
+    path = tmp_path / "run" / "quotas.bin"
+    running = key(max_concurrent=1)
+    crashed = SharedKeyQuotas(path)
+    crashed.started(running)  # killed while generating: never ended, never closed
+    quota_store._LIVE_NONCES.discard(crashed._nonce)  # the new process never knew that store
+    restarted = SharedKeyQuotas(path)
+    restarted.check(running)  # the dead run no longer counts
+    end = restarted.started(running)
+    with pytest.raises(RateLimitError, match="runs 1"):
+        restarted.check(running)
+    end()
+    restarted.close()

@@ -13,8 +13,20 @@ from pathlib import Path
 TTT_MODEL_LINE = re.compile(r"^#?\s*ttt_model\s*=.*$", re.MULTILINE)
 
 
+TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``value`` as a TOML basic string: quotes, backslashes and control characters escaped (a
+    model file's name may hold a newline: it must not end the string and start a setting)."""
+    return (
+        '"'
+        + "".join(
+            TOML_ESCAPES.get(char) or (f"\\u{ord(char):04x}" if ord(char) < 0x20 or char == "\x7f" else char)
+            for char in value
+        )
+        + '"'
+    )
 
 
 def with_default_text_model(text: str, model: str) -> str:

@@ -77,6 +77,20 @@ def test_the_config_file_is_replaced_whole_with_its_mode(tmp_path: Path) -> None
     assert sorted(item.name for item in tmp_path.iterdir()) == ["config.toml"]  # no temporary left
 
 
+def test_a_model_file_name_cannot_write_other_settings_into_the_config_file(tmp_path: Path) -> None:
+    """A file copied into the models folder is adopted by its name, which may hold any character
+    but '/': a newline in it must not end the TOML string and start settings of its own."""
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nhost = "127.0.0.1"\n\n[defaults]\nttt_binding = "llm"\n', encoding="utf-8")
+    name = 'x"\n[server]\nhost = "0.0.0.0"\n#\t\x7f\x01.gguf'
+    set_default_text_model(path, name)
+    loaded = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert loaded["server"] == {"host": "127.0.0.1"}
+    assert loaded["defaults"] == {"ttt_model": name, "ttt_binding": "llm"}
+
+
 async def test_one_server_process_pulls_the_others_wait_for_its_file_or_take_over(
     app_client: Any, tmp_path: Path, models_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
