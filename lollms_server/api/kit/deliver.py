@@ -1,4 +1,5 @@
-"""How a family's answer leaves: whole, streamed, or a finished turn replayed as a stream.
+"""How a family's answer leaves: whole, streamed, or a finished turn replayed as a stream (and
+embeddings, which every family answers whole).
 
 Every delivery cancels its work when the client leaves: a whole answer through
 ``api.cancellation.cancellable``, a stream through ``api.sse.EventStreamResponse`` (which frees
@@ -17,9 +18,13 @@ from lollms_server.api.cancellation import cancellable
 from lollms_server.api.kit.events import Event, typed
 from lollms_server.api.sse import EventStreamResponse
 from lollms_server.core.bindings import TextResult
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
+
+MAX_EMBEDDED_TEXTS = 2048
+"""The most texts one embedding request may send."""
 
 Renderer = Callable[[AsyncGenerator[Event, None]], AsyncGenerator[bytes, None]]
 
@@ -58,7 +63,8 @@ async def stream(
         if after_close is not None:
             await after_close()
 
-    return response(render(typed(opened.events())), on_close=close, deadline=lambda: opened.deadline)
+    frames = rendered(render, typed(opened.events()))
+    return response(frames, on_close=close, deadline=lambda: opened.deadline)
 
 
 async def tool_turn(
@@ -87,9 +93,35 @@ async def tool_stream(
     opened = await cancellable(
         request, lambda _: generation.open_tool_turn(native, principal, tools, request_id)
     )
-    return EventStreamResponse(
-        render(typed(opened.events())), on_close=opened.aclose, deadline=lambda: opened.deadline
-    )
+    frames = rendered(render, typed(opened.events()))
+    return EventStreamResponse(frames, on_close=opened.aclose, deadline=lambda: opened.deadline)
+
+
+async def rendered(render: Renderer, events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+    """The family's frames of ``events``; the events are closed when the frames end (a renderer
+    may stop at a ``Failed``) or are closed (the client left), so a renderer needs no cleanup."""
+    frames = render(events)
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        await frames.aclose()
+        await events.aclose()
+
+
+async def embed(
+    request: Request,
+    generation: GenerationService,
+    principal: Principal,
+    instance: str | None,
+    model: str | None,
+    texts: list[str],
+) -> tuple[Any, list[list[float]]]:
+    """Embeddings of 1 to 2048 ``texts`` (a client that leaves first cancels them). Returns
+    (target, vectors)."""
+    if not texts or len(texts) > MAX_EMBEDDED_TEXTS:
+        raise BadRequestError(f"input must hold 1 to {MAX_EMBEDDED_TEXTS} texts.", param="input")
+    return await cancellable(request, lambda _: generation.embed(principal, instance, model, texts))
 
 
 def replay(

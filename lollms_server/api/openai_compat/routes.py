@@ -16,8 +16,8 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
 from lollms_server.api.cancellation import cancellable
-from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep, RequestIdDep
-from lollms_server.api.kit import deliver
+from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import catalog, deliver
 from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_compat import translate
@@ -29,7 +29,7 @@ from lollms_server.api.openai_compat.protocol import (
     SpeechRequest,
     image_extension_parameters,
 )
-from lollms_server.core.errors import BadRequestError, LollmsError
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData
@@ -56,23 +56,14 @@ async def _generate(
 
 
 @router.get("/models")
-async def list_models(
-    principal: GenerateUser, bindings: BindingsDep, generation: GenerationDep
-) -> dict[str, Any]:
+async def list_models(principal: GenerateUser, generation: GenerationDep) -> dict[str, Any]:
+    """Each instance the key may use (listed by name even when it cannot start), then its models."""
     data: list[dict[str, Any]] = []
-    for instance in bindings.instances.values():
-        if not principal.can_use_binding(instance.name):
-            continue
-        owner = instance.card.type_name
-        data.append({"id": instance.name, "object": "model", "created": 0, "owned_by": owner})
-        try:
-            models = await generation.list_models(principal, instance.name)
-        except LollmsError:
-            continue  # an instance that cannot start is still listed by name
-        for model in models:
-            data.append(
-                {"id": f"{instance.name}/{model['name']}", "object": "model", "created": 0, "owned_by": owner}
-            )
+    for listing in await catalog.listings(generation, principal):
+        name, owner = listing.instance.name, listing.instance.card.type_name
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": owner})
+        for model in listing.models or []:
+            data.append({"id": f"{name}/{model['name']}", "object": "model", "created": 0, "owned_by": owner})
     return {"object": "list", "data": data}
 
 
