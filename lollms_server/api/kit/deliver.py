@@ -9,15 +9,15 @@ a function from the typed events (``kit.events``) to its frames.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import Request
 
 from lollms_server.api.cancellation import cancellable
-from lollms_server.api.kit.events import Event, typed
+from lollms_server.api.kit.events import Event, Finished, typed
 from lollms_server.api.sse import EventStreamResponse
-from lollms_server.core.bindings import TextResult
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
@@ -73,10 +73,44 @@ async def tool_turn(
     native: GenerateRequest,
     principal: Principal,
     tools: list[dict[str, Any]],
-) -> tuple[Any, TextResult, list[dict[str, Any]]]:
-    """One model turn offering the client's ``tools`` (OpenAI function shape); the calls
-    ``[{id, name, arguments}]`` come back for the client to run. Returns (target, result, calls)."""
-    return await cancellable(request, lambda cancel: generation.chat_turn(native, principal, tools, cancel))
+) -> Finished:
+    """One model turn offering the client's ``tools`` (OpenAI function shape), whole, as the
+    ``Finished`` a streamed turn ends with: its text without the calls, the calls
+    ``[{id, name, arguments}]`` for the client to run (``tool_calls``), usage, finish reason,
+    the instance and model that answered (``binding``, ``model``) and the total time."""
+    started = time.monotonic()
+    target, result, calls = await cancellable(
+        request, lambda cancel: generation.chat_turn(native, principal, tools, cancel)
+    )
+    metadata = {
+        "binding": target.name,
+        "model": target.model,
+        "finish_reason": result.finish_reason,
+        "usage": result.usage,
+        "timings": {"total": time.monotonic() - started},
+        "tool_calls": calls,
+    }
+    return Finished(metadata, [{"type": "text", "data": result.text, "metadata": metadata}])
+
+
+async def prompt_tokens(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> int:
+    """The prompt tokens ``native`` reads (offering ``tools`` when not None), exactly as its
+    answer counts them: the prompt as the model's template and the tool protocol render it, read
+    by the binding (``native`` asks for one token; the prompt then stays in the prefix cache for
+    the request that follows). Anthropic's ``count_tokens``, Responses' ``input_tokens``."""
+    if tools is not None:
+        usage = (await tool_turn(request, generation, native, principal, tools)).usage
+    else:
+        response = await whole(request, generation, native, principal, request_id)
+        usage = response.output[0].metadata.get("usage") or {}
+    return int(usage.get("prompt_tokens", 0))
 
 
 async def tool_stream(

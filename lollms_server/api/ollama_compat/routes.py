@@ -231,13 +231,11 @@ async def _chat_with_tools(
     tools: list[dict[str, Any]],
 ) -> Any:
     """One model turn offering the client's tools; the calls go back to the client to run."""
-    started = time.monotonic()
-    target, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
+    turn = await deliver.tool_turn(request, generation, native, principal, tools)
     if translate.unloads(body.keep_alive):
-        await keep_alive.unload(generation, principal, target.name, target.model)
-    metadata = {"usage": result.usage, "timings": {"total": time.monotonic() - started}}
-    message = _assistant(result.text, translate.tool_calls(calls))
-    final = {"done": True, "done_reason": "stop", **translate.durations(metadata)}
+        await keep_alive.unload(generation, principal, turn.metadata["binding"], turn.metadata["model"])
+    message = _assistant(turn.text, translate.tool_calls(turn.tool_calls))
+    final = {"done": True, "done_reason": "stop", **translate.durations(turn.metadata)}
     if not body.stream:
         return {"model": body.model, "created_at": translate.now(), "message": message, **final}
 

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
-from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.kit import catalog, deliver
 from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
@@ -32,24 +31,13 @@ from lollms_server.api.openai_compat.protocol import (
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
-from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData
+from lollms_server.core.types import GenerateRequest, InputData
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 STREAMS: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {}, "text/event-stream": {}}}
 }
 """Responses of the routes that stream with ``stream: true``."""
-
-
-async def _generate(
-    request: Request,
-    generation: GenerationService,
-    native: GenerateRequest,
-    principal: Principal,
-    request_id: str,
-) -> GenerateResponse:
-    """The native answer (a client that leaves first cancels it: see ``api.cancellation``)."""
-    return await deliver.whole(request, generation, native, principal, request_id)
 
 
 # ---------------------------------------------------------------- models
@@ -94,7 +82,7 @@ async def chat_completions(
     if body.tools and body.tool_choice != "none":
         return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)
     if not body.stream:
-        response = await _generate(request, generation, native, principal, request_id)
+        response = await deliver.whole(request, generation, native, principal, request_id)
         output = response.output[0]
         message = {"role": "assistant", "content": output.data}
         return translate.chat_completion(
@@ -111,20 +99,17 @@ async def _chat_stream(
     events: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     yield translate.chat_chunk(head, {"role": "assistant", "content": ""})
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield translate.chat_chunk(head, {"content": event.text})
-            elif isinstance(event, Finished):
-                yield translate.chat_chunk(head, {}, translate.finish_reason(event.metadata))
-                if include_usage:
-                    counts = translate.usage(event.metadata)
-                    yield translate.usage_chunk(head, "chat.completion.chunk", counts)
-            elif isinstance(event, Failed):
-                yield translate.stream_error(event)
-        yield translate.DONE
-    finally:
-        await events.aclose()
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield translate.chat_chunk(head, {"content": event.text})
+        elif isinstance(event, Finished):
+            yield translate.chat_chunk(head, {}, translate.finish_reason(event.metadata))
+            if include_usage:
+                counts = translate.usage(event.metadata)
+                yield translate.usage_chunk(head, "chat.completion.chunk", counts)
+        elif isinstance(event, Failed):
+            yield translate.stream_error(event)
+    yield translate.DONE
 
 
 async def _chat_with_tools(
@@ -138,19 +123,19 @@ async def _chat_with_tools(
 ) -> Any:
     """One model turn offering the client's tools; tool calls go back to the client."""
     tools = [tool for tool in body.tools or [] if tool.get("type") == "function" and tool.get("function")]
-    _, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
+    turn = await deliver.tool_turn(request, generation, native, principal, tools)
     tool_calls = [
         {
             "id": call["id"],
             "type": "function",
             "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
         }
-        for call in calls
+        for call in turn.tool_calls
     ]
-    message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
+    message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    counts = translate.usage({"usage": result.usage})
+    counts = translate.usage(turn.metadata)
     finish = "tool_calls" if tool_calls else "stop"
     if not body.stream:
         return translate.chat_completion(head, message, finish, counts)
@@ -205,7 +190,7 @@ async def completions(
         "object": "text_completion",
     }
     if not body.stream:
-        response = await _generate(request, generation, native, principal, request_id)
+        response = await deliver.whole(request, generation, native, principal, request_id)
         output = response.output[0]
         finish = translate.finish_reason(output.metadata)
         return {
@@ -216,20 +201,17 @@ async def completions(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def frames(source: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
-        try:
-            async for event in source:
-                if isinstance(event, TextDelta):
-                    yield translate.sse({**head, "choices": [translate.completion_choice(event.text, None)]})
-                elif isinstance(event, Finished):
-                    choice = translate.completion_choice("", translate.finish_reason(event.metadata))
-                    yield translate.sse({**head, "choices": [choice]})
-                    if include_usage:
-                        yield translate.usage_chunk(head, "text_completion", translate.usage(event.metadata))
-                elif isinstance(event, Failed):
-                    yield translate.stream_error(event)
-            yield translate.DONE
-        finally:
-            await source.aclose()
+        async for event in source:
+            if isinstance(event, TextDelta):
+                yield translate.sse({**head, "choices": [translate.completion_choice(event.text, None)]})
+            elif isinstance(event, Finished):
+                choice = translate.completion_choice("", translate.finish_reason(event.metadata))
+                yield translate.sse({**head, "choices": [choice]})
+                if include_usage:
+                    yield translate.usage_chunk(head, "text_completion", translate.usage(event.metadata))
+            elif isinstance(event, Failed):
+                yield translate.stream_error(event)
+        yield translate.DONE
 
     return await deliver.stream(request, generation, native, principal, request_id, frames)
 
@@ -242,11 +224,8 @@ async def embeddings(
     request: Request, body: EmbeddingRequest, principal: GenerateUser, generation: GenerationDep
 ) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts or len(texts) > 2048:
-        raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
     instance, model = translate.split_model(body.model)
-    found = await cancellable(request, lambda _: generation.embed(principal, instance, model, texts))
-    _, vectors = found
+    _, vectors = await deliver.embed(request, generation, principal, instance, model, texts)
     data = []
     for index, vector in enumerate(vectors):
         embedding: Any = vector
@@ -286,7 +265,7 @@ async def images_generations(
             **body.extension_parameters(),
         },
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     return translate.image_data(response.output, body.response_format, body.prompt)
 
 
@@ -326,7 +305,7 @@ async def images_edits(
         model_name=model_name,
         parameters={"num_images": n, **translate.size_parameters(size), **extension},
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     return translate.image_data(response.output, response_format, prompt)
 
 
@@ -353,7 +332,7 @@ async def audio_speech(
         model_name=model,
         parameters=parameters,
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     audio = next(output for output in response.output if output.type == "audio")
     data, media_type = await translate.speech_bytes(
         base64.b64decode(audio.data), audio.mime_type or "application/octet-stream", body.response_format
@@ -391,7 +370,7 @@ async def audio_transcriptions(
         model_name=model_name,
         parameters=parameters,
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     output = response.output[0]
     text = str(output.data)
     if response_format == "text":

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import deliver
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.responses import background, dialect, output, tools
 from lollms_server.api.responses.encoding import DecodingRoute
@@ -159,15 +160,7 @@ async def create_response(
     await _keep(request, principal, builder, items)
     if not body.stream:
         return builder.response()
-
-    async def replay() -> AsyncGenerator[bytes, None]:
-        for frame in frames:
-            yield frame
-
-    async def nothing() -> None:
-        return None
-
-    return EventStreamResponse(replay(), on_close=nothing)
+    return deliver.replay(frames)
 
 
 async def _whole(
@@ -317,14 +310,6 @@ async def input_tokens(
     items = await _conversation(request, principal, body)
     plan = tools.plan(body)
     native = dialect.native_request(body, plan, items, stream=False, max_tokens=1)
-    if plan.mode == "auto":
-        found = await cancellable(
-            request, lambda cancel: generation.chat_turn(native, principal, plan.tools.specs, cancel)
-        )
-        counts = found[1].usage
-    else:
-        response = await cancellable(
-            request, lambda cancel: generation.generate(native, principal, request_id, cancel)
-        )
-        counts = response.output[0].metadata.get("usage") or {}
-    return {"object": "response.input_tokens", "input_tokens": int(counts.get("prompt_tokens", 0))}
+    offered = plan.tools.specs if plan.mode == "auto" else None
+    count = await deliver.prompt_tokens(request, generation, native, principal, request_id, offered)
+    return {"object": "response.input_tokens", "input_tokens": count}
