@@ -81,15 +81,13 @@ async def messages(
     if call.tools:
         return await _with_tools(request, body, call, principal, generation, message_id, request_id)
     if not body.stream:
-        response = await deliver.whole(request, generation, call.native, principal, request_id)
-        output = response.output[0]
-        metadata = output.metadata
+        answer = await deliver.answer(request, generation, call.native, principal, request_id)
         return translate.message(
             message_id,
             body.model,
-            translate.answer_blocks(str(output.data)),
-            translate.stop_reason(metadata.get("finish_reason")),
-            translate.usage(metadata.get("usage") or {}),
+            translate.answer_blocks(answer.text),
+            translate.stop_reason(answer.finish_reason),
+            translate.usage(answer.usage),
         )
     estimate = translate.estimate_tokens(call.turns, [])
 

@@ -42,6 +42,20 @@ async def whole(
     )
 
 
+async def answer(
+    request: Request,
+    generation: GenerationService,
+    native: GenerateRequest,
+    principal: Principal,
+    request_id: str,
+) -> Finished:
+    """:func:`whole`, as the ``Finished`` event a stream of the same answer ends with (its
+    metadata: the first output's), so a family shapes both from one event."""
+    response = await whole(request, generation, native, principal, request_id)
+    outputs = [output.model_dump() for output in response.output]
+    return Finished(dict(response.output[0].metadata) if response.output else {}, outputs)
+
+
 async def stream(
     request: Request,
     generation: GenerationService,

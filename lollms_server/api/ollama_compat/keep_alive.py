@@ -40,14 +40,12 @@ async def load(
 
 
 async def unload(
-    generation: GenerationService,
-    principal: Principal,
-    binding: str | None,
-    model: str | None,
-    kind: str = "ttt",
+    generation: GenerationService, principal: Principal, answered: dict[str, Any], kind: str = "ttt"
 ) -> None:
-    """``keep_alive: 0`` once answered: best effort (the answer is out; a model still in use by
-    another request stays, and the pool's idle rule frees it later)."""
+    """``keep_alive: 0`` once answered by ``answered["binding"]``'s ``answered["model"]``: best
+    effort (the answer is out; a model still in use by another request stays, and the pool's
+    idle rule frees it later)."""
+    binding, model = answered.get("binding"), answered.get("model")
     if not (binding and model):
         return
     try:

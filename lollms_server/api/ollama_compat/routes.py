@@ -150,6 +150,18 @@ def _piece(field: str, text: str) -> dict[str, Any]:
     return {field: _assistant(text) if field == "message" else text}
 
 
+def _done(model: str, piece: dict[str, Any], finished: Finished, reason: str | None = None) -> dict[str, Any]:
+    """An answer's last object: ``done``, its reason, counts and durations."""
+    return {
+        "model": model,
+        "created_at": translate.now(),
+        **piece,
+        "done": True,
+        "done_reason": reason or translate.done_reason(finished.metadata),
+        **translate.durations(finished.metadata, finished.first_token_seconds),
+    }
+
+
 async def _run(
     request: Request,
     generation: GenerationService,
@@ -162,24 +174,15 @@ async def _run(
     """A chat or generate answer: one object, or NDJSON pieces then the final object."""
     unload = translate.unloads(body.keep_alive)
     if not body.stream:
-        response = await deliver.whole(request, generation, native, principal, request_id)
-        output = response.output[0]
-        metadata = output.metadata
+        answer = await deliver.answer(request, generation, native, principal, request_id)
         if unload:
-            await keep_alive.unload(generation, principal, metadata.get("binding"), metadata.get("model"))
-        return {
-            "model": body.model,
-            "created_at": translate.now(),
-            **_piece(field, str(output.data)),
-            "done": True,
-            "done_reason": translate.done_reason(metadata),
-            **translate.durations(metadata),
-        }
+            await keep_alive.unload(generation, principal, answer.metadata)
+        return _done(body.model, _piece(field, answer.text), answer)
     seen: dict[str, Any] = {}
 
     async def after_close() -> None:
         if unload:
-            await keep_alive.unload(generation, principal, seen.get("binding"), seen.get("model"))
+            await keep_alive.unload(generation, principal, seen)
 
     def lines(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
         return _lines(events, body.model, field, seen)
@@ -207,16 +210,7 @@ async def _lines(
             head = {"model": model, "created_at": translate.now()}
             yield translate.line({**head, **_piece(field, event.text), "done": False})
         elif isinstance(event, Finished):
-            yield translate.line(
-                {
-                    "model": model,
-                    "created_at": translate.now(),
-                    **_piece(field, ""),
-                    "done": True,
-                    "done_reason": translate.done_reason(event.metadata),
-                    **translate.durations(event.metadata, event.first_token_seconds),
-                }
-            )
+            yield translate.line(_done(model, _piece(field, ""), event))
         elif isinstance(event, Failed):
             yield translate.line({"error": event.message})
             return
@@ -233,16 +227,15 @@ async def _chat_with_tools(
     """One model turn offering the client's tools; the calls go back to the client to run."""
     turn = await deliver.tool_turn(request, generation, native, principal, tools)
     if translate.unloads(body.keep_alive):
-        await keep_alive.unload(generation, principal, turn.metadata["binding"], turn.metadata["model"])
+        await keep_alive.unload(generation, principal, turn.metadata)
     message = _assistant(turn.text, translate.tool_calls(turn.tool_calls))
-    final = {"done": True, "done_reason": "stop", **translate.durations(turn.metadata)}
     if not body.stream:
-        return {"model": body.model, "created_at": translate.now(), "message": message, **final}
+        return _done(body.model, {"message": message}, turn, "stop")
 
     head = {"model": body.model, "created_at": translate.now()}
     lines = [
         translate.line({**head, "message": message, "done": False}),
-        translate.line({**head, **_piece("message", ""), **final}),
+        translate.line(_done(body.model, _piece("message", ""), turn, "stop")),
     ]
     return deliver.replay(lines, NDJSONStreamResponse)
 
@@ -257,7 +250,9 @@ async def _embed(
     started = time.monotonic()
     target, vectors = await deliver.embed(request, generation, principal, instance, model, texts)
     if translate.unloads(body.keep_alive):
-        await keep_alive.unload(generation, principal, target.name, target.model, "embed")
+        await keep_alive.unload(
+            generation, principal, {"binding": target.name, "model": target.model}, "embed"
+        )
     return vectors, {"total_duration": int((time.monotonic() - started) * translate.NANOSECONDS)}
 
 

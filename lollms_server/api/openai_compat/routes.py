@@ -82,11 +82,10 @@ async def chat_completions(
     if body.tools and body.tool_choice != "none":
         return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)
     if not body.stream:
-        response = await deliver.whole(request, generation, native, principal, request_id)
-        output = response.output[0]
-        message = {"role": "assistant", "content": output.data}
+        answer = await deliver.answer(request, generation, native, principal, request_id)
+        message = {"role": "assistant", "content": answer.text}
         return translate.chat_completion(
-            head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
+            head, message, translate.finish_reason(answer.metadata), translate.usage(answer.metadata)
         )
 
     def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
@@ -190,13 +189,12 @@ async def completions(
         "object": "text_completion",
     }
     if not body.stream:
-        response = await deliver.whole(request, generation, native, principal, request_id)
-        output = response.output[0]
-        finish = translate.finish_reason(output.metadata)
+        answer = await deliver.answer(request, generation, native, principal, request_id)
+        finish = translate.finish_reason(answer.metadata)
         return {
             **head,
-            "choices": [translate.completion_choice(output.data, finish)],
-            "usage": translate.usage(output.metadata),
+            "choices": [translate.completion_choice(answer.text, finish)],
+            "usage": translate.usage(answer.metadata),
         }
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
