@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lollms_server.core.bindings import BindingInstance
-from lollms_server.core.errors import LollmsError
+from lollms_server.core.errors import LollmsError, NotFoundError
 from lollms_server.core.generation import GenerationService
+from lollms_server.core.generation.routing import Target
 from lollms_server.core.security import Principal
 
 
@@ -65,3 +66,23 @@ def default_model(
         return generation.resolve(principal, kind(instance), instance.name, None).model
     except LollmsError:
         return None
+
+
+async def known_model(
+    generation: GenerationService,
+    principal: Principal,
+    instance_name: str,
+    model: str | None,
+    name: str | None = None,
+) -> tuple[Target, dict[str, Any]]:
+    """The target ``<instance>[/<model>]`` names and the binding's info on its model; 403 for an
+    instance the key may not use (before the lookup: no other names leak), 404 for an unknown
+    instance or a model it neither lists nor has loaded (``name``: the model as the client
+    named it, for that message)."""
+    principal.require_binding(instance_name)
+    generation_type = kind(generation.bindings.instance(instance_name))
+    target = generation.resolve(principal, generation_type, instance_name, model)
+    info = await generation.model_info(principal, target.instance.name, target.model)
+    if not info.get("loaded") and not await lists(generation, principal, target.instance.name, target.model):
+        raise NotFoundError(f"model '{name or f'{target.instance.name}/{target.model}'}' not found")
+    return target, info

@@ -1,4 +1,4 @@
-"""Native request shapes built from a family's translated fields."""
+"""Native request shapes and parameters built from a family's translated fields."""
 
 from __future__ import annotations
 
@@ -22,3 +22,9 @@ def native(model: type[M], **fields: Any) -> M:
         raise BadRequestError(
             f"Invalid request: {where or 'body'}: {problem.get('msg', 'invalid')}", param=where
         ) from None
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The native parameters a client set, in order (a None value is not set: the binding's
+    default stands)."""
+    return {key: value for key, value in values.items() if value is not None}

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from lollms_server import __version__
 from lollms_server.api.deps import AdminUser, ConfigDep, GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.kit import deliver
-from lollms_server.api.kit.catalog import kind, lists
+from lollms_server.api.kit.catalog import known_model
 from lollms_server.api.kit.events import Event, Failed, Finished, Started, TextDelta
 from lollms_server.api.ollama_compat import catalog, keep_alive, pulls, translate
 from lollms_server.api.ollama_compat.protocol import (
@@ -29,7 +29,7 @@ from lollms_server.api.ollama_compat.protocol import (
     NamedBody,
 )
 from lollms_server.api.ollama_compat.shape import NDJSONStreamResponse
-from lollms_server.core.errors import BadRequestError, NotFoundError
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest
@@ -64,15 +64,9 @@ async def show(
     instance_name, model = translate.model_target(str(body.model))
     if instance_name is None:
         raise BadRequestError("Name a model: '<instance>' or '<instance>/<model>'.", param="model")
-    principal.require_binding(instance_name)  # 403 before the lookup: no other names leak
-    generation_type = kind(generation.bindings.instance(instance_name))  # 404 for an unknown one
-    target = generation.resolve(principal, generation_type, instance_name, model)
-    instance, model = target.instance, target.model
-    info = await generation.model_info(principal, instance.name, model)
-    if not info.get("loaded") and not await lists(generation, principal, instance.name, model):
-        raise NotFoundError(f"model '{body.model}' not found")
-    modified = await catalog.modified_time(instance, model, request.app.state.started_at)
-    return catalog.show(instance, model, info, modified)
+    target, info = await known_model(generation, principal, instance_name, model, str(body.model))
+    modified = await catalog.modified_time(target.instance, target.model, request.app.state.started_at)
+    return catalog.show(target.instance, target.model, info, modified)
 
 
 @router.get("/ps")

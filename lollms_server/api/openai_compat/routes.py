@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.kit import catalog, deliver
 from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
+from lollms_server.api.kit.native import given
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_compat import translate
 from lollms_server.api.openai_compat.protocol import (
@@ -163,16 +164,14 @@ async def completions(
     if len(prompts) != 1:
         raise BadRequestError("Send one prompt per request.", param="prompt")
     instance, model = translate.split_model(body.model)
-    parameters: dict[str, Any] = {"raw_prompt": True}
-    for key, value in (
-        ("max_tokens", body.max_tokens),
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("seed", body.seed),
-        ("stop", body.stop),
-    ):
-        if value is not None:
-            parameters[key] = value
+    sampling = given(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+    )
+    parameters = {"raw_prompt": True, **sampling}
     native = translate.native(
         GenerateRequest,
         input_data=[InputData(type="text", role="user_prompt", data=prompts[0])],

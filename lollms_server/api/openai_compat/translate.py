@@ -14,7 +14,7 @@ from typing import Any
 from lollms_server.api.kit.chat import Image, ToolCall, Turn, native_inputs
 from lollms_server.api.kit.events import Failed
 from lollms_server.api.kit.names import split_model
-from lollms_server.api.kit.native import native
+from lollms_server.api.kit.native import given, native
 from lollms_server.api.kit.sse import DONE, data_frame
 from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, ChatMessage
 from lollms_server.core.errors import BadRequestError
@@ -133,19 +133,15 @@ def structured_output(response_format: dict[str, Any] | None) -> dict[str, Any] 
 
 
 def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    for key, value in (
-        ("max_tokens", max_tokens),
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("seed", body.seed),
-        ("stop", body.stop),
-        ("presence_penalty", body.presence_penalty),
-        ("frequency_penalty", body.frequency_penalty),
-    ):
-        if value is not None:
-            parameters[key] = value
+    parameters = given(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
     if body.logit_bias:
         parameters["logit_bias"] = body.logit_bias
     schema = structured_output(body.response_format)

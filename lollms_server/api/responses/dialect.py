@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any
 
+from lollms_server.api.kit.native import given
 from lollms_server.api.openai_compat import translate
 from lollms_server.api.openai_compat.protocol import ChatMessage
 from lollms_server.api.responses.protocol import ResponsesInput, ResponsesRequest
@@ -134,14 +135,14 @@ def parameters(body: ResponsesInput, the_plan: Plan) -> dict[str, Any]:
     """Native sampling and structure parameters of the request."""
     found: dict[str, Any] = {}
     if isinstance(body, ResponsesRequest):
-        for key, value in (
-            ("max_tokens", body.max_output_tokens),
-            ("temperature", body.temperature),
-            ("top_p", body.top_p),
-            ("seed", body.seed),
-        ):
-            if value is not None:
-                found[key] = value
+        found.update(
+            given(
+                max_tokens=body.max_output_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+            )
+        )
     text_format = body.text.format if body.text else None
     if the_plan.mode == "forced":
         assert the_plan.forced is not None
