@@ -66,11 +66,15 @@ async def stream(
     *,
     response: type[EventStreamResponse] = EventStreamResponse,
     after_close: Callable[[], Awaitable[None]] | None = None,
+    on_open: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
 ) -> EventStreamResponse:
     """The generation streamed in the family's frames. The slot is taken (or the stream is
     queued) before the response starts, so a refusal stays a plain HTTP error; it is freed when
-    the stream ends or the client leaves, then ``after_close`` runs."""
+    the stream ends or the client leaves, then ``after_close`` runs. ``on_open`` receives the
+    stream's stop (a family that can cancel a stream from another request keeps it)."""
     opened = await cancellable(request, lambda _: generation.open_stream(native, principal, request_id))
+    if on_open is not None:
+        on_open(opened.aclose)
 
     async def close() -> None:
         await opened.aclose()
