@@ -87,17 +87,10 @@ async def chat(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Any:
-    instance, model = translate.model_target(body.model)
     if not body.messages:  # Ollama: no messages loads the model (keep_alive 0: unloads it)
         return await keep_alive.load(request, generation, principal, body, {"message": _assistant("")})
-    native = translate.native(
-        GenerateRequest,
-        input_data=translate.chat_inputs(body.messages),
-        binding_name=instance,
-        model_name=model,
-        parameters=translate.parameters(body.options, body.format),
-        stream=body.stream,
-    )
+    inputs = translate.chat_inputs(body.messages)  # read before the options, as always
+    native = translate.native_request(body, inputs, translate.parameters(body.options, body.format))
     tools = translate.tools_offered(body.tools)
     if tools:
         return await _chat_with_tools(request, body, native, principal, generation, tools)
@@ -112,24 +105,16 @@ async def generate(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Any:
-    instance, model = translate.model_target(body.model)
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads (or unloads) the model
         return await keep_alive.load(request, generation, principal, body, {"response": ""})
     inputs, extra = translate.generate_inputs(body)
     parameters = {**translate.parameters(body.options, body.format), **extra}
     if body.suffix:
-        target = generation.resolve(principal, "ttt", instance, model)
+        target = generation.resolve(principal, "ttt", *translate.model_target(body.model))
         if "insert" not in catalog.capabilities(target.instance):
             raise BadRequestError(f"{body.model} does not support insert", param="suffix")
         parameters["suffix"] = body.suffix
-    native = translate.native(
-        GenerateRequest,
-        input_data=inputs,
-        binding_name=instance,
-        model_name=model,
-        parameters=parameters,
-        stream=body.stream,
-    )
+    native = translate.native_request(body, inputs, parameters)
     return await _run(request, generation, principal, request_id, native, body, "response")
 
 
