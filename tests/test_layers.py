@@ -73,6 +73,13 @@ FORBIDDEN = [
     ("lollms_server.api.kit", "lollms_server.api.openai_compat"),
     ("lollms_server.api.kit", "lollms_server.api.ollama_compat"),
     ("lollms_server.api.kit", "lollms_server.api.anthropic"),
+    ("lollms_server.api.kit", "lollms_server.api.responses"),
+    ("lollms_server.api.responses", "lollms_server.api.openai_compat"),
+    ("lollms_server.api.responses", "lollms_server.api.ollama_compat"),
+    ("lollms_server.api.responses", "lollms_server.api.anthropic"),
+    ("lollms_server.api.openai_compat", "lollms_server.api.responses"),
+    ("lollms_server.api.ollama_compat", "lollms_server.api.responses"),
+    ("lollms_server.api.anthropic", "lollms_server.api.responses"),
     # the lollms_client adapter is created by the manager, never the other way round
     ("lollms_server.core.bindings.lollms_client_adapter", "lollms_server.core.bindings.manager"),
 ]

@@ -211,7 +211,5 @@ async def detokenize(
 async def count_tokens(
     request: Request, body: TokenizeRequest, principal: GenerateUser, generation: GenerationDep
 ) -> CountTokensResponse:
-    tokens = await cancellable(
-        request, lambda _: generation.tokenize(principal, body.binding_name, body.model_name, body.text)
-    )
-    return CountTokensResponse(count=len(tokens))
+    """``/tokenize``'s count, without the tokens."""
+    return CountTokensResponse(count=(await tokenize(request, body, principal, generation)).count)

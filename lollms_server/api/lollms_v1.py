@@ -15,9 +15,10 @@ from pydantic import ConfigDict, Field
 
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep
+from lollms_server.api.kit.catalog import listings
 from lollms_server.api.kit.names import split_model
 from lollms_server.api.models import ERROR_RESPONSES
-from lollms_server.core.errors import LollmsError, NotFoundError
+from lollms_server.core.errors import NotFoundError
 from lollms_server.core.types import RequestModel
 
 router = APIRouter(prefix="/lollms/v1", tags=["lollms_client"], responses=ERROR_RESPONSES)
@@ -84,22 +85,15 @@ async def models_of_type(
     model_type: Literal["llm", "tti", "tts", "stt", "ttm", "ttv"],
     principal: GenerateUser,
     generation: GenerationDep,
-    bindings: BindingsDep,
 ) -> dict[str, Any]:
     """``{data: [...]}``: each ``<instance>/<model>`` serving ``model_type`` this key may use."""
     generation_type = MODEL_TYPES[model_type]
     data: list[dict[str, Any]] = []
-    for instance in bindings.instances.values():
-        if (
-            not principal.can_use_binding(instance.name)
-            or generation_type not in instance.card.generation_types
-        ):
-            continue
-        try:
-            models = await generation.list_models(principal, instance.name)
-        except LollmsError:
-            continue  # an instance that cannot start lists nothing
-        for model in models:
-            name = f"{instance.name}/{model['name']}"
-            data.append({"id": name, "model_name": name, "binding": instance.name, "type": model_type})
+    for listing in await listings(
+        generation, principal, lambda instance: generation_type in instance.card.generation_types
+    ):
+        instance = listing.instance.name
+        for model in listing.models or []:  # an instance that cannot start lists nothing
+            name = f"{instance}/{model['name']}"
+            data.append({"id": name, "model_name": name, "binding": instance, "type": model_type})
     return {"object": "list", "data": data}

@@ -81,15 +81,13 @@ async def messages(
     if call.tools:
         return await _with_tools(request, body, call, principal, generation, message_id, request_id)
     if not body.stream:
-        response = await deliver.whole(request, generation, call.native, principal, request_id)
-        output = response.output[0]
-        metadata = output.metadata
+        answer = await deliver.answer(request, generation, call.native, principal, request_id)
         return translate.message(
             message_id,
             body.model,
-            translate.answer_blocks(str(output.data)),
-            translate.stop_reason(metadata.get("finish_reason")),
-            translate.usage(metadata.get("usage") or {}),
+            translate.answer_blocks(answer.text),
+            translate.stop_reason(answer.finish_reason),
+            translate.usage(answer.usage),
         )
     estimate = translate.estimate_tokens(call.turns, [])
 
@@ -130,6 +128,12 @@ def _end(stop: str, counts: dict[str, int]) -> list[bytes]:
 
 
 PING = named_frame("ping", {"type": "ping"})
+
+
+def _failed(blocks: _Blocks, event: Failed) -> list[bytes]:
+    """A failure mid-stream: the open block closed, then an ``error`` event."""
+    status = translate.answer_status(event.status)
+    return [*blocks.close(), named_frame("error", translate.error_body(status, event.message))]
 
 
 class _Blocks:
@@ -191,30 +195,25 @@ async def _frames(
     yield PING
     splitter = translate.ThinkingSplitter()
     blocks = _Blocks()
-    try:
-        async for event in events:
-            if isinstance(event, Queued):
-                yield PING
-            elif isinstance(event, TextDelta):
-                for kind, piece in splitter.push(event.text):
-                    for frame in blocks.piece(kind, piece):
-                        yield frame
-            elif isinstance(event, Finished):
-                for kind, piece in splitter.flush():
-                    for frame in blocks.piece(kind, piece):
-                        yield frame
-                for frame in blocks.end():
+    async for event in events:
+        if isinstance(event, Queued):
+            yield PING
+        elif isinstance(event, TextDelta):
+            for kind, piece in splitter.push(event.text):
+                for frame in blocks.piece(kind, piece):
                     yield frame
-                for frame in _end(translate.stop_reason(event.finish_reason), translate.usage(event.usage)):
+        elif isinstance(event, Finished):
+            for kind, piece in splitter.flush():
+                for frame in blocks.piece(kind, piece):
                     yield frame
-            elif isinstance(event, Failed):
-                for frame in blocks.close():
-                    yield frame
-                status = translate.answer_status(event.status)
-                yield named_frame("error", translate.error_body(status, event.message))
-                return
-    finally:
-        await events.aclose()
+            for frame in blocks.end():
+                yield frame
+            for frame in _end(translate.stop_reason(event.finish_reason), translate.usage(event.usage)):
+                yield frame
+        elif isinstance(event, Failed):
+            for frame in _failed(blocks, event):
+                yield frame
+            return
 
 
 async def _with_tools(
@@ -238,16 +237,15 @@ async def _with_tools(
         return await deliver.tool_stream(
             request, generation, call.native, principal, request_id, call.tools, frames
         )
-    _, result, calls = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
-    if call.single:
-        calls = calls[:1]
-    thinking, text = translate.turn_text(result.text)
+    turn = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
+    calls = turn.tool_calls[:1] if call.single else turn.tool_calls
+    thinking, text = translate.turn_text(turn.text)
     content: list[dict[str, Any]] = [translate.thinking_block(thinking)] if thinking is not None else []
     if text:
         content.append({"type": "text", "text": text})
     content.extend(translate.tool_use_blocks(calls, request_id))
-    stop = "tool_use" if calls else translate.stop_reason(result.finish_reason)
-    return translate.message(message_id, body.model, content, stop, translate.usage(result.usage))
+    stop = "tool_use" if calls else translate.stop_reason(turn.finish_reason)
+    return translate.message(message_id, body.model, content, stop, translate.usage(turn.usage))
 
 
 async def _tool_frames(
@@ -278,38 +276,33 @@ async def _tool_frames(
                 frames.extend(blocks.piece(kind, text))
         return frames
 
-    try:
-        async for event in events:
-            if isinstance(event, Queued):
-                yield PING
-            elif isinstance(event, TextDelta):
-                for frame in pieces(splitter.push(event.text)):
+    async for event in events:
+        if isinstance(event, Queued):
+            yield PING
+        elif isinstance(event, TextDelta):
+            for frame in pieces(splitter.push(event.text)):
+                yield frame
+        elif isinstance(event, Finished):
+            for frame in pieces(splitter.flush()):
+                yield frame
+            _, text = translate.turn_text(event.text)
+            if text.startswith(shown) and len(text) > len(shown):
+                for frame in blocks.piece("text", text[len(shown) :]):
                     yield frame
-            elif isinstance(event, Finished):
-                for frame in pieces(splitter.flush()):
+            calls = event.tool_calls[:1] if single else event.tool_calls
+            for block in translate.tool_use_blocks(calls, request_id):
+                delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
+                for frame in blocks.whole(block, delta):
                     yield frame
-                _, text = translate.turn_text(event.text)
-                if text.startswith(shown) and len(text) > len(shown):
-                    for frame in blocks.piece("text", text[len(shown) :]):
-                        yield frame
-                calls = event.tool_calls[:1] if single else event.tool_calls
-                for block in translate.tool_use_blocks(calls, request_id):
-                    delta = {"type": "input_json_delta", "partial_json": translate.json_text(block["input"])}
-                    for frame in blocks.whole(block, delta):
-                        yield frame
-                for frame in blocks.close():
-                    yield frame
-                stop = "tool_use" if calls else translate.stop_reason(event.finish_reason)
-                for frame in _end(stop, translate.usage(event.usage)):
-                    yield frame
-            elif isinstance(event, Failed):
-                for frame in blocks.close():
-                    yield frame
-                status = translate.answer_status(event.status)
-                yield named_frame("error", translate.error_body(status, event.message))
-                return
-    finally:
-        await events.aclose()
+            for frame in blocks.close():
+                yield frame
+            stop = "tool_use" if calls else translate.stop_reason(event.finish_reason)
+            for frame in _end(stop, translate.usage(event.usage)):
+                yield frame
+        elif isinstance(event, Failed):
+            for frame in _failed(blocks, event):
+                yield frame
+            return
 
 
 @router.post("/messages/count_tokens")
@@ -325,10 +318,6 @@ async def count_tokens(
     of the answer). The model reads the prompt, so its prefix cache then holds it for the turn
     that follows."""
     call = _Call(generation, body, {"max_tokens": 1})
-    if call.tools:
-        _, result, _ = await deliver.tool_turn(request, generation, call.native, principal, call.tools)
-        usage = result.usage
-    else:
-        response = await deliver.whole(request, generation, call.native, principal, request_id)
-        usage = response.output[0].metadata.get("usage") or {}
-    return {"input_tokens": int(usage.get("prompt_tokens", 0))}
+    tools = call.tools or None
+    count = await deliver.prompt_tokens(request, generation, call.native, principal, request_id, tools)
+    return {"input_tokens": count}

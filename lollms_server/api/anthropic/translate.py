@@ -22,6 +22,7 @@ from typing import Any
 
 from lollms_server.api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, Tool
 from lollms_server.api.kit.chat import Image, ToolCall, Turn
+from lollms_server.api.kit.native import given
 from lollms_server.core.errors import BadRequestError
 from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
@@ -219,16 +220,10 @@ def tool_choice(body: CountTokensRequest, tools: list[dict[str, Any]]) -> tuple[
 
 
 def parameters(body: MessagesRequest) -> dict[str, Any]:
-    found: dict[str, Any] = {"max_tokens": body.max_tokens}
-    for key, value in (
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("top_k", body.top_k),
-        ("stop", body.stop_sequences),
-    ):
-        if value is not None:
-            found[key] = value
-    return found
+    sampling = given(
+        temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=body.stop_sequences
+    )
+    return {"max_tokens": body.max_tokens, **sampling}
 
 
 def estimate_tokens(turns: list[Turn], tools: list[dict[str, Any]]) -> int:

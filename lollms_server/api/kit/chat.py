@@ -10,12 +10,15 @@ call's id, else by its own name, else by the order of the calls not answered yet
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lollms_server.api.kit.native import native
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation.tools import tool_call_text, tool_result_text
 from lollms_server.core.types import InputData
+from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -26,6 +29,31 @@ class Image:
 
     data: str
     mime_type: str = "image/png"
+
+
+def data_url_image(url: str) -> Image:
+    """The image of a ``data:<mime>;base64,<data>`` URL (checked to be one by the family)."""
+    return Image(data=url.split(",", 1)[-1], mime_type=url[5:].split(";", 1)[0] or "image/png")
+
+
+def arguments(raw: Any) -> Any:
+    """A replayed tool call's arguments as OpenAI's families send them: a JSON string (or
+    already an object), nested at most ``MAX_TOOL_ARGUMENT_DEPTH`` levels (400 otherwise); a
+    string that is no JSON is no arguments."""
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str | dict | list):
+        raise BadRequestError("Tool call arguments must be a JSON string.", param="messages")
+    if nests_deeper(raw, MAX_TOOL_ARGUMENT_DEPTH):
+        raise BadRequestError(
+            f"Tool call arguments nest more than {MAX_TOOL_ARGUMENT_DEPTH} levels deep.", param="messages"
+        )
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
 
 
 @dataclass

@@ -62,6 +62,8 @@ class Finished:
 
     metadata: dict[str, Any]
     outputs: list[dict[str, Any]]
+    first_token_seconds: float | None = None
+    """From ``Started`` to the first ``TextDelta`` (None: no text, or not streamed)."""
 
     @property
     def finish_reason(self) -> str | None:
@@ -124,10 +126,19 @@ def read(chunk: StreamChunk) -> Event | None:
 
 
 async def typed(chunks: AsyncIterator[StreamChunk]) -> AsyncGenerator[Event, None]:
-    """The typed events of a core stream (closing it when closed)."""
+    """The typed events of a core stream (closing it when closed); ``Finished`` carries the
+    time to the first token, as seen here."""
+    started: float | None = None
+    first: float | None = None
     try:
         async for chunk in chunks:
             event = read(chunk)
+            if isinstance(event, Started):
+                started = event.at
+            elif isinstance(event, TextDelta) and first is None:
+                first = time.monotonic()
+            elif isinstance(event, Finished) and started is not None and first is not None:
+                event.first_token_seconds = first - started
             if event is not None:
                 yield event
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from lollms_server.api.kit.catalog import default_model, kind, listings
 from lollms_server.api.ollama_compat.translate import public_name
 from lollms_server.core.bindings import BindingInstance
 from lollms_server.core.config import AppConfig
@@ -57,23 +58,6 @@ def capabilities(instance: BindingInstance) -> list[str]:
     return found + [name for name in DECLARED_CAPABILITIES if name in declared]
 
 
-def kind(instance: BindingInstance) -> str:
-    """The generation type a bare model name means here: text, else embeddings, else the first."""
-    types = instance.card.generation_types
-    return "ttt" if "ttt" in types else "embed" if "embed" in types else (types[0] if types else "ttt")
-
-
-def default_model(
-    generation: GenerationService, principal: Principal, instance: BindingInstance
-) -> str | None:
-    """The model ``<instance>`` alone names, as routing picks it (``[defaults]``, then the
-    instance's ``model_name``); None when there is none."""
-    try:
-        return generation.resolve(principal, kind(instance), instance.name, None).model
-    except LollmsError:
-        return None
-
-
 def details(instance: BindingInstance, model: str, architecture: str | None = None) -> dict[str, Any]:
     """Ollama's ``details``; size and quantization are read from the model's name when it says."""
     family = architecture or instance.card.type_name.removesuffix("_binding")
@@ -99,14 +83,11 @@ async def listed_models(
     """(Ollama name, listing) for every text or embedding model the key may use (what Ollama
     serves; image, audio and video instances are for the other APIs), instances in config order."""
     found: list[tuple[str, Listed]] = []
-    for instance in generation.bindings.instances.values():
-        if not principal.can_use_binding(instance.name) or kind(instance) not in ("ttt", "embed"):
-            continue
-        try:
-            models = await generation.list_models(principal, instance.name)
-        except LollmsError:
+    for listing in await listings(generation, principal, lambda instance: kind(instance) in ("ttt", "embed")):
+        if listing.models is None:
             continue  # an instance that cannot start lists nothing
-        entries = await anyio.to_thread.run_sync(_entries, instance, models, started_at)
+        instance = listing.instance
+        entries = await anyio.to_thread.run_sync(_entries, instance, listing.models, started_at)
         default = default_model(generation, principal, instance)
         for entry in entries:
             if entry.model == default:

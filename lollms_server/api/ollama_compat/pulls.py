@@ -8,6 +8,8 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
+from fastapi import Request
+
 from lollms_server.api.ollama_compat.translate import line, model_target
 from lollms_server.core.errors import BadRequestError, LollmsError
 
@@ -17,6 +19,13 @@ NOT_AVAILABLE = (
     "Pulling and deleting models is not available on this server (it has no model manager); "
     "put model files in the binding instance's models folder instead."
 )
+
+
+class NotImplementedByServer(LollmsError):
+    """501: this server cannot do that (no model manager to pull with)."""
+
+    status_code = 501
+    error_type = "not_implemented"
 
 
 class Pull(Protocol):
@@ -30,6 +39,14 @@ class PullManager(Protocol):
     async def start(self, instance: str, ref: str) -> Pull: ...
 
     async def delete_model(self, instance: str, model: str) -> None: ...
+
+
+def manager(request: Request) -> PullManager:
+    """The server's pull manager (501 where there is none)."""
+    found: PullManager | None = getattr(request.app.state, "pulls", None)
+    if found is None:
+        raise NotImplementedByServer(NOT_AVAILABLE)
+    return found
 
 
 def split_ref(name: str, param: str = "model") -> tuple[str, str]:

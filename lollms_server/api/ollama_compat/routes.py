@@ -15,11 +15,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from lollms_server import __version__
-from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import AdminUser, ConfigDep, GenerateUser, GenerationDep, RequestIdDep
 from lollms_server.api.kit import deliver
+from lollms_server.api.kit.catalog import known_model
 from lollms_server.api.kit.events import Event, Failed, Finished, Started, TextDelta
-from lollms_server.api.ollama_compat import catalog, pulls, translate
+from lollms_server.api.ollama_compat import catalog, keep_alive, pulls, translate
 from lollms_server.api.ollama_compat.protocol import (
     ChatBody,
     Common,
@@ -29,7 +29,7 @@ from lollms_server.api.ollama_compat.protocol import (
     NamedBody,
 )
 from lollms_server.api.ollama_compat.shape import NDJSONStreamResponse
-from lollms_server.core.errors import BadRequestError, LollmsError, NotFoundError
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest
@@ -64,16 +64,9 @@ async def show(
     instance_name, model = translate.model_target(str(body.model))
     if instance_name is None:
         raise BadRequestError("Name a model: '<instance>' or '<instance>/<model>'.", param="model")
-    principal.require_binding(instance_name)  # 403 before the lookup: no other names leak
-    kind = catalog.kind(generation.bindings.instance(instance_name))  # 404 for an unknown one
-    target = generation.resolve(principal, kind, instance_name, model)
-    instance, model = target.instance, target.model
-    info = await generation.model_info(principal, instance.name, model)
-    names = [str(item.get("name")) for item in await generation.list_models(principal, instance.name)]
-    if model not in names and not info.get("loaded"):
-        raise NotFoundError(f"model '{body.model}' not found")
-    modified = await catalog.modified_time(instance, model, request.app.state.started_at)
-    return catalog.show(instance, model, info, modified)
+    target, info = await known_model(generation, principal, instance_name, model, str(body.model))
+    modified = await catalog.modified_time(target.instance, target.model, request.app.state.started_at)
+    return catalog.show(target.instance, target.model, info, modified)
 
 
 @router.get("/ps")
@@ -94,17 +87,10 @@ async def chat(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Any:
-    instance, model = translate.model_target(body.model)
     if not body.messages:  # Ollama: no messages loads the model (keep_alive 0: unloads it)
-        return await _load(request, generation, principal, body, {"message": _assistant("")})
-    native = translate.native(
-        GenerateRequest,
-        input_data=translate.chat_inputs(body.messages),
-        binding_name=instance,
-        model_name=model,
-        parameters=translate.parameters(body.options, body.format),
-        stream=body.stream,
-    )
+        return await keep_alive.load(request, generation, principal, body, {"message": _assistant("")})
+    inputs = translate.chat_inputs(body.messages)  # read before the options, as always
+    native = translate.native_request(body, inputs, translate.parameters(body.options, body.format))
     tools = translate.tools_offered(body.tools)
     if tools:
         return await _chat_with_tools(request, body, native, principal, generation, tools)
@@ -119,24 +105,16 @@ async def generate(
     generation: GenerationDep,
     request_id: RequestIdDep,
 ) -> Any:
-    instance, model = translate.model_target(body.model)
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads (or unloads) the model
-        return await _load(request, generation, principal, body, {"response": ""})
+        return await keep_alive.load(request, generation, principal, body, {"response": ""})
     inputs, extra = translate.generate_inputs(body)
     parameters = {**translate.parameters(body.options, body.format), **extra}
     if body.suffix:
-        target = generation.resolve(principal, "ttt", instance, model)
+        target = generation.resolve(principal, "ttt", *translate.model_target(body.model))
         if "insert" not in catalog.capabilities(target.instance):
             raise BadRequestError(f"{body.model} does not support insert", param="suffix")
         parameters["suffix"] = body.suffix
-    native = translate.native(
-        GenerateRequest,
-        input_data=inputs,
-        binding_name=instance,
-        model_name=model,
-        parameters=parameters,
-        stream=body.stream,
-    )
+    native = translate.native_request(body, inputs, parameters)
     return await _run(request, generation, principal, request_id, native, body, "response")
 
 
@@ -151,6 +129,18 @@ def _piece(field: str, text: str) -> dict[str, Any]:
     return {field: _assistant(text) if field == "message" else text}
 
 
+def _done(model: str, piece: dict[str, Any], finished: Finished, reason: str | None = None) -> dict[str, Any]:
+    """An answer's last object: ``done``, its reason, counts and durations."""
+    return {
+        "model": model,
+        "created_at": translate.now(),
+        **piece,
+        "done": True,
+        "done_reason": reason or translate.done_reason(finished.metadata),
+        **translate.durations(finished.metadata, finished.first_token_seconds),
+    }
+
+
 async def _run(
     request: Request,
     generation: GenerationService,
@@ -163,24 +153,15 @@ async def _run(
     """A chat or generate answer: one object, or NDJSON pieces then the final object."""
     unload = translate.unloads(body.keep_alive)
     if not body.stream:
-        response = await deliver.whole(request, generation, native, principal, request_id)
-        output = response.output[0]
-        metadata = output.metadata
+        answer = await deliver.answer(request, generation, native, principal, request_id)
         if unload:
-            await _unload(generation, principal, metadata.get("binding"), metadata.get("model"))
-        return {
-            "model": body.model,
-            "created_at": translate.now(),
-            **_piece(field, str(output.data)),
-            "done": True,
-            "done_reason": translate.done_reason(metadata),
-            **translate.durations(metadata),
-        }
+            await keep_alive.unload(generation, principal, answer.metadata)
+        return _done(body.model, _piece(field, answer.text), answer)
     seen: dict[str, Any] = {}
 
     async def after_close() -> None:
         if unload:
-            await _unload(generation, principal, seen.get("binding"), seen.get("model"))
+            await keep_alive.unload(generation, principal, seen)
 
     def lines(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
         return _lines(events, body.model, field, seen)
@@ -201,35 +182,17 @@ async def _lines(
     events: AsyncGenerator[Event, None], model: str, field: str, seen: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Native stream events as Ollama NDJSON; a failure is a last ``{"error": ...}`` line."""
-    started: float | None = None
-    first: float | None = None
-    try:
-        async for event in events:
-            if isinstance(event, Started):
-                seen.update(binding=event.binding, model=event.model)
-                started = event.at
-            elif isinstance(event, TextDelta):
-                first = first or time.monotonic()
-                head = {"model": model, "created_at": translate.now()}
-                yield translate.line({**head, **_piece(field, event.text), "done": False})
-            elif isinstance(event, Finished):
-                metadata = event.metadata
-                prompt = (first - started) if first is not None and started is not None else None
-                yield translate.line(
-                    {
-                        "model": model,
-                        "created_at": translate.now(),
-                        **_piece(field, ""),
-                        "done": True,
-                        "done_reason": translate.done_reason(metadata),
-                        **translate.durations(metadata, prompt),
-                    }
-                )
-            elif isinstance(event, Failed):
-                yield translate.line({"error": event.message})
-                return
-    finally:
-        await events.aclose()
+    async for event in events:
+        if isinstance(event, Started):
+            seen.update(binding=event.binding, model=event.model)
+        elif isinstance(event, TextDelta):
+            head = {"model": model, "created_at": translate.now()}
+            yield translate.line({**head, **_piece(field, event.text), "done": False})
+        elif isinstance(event, Finished):
+            yield translate.line(_done(model, _piece(field, ""), event))
+        elif isinstance(event, Failed):
+            yield translate.line({"error": event.message})
+            return
 
 
 async def _chat_with_tools(
@@ -241,60 +204,19 @@ async def _chat_with_tools(
     tools: list[dict[str, Any]],
 ) -> Any:
     """One model turn offering the client's tools; the calls go back to the client to run."""
-    started = time.monotonic()
-    target, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
+    turn = await deliver.tool_turn(request, generation, native, principal, tools)
     if translate.unloads(body.keep_alive):
-        await _unload(generation, principal, target.name, target.model)
-    metadata = {"usage": result.usage, "timings": {"total": time.monotonic() - started}}
-    message = _assistant(result.text, translate.tool_calls(calls))
-    final = {"done": True, "done_reason": "stop", **translate.durations(metadata)}
+        await keep_alive.unload(generation, principal, turn.metadata)
+    message = _assistant(turn.text, translate.tool_calls(turn.tool_calls))
     if not body.stream:
-        return {"model": body.model, "created_at": translate.now(), "message": message, **final}
+        return _done(body.model, {"message": message}, turn, "stop")
 
     head = {"model": body.model, "created_at": translate.now()}
     lines = [
         translate.line({**head, "message": message, "done": False}),
-        translate.line({**head, **_piece("message", ""), **final}),
+        translate.line(_done(body.model, _piece("message", ""), turn, "stop")),
     ]
     return deliver.replay(lines, NDJSONStreamResponse)
-
-
-async def _load(
-    request: Request,
-    generation: GenerationService,
-    principal: Principal,
-    body: Common,
-    empty: dict[str, Any],
-) -> dict[str, Any]:
-    """Load the model (an empty prompt or no messages), or unload it with ``keep_alive`` 0 (an
-    admin key; another key's ``keep_alive`` 0 loads it like Ollama would, and leaves it to the
-    pool's idle rule)."""
-    instance, model = translate.model_target(body.model)
-    if translate.unloads(body.keep_alive) and generation.may_unload(principal):
-        target = generation.resolve(principal, "ttt", instance, model)
-        await generation.unload(principal, target)
-        reason = "unload"
-    else:
-        await cancellable(request, lambda _: generation.preload(principal, "ttt", instance, model))
-        reason = "load"
-    return {"model": body.model, "created_at": translate.now(), **empty, "done": True, "done_reason": reason}
-
-
-async def _unload(
-    generation: GenerationService,
-    principal: Principal,
-    binding: str | None,
-    model: str | None,
-    kind: str = "ttt",
-) -> None:
-    """``keep_alive: 0`` once answered: best effort (the answer is out; a model still in use by
-    another request stays, and the pool's idle rule frees it later)."""
-    if not (binding and model):
-        return
-    try:
-        await generation.unload(principal, generation.resolve(principal, kind, binding, model))
-    except LollmsError as exc:
-        logger.warning("keep_alive 0: %s/%s stays loaded (%s)", binding, model, exc.message)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -303,15 +225,13 @@ async def _unload(
 async def _embed(
     request: Request, generation: GenerationService, principal: Principal, body: Common, texts: list[str]
 ) -> tuple[list[list[float]], dict[str, int]]:
-    if not texts or len(texts) > 2048:
-        raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
     instance, model = translate.model_target(body.model)
     started = time.monotonic()
-    target, vectors = await cancellable(
-        request, lambda _: generation.embed(principal, instance, model, texts)
-    )
+    target, vectors = await deliver.embed(request, generation, principal, instance, model, texts)
     if translate.unloads(body.keep_alive):
-        await _unload(generation, principal, target.name, target.model, "embed")
+        await keep_alive.unload(
+            generation, principal, {"binding": target.name, "model": target.model}, "embed"
+        )
     return vectors, {"total_duration": int((time.monotonic() - started) * translate.NANOSECONDS)}
 
 
@@ -336,22 +256,10 @@ async def embeddings(
 # ---------------------------------------------------------------- pull and delete
 
 
-def _pulls(request: Request) -> pulls.PullManager:
-    manager: pulls.PullManager | None = getattr(request.app.state, "pulls", None)
-    if manager is None:
-        raise NotImplementedByServer(pulls.NOT_AVAILABLE)
-    return manager
-
-
-class NotImplementedByServer(LollmsError):
-    status_code = 501
-    error_type = "not_implemented"
-
-
 @router.post("/pull")
 async def pull(request: Request, body: NamedBody, _: AdminUser) -> Any:
     """Pull ``<instance>/<ref>`` into the instance's models folder (admin scope)."""
-    manager = _pulls(request)
+    manager = pulls.manager(request)
     instance, ref = pulls.split_ref(str(body.model))
     started = await manager.start(instance, ref)
     if not body.stream:
@@ -364,7 +272,7 @@ async def pull(request: Request, body: NamedBody, _: AdminUser) -> Any:
 @router.delete("/delete")
 async def delete(request: Request, body: NamedBody, _: AdminUser) -> Response:
     """Delete ``<instance>/<model>``'s files (admin scope; 409 while it is loaded)."""
-    manager = _pulls(request)
+    manager = pulls.manager(request)
     instance, model = pulls.split_ref(str(body.model))
     await manager.delete_model(instance, model)
     return JSONResponse({})

@@ -13,9 +13,16 @@ from typing import Any
 from lollms_server.api.kit.chat import Image, ToolCall, Turn, native_inputs
 from lollms_server.api.kit.names import split_model
 from lollms_server.api.kit.native import native
-from lollms_server.api.ollama_compat.protocol import Format, GenerateBody, KeepAlive, Message, Options
+from lollms_server.api.ollama_compat.protocol import (
+    ChatBody,
+    Format,
+    GenerateBody,
+    KeepAlive,
+    Message,
+    Options,
+)
 from lollms_server.core.errors import BadRequestError
-from lollms_server.core.types import InputData
+from lollms_server.core.types import GenerateRequest, InputData
 from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 TAG = ":latest"
@@ -155,6 +162,21 @@ def _arguments(raw: Any) -> Any:
         except json.JSONDecodeError:
             raise BadRequestError("Tool call arguments must be a JSON object.", param="messages") from None
     return raw if raw is not None else {}
+
+
+def native_request(
+    body: ChatBody | GenerateBody, inputs: list[InputData], parameters: dict[str, Any]
+) -> GenerateRequest:
+    """The native request of a ``/api/chat`` or ``/api/generate`` body."""
+    instance, model = model_target(body.model)
+    return native(
+        GenerateRequest,
+        input_data=inputs,
+        binding_name=instance,
+        model_name=model,
+        parameters=parameters,
+        stream=body.stream,
+    )
 
 
 def generate_inputs(body: GenerateBody) -> tuple[list[InputData], dict[str, Any]]:

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
-from lollms_server.api.cancellation import cancellable
-from lollms_server.api.deps import BindingsDep, GenerateUser, GenerationDep, RequestIdDep
-from lollms_server.api.kit import deliver
+from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import catalog, deliver
 from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
+from lollms_server.api.kit.native import given
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.openai_compat import translate
 from lollms_server.api.openai_compat.protocol import (
@@ -29,10 +29,10 @@ from lollms_server.api.openai_compat.protocol import (
     SpeechRequest,
     image_extension_parameters,
 )
-from lollms_server.core.errors import BadRequestError, LollmsError
+from lollms_server.core.errors import BadRequestError
 from lollms_server.core.generation import GenerationService
 from lollms_server.core.security import Principal
-from lollms_server.core.types import GenerateRequest, GenerateResponse, InputData
+from lollms_server.core.types import GenerateRequest, InputData
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 STREAMS: dict[int | str, dict[str, Any]] = {
@@ -41,38 +41,18 @@ STREAMS: dict[int | str, dict[str, Any]] = {
 """Responses of the routes that stream with ``stream: true``."""
 
 
-async def _generate(
-    request: Request,
-    generation: GenerationService,
-    native: GenerateRequest,
-    principal: Principal,
-    request_id: str,
-) -> GenerateResponse:
-    """The native answer (a client that leaves first cancels it: see ``api.cancellation``)."""
-    return await deliver.whole(request, generation, native, principal, request_id)
-
-
 # ---------------------------------------------------------------- models
 
 
 @router.get("/models")
-async def list_models(
-    principal: GenerateUser, bindings: BindingsDep, generation: GenerationDep
-) -> dict[str, Any]:
+async def list_models(principal: GenerateUser, generation: GenerationDep) -> dict[str, Any]:
+    """Each instance the key may use (listed by name even when it cannot start), then its models."""
     data: list[dict[str, Any]] = []
-    for instance in bindings.instances.values():
-        if not principal.can_use_binding(instance.name):
-            continue
-        owner = instance.card.type_name
-        data.append({"id": instance.name, "object": "model", "created": 0, "owned_by": owner})
-        try:
-            models = await generation.list_models(principal, instance.name)
-        except LollmsError:
-            continue  # an instance that cannot start is still listed by name
-        for model in models:
-            data.append(
-                {"id": f"{instance.name}/{model['name']}", "object": "model", "created": 0, "owned_by": owner}
-            )
+    for listing in await catalog.listings(generation, principal):
+        name, owner = listing.instance.name, listing.instance.card.type_name
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": owner})
+        for model in listing.models or []:
+            data.append({"id": f"{name}/{model['name']}", "object": "model", "created": 0, "owned_by": owner})
     return {"object": "list", "data": data}
 
 
@@ -103,11 +83,10 @@ async def chat_completions(
     if body.tools and body.tool_choice != "none":
         return await _chat_with_tools(request, body, native, principal, generation, head, include_usage)
     if not body.stream:
-        response = await _generate(request, generation, native, principal, request_id)
-        output = response.output[0]
-        message = {"role": "assistant", "content": output.data}
+        answer = await deliver.answer(request, generation, native, principal, request_id)
+        message = {"role": "assistant", "content": answer.text}
         return translate.chat_completion(
-            head, message, translate.finish_reason(output.metadata), translate.usage(output.metadata)
+            head, message, translate.finish_reason(answer.metadata), translate.usage(answer.metadata)
         )
 
     def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
@@ -120,20 +99,17 @@ async def _chat_stream(
     events: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     yield translate.chat_chunk(head, {"role": "assistant", "content": ""})
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield translate.chat_chunk(head, {"content": event.text})
-            elif isinstance(event, Finished):
-                yield translate.chat_chunk(head, {}, translate.finish_reason(event.metadata))
-                if include_usage:
-                    counts = translate.usage(event.metadata)
-                    yield translate.usage_chunk(head, "chat.completion.chunk", counts)
-            elif isinstance(event, Failed):
-                yield translate.stream_error(event)
-        yield translate.DONE
-    finally:
-        await events.aclose()
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield translate.chat_chunk(head, {"content": event.text})
+        elif isinstance(event, Finished):
+            yield translate.chat_chunk(head, {}, translate.finish_reason(event.metadata))
+            if include_usage:
+                counts = translate.usage(event.metadata)
+                yield translate.usage_chunk(head, "chat.completion.chunk", counts)
+        elif isinstance(event, Failed):
+            yield translate.stream_error(event)
+    yield translate.DONE
 
 
 async def _chat_with_tools(
@@ -147,19 +123,19 @@ async def _chat_with_tools(
 ) -> Any:
     """One model turn offering the client's tools; tool calls go back to the client."""
     tools = [tool for tool in body.tools or [] if tool.get("type") == "function" and tool.get("function")]
-    _, result, calls = await deliver.tool_turn(request, generation, native, principal, tools)
+    turn = await deliver.tool_turn(request, generation, native, principal, tools)
     tool_calls = [
         {
             "id": call["id"],
             "type": "function",
             "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
         }
-        for call in calls
+        for call in turn.tool_calls
     ]
-    message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
+    message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    counts = translate.usage({"usage": result.usage})
+    counts = translate.usage(turn.metadata)
     finish = "tool_calls" if tool_calls else "stop"
     if not body.stream:
         return translate.chat_completion(head, message, finish, counts)
@@ -188,16 +164,14 @@ async def completions(
     if len(prompts) != 1:
         raise BadRequestError("Send one prompt per request.", param="prompt")
     instance, model = translate.split_model(body.model)
-    parameters: dict[str, Any] = {"raw_prompt": True}
-    for key, value in (
-        ("max_tokens", body.max_tokens),
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("seed", body.seed),
-        ("stop", body.stop),
-    ):
-        if value is not None:
-            parameters[key] = value
+    sampling = given(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+    )
+    parameters = {"raw_prompt": True, **sampling}
     native = translate.native(
         GenerateRequest,
         input_data=[InputData(type="text", role="user_prompt", data=prompts[0])],
@@ -214,31 +188,27 @@ async def completions(
         "object": "text_completion",
     }
     if not body.stream:
-        response = await _generate(request, generation, native, principal, request_id)
-        output = response.output[0]
-        finish = translate.finish_reason(output.metadata)
+        answer = await deliver.answer(request, generation, native, principal, request_id)
+        finish = translate.finish_reason(answer.metadata)
         return {
             **head,
-            "choices": [translate.completion_choice(output.data, finish)],
-            "usage": translate.usage(output.metadata),
+            "choices": [translate.completion_choice(answer.text, finish)],
+            "usage": translate.usage(answer.metadata),
         }
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def frames(source: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
-        try:
-            async for event in source:
-                if isinstance(event, TextDelta):
-                    yield translate.sse({**head, "choices": [translate.completion_choice(event.text, None)]})
-                elif isinstance(event, Finished):
-                    choice = translate.completion_choice("", translate.finish_reason(event.metadata))
-                    yield translate.sse({**head, "choices": [choice]})
-                    if include_usage:
-                        yield translate.usage_chunk(head, "text_completion", translate.usage(event.metadata))
-                elif isinstance(event, Failed):
-                    yield translate.stream_error(event)
-            yield translate.DONE
-        finally:
-            await source.aclose()
+        async for event in source:
+            if isinstance(event, TextDelta):
+                yield translate.sse({**head, "choices": [translate.completion_choice(event.text, None)]})
+            elif isinstance(event, Finished):
+                choice = translate.completion_choice("", translate.finish_reason(event.metadata))
+                yield translate.sse({**head, "choices": [choice]})
+                if include_usage:
+                    yield translate.usage_chunk(head, "text_completion", translate.usage(event.metadata))
+            elif isinstance(event, Failed):
+                yield translate.stream_error(event)
+        yield translate.DONE
 
     return await deliver.stream(request, generation, native, principal, request_id, frames)
 
@@ -251,11 +221,8 @@ async def embeddings(
     request: Request, body: EmbeddingRequest, principal: GenerateUser, generation: GenerationDep
 ) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts or len(texts) > 2048:
-        raise BadRequestError("input must hold 1 to 2048 texts.", param="input")
     instance, model = translate.split_model(body.model)
-    found = await cancellable(request, lambda _: generation.embed(principal, instance, model, texts))
-    _, vectors = found
+    _, vectors = await deliver.embed(request, generation, principal, instance, model, texts)
     data = []
     for index, vector in enumerate(vectors):
         embedding: Any = vector
@@ -295,7 +262,7 @@ async def images_generations(
             **body.extension_parameters(),
         },
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     return translate.image_data(response.output, body.response_format, body.prompt)
 
 
@@ -335,7 +302,7 @@ async def images_edits(
         model_name=model_name,
         parameters={"num_images": n, **translate.size_parameters(size), **extension},
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     return translate.image_data(response.output, response_format, prompt)
 
 
@@ -362,7 +329,7 @@ async def audio_speech(
         model_name=model,
         parameters=parameters,
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     audio = next(output for output in response.output if output.type == "audio")
     data, media_type = await translate.speech_bytes(
         base64.b64decode(audio.data), audio.mime_type or "application/octet-stream", body.response_format
@@ -400,7 +367,7 @@ async def audio_transcriptions(
         model_name=model_name,
         parameters=parameters,
     )
-    response = await _generate(request, generation, native, principal, request_id)
+    response = await deliver.whole(request, generation, native, principal, request_id)
     output = response.output[0]
     text = str(output.data)
     if response_format == "text":

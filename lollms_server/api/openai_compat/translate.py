@@ -6,22 +6,20 @@ tool-call arguments as a JSON string, ``tool_choice``) is read here."""
 from __future__ import annotations
 
 import io
-import json
 import time
 import wave
 from typing import Any
 
-from lollms_server.api.kit.chat import Image, ToolCall, Turn, native_inputs
+from lollms_server.api.kit.chat import Image, ToolCall, Turn, arguments, data_url_image, native_inputs
 from lollms_server.api.kit.events import Failed
 from lollms_server.api.kit.names import split_model
-from lollms_server.api.kit.native import native
+from lollms_server.api.kit.native import given, native, structured_output
 from lollms_server.api.kit.sse import DONE, data_frame
 from lollms_server.api.openai_compat.protocol import ChatCompletionRequest, ChatMessage
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.types import InputData, OutputData
 from lollms_server.utils.audio_encoding import encode_audio
 from lollms_server.utils.media import AUDIO_FORMATS, audio_format
-from lollms_server.utils.nesting import MAX_TOOL_ARGUMENT_DEPTH, nests_deeper
 
 __all__ = ["DONE", "native", "split_model"]  # re-exported: routes and videos use them from here
 
@@ -50,8 +48,7 @@ def _content(message: ChatMessage, index: int) -> tuple[str, list[Image]]:
                 raise BadRequestError(
                     "Images must be sent inline as data: URLs.", param=f"messages[{index}].content"
                 )
-            mime = url[5:].split(";", 1)[0] or "image/png"
-            images.append(Image(data=url.split(",", 1)[-1], mime_type=mime))
+            images.append(data_url_image(url))
         else:
             raise BadRequestError(
                 f"Unsupported content part '{str(kind)[:32]}'.", param=f"messages[{index}].content"
@@ -76,9 +73,11 @@ def chat_turns(messages: list[ChatMessage]) -> list[Turn]:
                     raise BadRequestError(
                         "A tool call needs a 'function' object.", param=f"messages[{index}].tool_calls"
                     )
-                name, arguments = str(function.get("name", "")), _arguments(function.get("arguments"))
+                name, given_arguments = str(function.get("name", "")), arguments(function.get("arguments"))
                 call_id = call.get("id")
-                calls.append(ToolCall(name, arguments, id=str(call_id) if call_id is not None else None))
+                calls.append(
+                    ToolCall(name, given_arguments, id=str(call_id) if call_id is not None else None)
+                )
             turns.append(Turn("assistant", text, tool_calls=calls))
         else:  # tool result
             turns.append(Turn("tool", text, call_id=message.tool_call_id, tool_name=message.name))
@@ -90,62 +89,16 @@ def chat_inputs(messages: list[ChatMessage]) -> list[InputData]:
     return native_inputs(chat_turns(messages))
 
 
-def _arguments(raw: Any) -> Any:
-    """A tool call's arguments: a JSON string (OpenAI's form) or already an object, nested at
-    most ``MAX_TOOL_ARGUMENT_DEPTH`` levels (400 otherwise)."""
-    if raw is None or raw == "":
-        return {}
-    if not isinstance(raw, str | dict | list):
-        raise BadRequestError("Tool call arguments must be a JSON string.", param="messages")
-    if nests_deeper(raw, MAX_TOOL_ARGUMENT_DEPTH):
-        raise BadRequestError(
-            f"Tool call arguments nest more than {MAX_TOOL_ARGUMENT_DEPTH} levels deep.", param="messages"
-        )
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
-
-
-def structured_output(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The JSON schema ``response_format`` asks for (``json_object``: any object), or None."""
-    if not response_format:
-        return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise BadRequestError(
-                "response_format json_schema needs json_schema.schema, an object.",
-                param="response_format.json_schema.schema",
-            )
-        return schema
-    raise BadRequestError(
-        "response_format.type must be text, json_object or json_schema.", param="response_format.type"
-    )
-
-
 def chat_parameters(body: ChatCompletionRequest) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    for key, value in (
-        ("max_tokens", max_tokens),
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("seed", body.seed),
-        ("stop", body.stop),
-        ("presence_penalty", body.presence_penalty),
-        ("frequency_penalty", body.frequency_penalty),
-    ):
-        if value is not None:
-            parameters[key] = value
+    parameters = given(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
     if body.logit_bias:
         parameters["logit_bias"] = body.logit_bias
     schema = structured_output(body.response_format)

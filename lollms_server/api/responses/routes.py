@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,6 +31,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lollms_server.api.cancellation import cancellable
 from lollms_server.api.deps import GenerateUser, GenerationDep, RequestIdDep
+from lollms_server.api.kit import deliver
+from lollms_server.api.kit.events import Event, Failed, Finished, TextDelta
 from lollms_server.api.models import ERROR_RESPONSES
 from lollms_server.api.responses import background, dialect, output, tools
 from lollms_server.api.responses.encoding import DecodingRoute
@@ -159,15 +161,7 @@ async def create_response(
     await _keep(request, principal, builder, items)
     if not body.stream:
         return builder.response()
-
-    async def replay() -> AsyncGenerator[bytes, None]:
-        for frame in frames:
-            yield frame
-
-    async def nothing() -> None:
-        return None
-
-    return EventStreamResponse(replay(), on_close=nothing)
+    return deliver.replay(frames)
 
 
 async def _whole(
@@ -204,50 +198,61 @@ async def _stream(
 ) -> EventStreamResponse:
     """Text, a forced call's arguments, or an ``auto`` turn's text then calls, token by token
     (admission before the stream starts: a refusal stays a plain HTTP error)."""
-    stream = await cancellable(request, lambda _: generation.open_stream(native, principal, builder.id))
-    writer = output.Writer(builder, plan)
-    live = Live(principal.name, stream.aclose)
-    LIVE[builder.id] = live
+    live: list[Live] = []  # set once the stream is open, before its first frame
 
-    async def frames() -> AsyncGenerator[bytes, None]:
-        events = stream.events()
-        try:
-            for frame in builder.start():
+    def opened(stop: Callable[[], Any]) -> None:
+        live.append(Live(principal.name, stop))
+        LIVE[builder.id] = live[0]
+
+    async def forget() -> None:  # always called, even when the stream never started
+        LIVE.pop(builder.id, None)
+
+    def frames(events: AsyncGenerator[Event, None]) -> AsyncGenerator[bytes, None]:
+        def keep() -> Awaitable[None]:
+            return _keep(request, principal, builder, items)
+
+        return _frames(events, output.Writer(builder, plan), builder, live[0], keep)
+
+    return await deliver.stream(
+        request, generation, native, principal, builder.id, frames, after_close=forget, on_open=opened
+    )
+
+
+async def _frames(
+    events: AsyncGenerator[Event, None],
+    writer: output.Writer,
+    builder: output.ResponseBuilder,
+    live: Live,
+    keep: Callable[[], Awaitable[None]],
+) -> AsyncGenerator[bytes, None]:
+    """The stream's events: ``response.created``..., the writer's items, then
+    ``response.completed`` (the response stored: ``keep``), or ``response.failed``
+    (``cancelled`` after ``POST .../cancel``)."""
+    for frame in builder.start():
+        yield frame
+    async for event in events:
+        if isinstance(event, TextDelta) and event.text:
+            for frame in writer.push(event.text):
                 yield frame
-            async for event in events:
-                if event.type == "chunk" and event.content:
-                    for frame in writer.push(event.content):
-                        yield frame
-                elif event.type == "final":
-                    metadata = event.content[0]["metadata"]
-                    ending = writer.end()
-                    ending += builder.finish(metadata.get("usage") or {}, metadata.get("finish_reason"))
-                    for frame in ending:
-                        yield frame
-                    await _keep(request, principal, builder, items)
-                    return
-                elif event.type == "error" and not live.cancelled:
-                    for frame in builder.fail(
-                        str(event.metadata.get("type") or "server_error"), str(event.content)
-                    ):
-                        yield frame
-                    return
-                elif event.type == "error":
-                    break
-            if live.cancelled:
-                ending = builder.fail("cancelled", "The response was cancelled.", "cancelled")
-            else:
-                ending = builder.fail("server_error", "The generation ended early.")
+        elif isinstance(event, Finished):
+            ending = writer.end()
+            ending += builder.finish(event.usage, event.metadata.get("finish_reason"))
             for frame in ending:
                 yield frame
-        finally:
-            await events.aclose()
-
-    async def close() -> None:  # always called, even when the stream never started
-        LIVE.pop(builder.id, None)
-        await stream.aclose()
-
-    return EventStreamResponse(frames(), on_close=close, deadline=lambda: stream.deadline)
+            await keep()
+            return
+        elif isinstance(event, Failed) and not live.cancelled:
+            for frame in builder.fail(event.error_type, event.message):
+                yield frame
+            return
+        elif isinstance(event, Failed):
+            break
+    if live.cancelled:
+        ending = builder.fail("cancelled", "The response was cancelled.", "cancelled")
+    else:
+        ending = builder.fail("server_error", "The generation ended early.")
+    for frame in ending:
+        yield frame
 
 
 # ---------------------------------------------------------------- read, delete, cancel
@@ -317,14 +322,6 @@ async def input_tokens(
     items = await _conversation(request, principal, body)
     plan = tools.plan(body)
     native = dialect.native_request(body, plan, items, stream=False, max_tokens=1)
-    if plan.mode == "auto":
-        found = await cancellable(
-            request, lambda cancel: generation.chat_turn(native, principal, plan.tools.specs, cancel)
-        )
-        counts = found[1].usage
-    else:
-        response = await cancellable(
-            request, lambda cancel: generation.generate(native, principal, request_id, cancel)
-        )
-        counts = response.output[0].metadata.get("usage") or {}
-    return {"object": "response.input_tokens", "input_tokens": int(counts.get("prompt_tokens", 0))}
+    offered = plan.tools.specs if plan.mode == "auto" else None
+    count = await deliver.prompt_tokens(request, generation, native, principal, request_id, offered)
+    return {"object": "response.input_tokens", "input_tokens": count}
