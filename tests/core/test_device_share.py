@@ -150,8 +150,10 @@ async def test_a_cancelled_load_releases_the_host_lock_after_its_write(
     attempt.cancel()
     with pytest.raises(asyncio.CancelledError):
         await attempt
-    await asyncio.sleep(3 * SLOW)  # the attempt and the release it queued run to their end
-    assert await asyncio.to_thread(peer.try_acquire_load)
+    # the attempt and the release it queued run to their end: then a peer gets the lock
+    stop = time.monotonic() + 10 * SLOW
+    while not await asyncio.to_thread(peer.try_acquire_load):
+        assert time.monotonic() < stop, "the cancelled attempt kept the host-wide load lock"
     await asyncio.to_thread(peer.release_load_now)
 
 
