@@ -69,6 +69,9 @@ RECLAIM_SHARE = 0.75
 WAIT_POLL_SECONDS = 0.25
 """How often a request waiting for memory looks at the probe again (other programs free memory
 without telling us)."""
+SHARE_REFRESH_SECONDS = 1.0
+"""How often the other server processes' reservations on a shared device are read again (for
+the status and the metrics; loads and waits read them afresh)."""
 FOOTPRINTS_FILE = "footprints.json"
 """Measured footprints, in the runtime folder."""
 MAX_REMEMBERED = 1024
@@ -272,11 +275,19 @@ class DeviceArbiter:
         return own + (self.shared.others_mb() if self.shared is not None else 0.0)
 
     def _publish(self) -> None:
+        """Queue the write of the ledger to the shared one (on its I/O thread, in order; done
+        before the host-wide load lock is next released)."""
         if self.shared is not None:
-            self.shared.publish(
+            self.shared.submit(
                 {"instance": item.instance, "model": item.model, "mb": item.mb}
                 for item in self.ledger.values()
             )
+
+    async def refresh(self) -> None:
+        """Read the other processes' reservations again (off the loop; :meth:`free_mb` and
+        :meth:`snapshot` show the last reading)."""
+        if self.shared is not None:
+            await self.shared.refresh()
 
     def free_mb(self, probe_free: float | None = None) -> float:
         """What a new reservation may take now: min(ledger, probe) (``probe_free``: the probe's
@@ -299,7 +310,7 @@ class DeviceArbiter:
             try:
                 yield
             finally:
-                self.shared.release_load()
+                await self.shared.release_load()  # after the writes queued inside
 
     def too_large(self, mb: float, what: str) -> None:
         """422 when ``mb`` can never fit the device, whatever is evicted."""
@@ -318,7 +329,7 @@ class DeviceArbiter:
                 param="model_name",
             )
 
-    def try_reserve(self, reservation: Reservation) -> bool:
+    async def try_reserve(self, reservation: Reservation) -> bool:
         """Put ``reservation`` on the ledger at once when it fits now without evicting anything,
         without waiting for :meth:`loading`: a request waiting for memory holds that lock while
         busy models hold the memory, and the request that fits may be the one whose end frees
@@ -329,18 +340,29 @@ class DeviceArbiter:
             return False
         if reservation.mb > self.free_mb():
             return False
-        if self.shared is not None and not self.shared.try_acquire_load():
+        if self.shared is None:
+            reservation.state = "loading"
+            self.ledger[reservation.key] = reservation
+            return True
+        if not await self.shared.try_acquire():
             return False
+        taken = False
         try:
-            if reservation.mb > self.free_mb():  # again, with the host's other processes held off
+            await self.shared.refresh()  # again, with the host's other processes held off
+            if (self._load_lock.locked() and not self.waiting) or reservation.mb > self.free_mb():
                 return False
             reservation.state = "loading"
             self.ledger[reservation.key] = reservation
+            taken = True
             self._publish()
             return True
         finally:
-            if self.shared is not None:
-                self.shared.release_load()
+            try:
+                await self.shared.release_load()
+            except BaseException:  # cancelled meanwhile: the caller never gets the reservation
+                if taken:
+                    self.release(reservation.key)
+                raise
 
     async def reserve(
         self,
@@ -361,6 +383,7 @@ class DeviceArbiter:
         waited_since: float | None = None
         try:
             while True:
+                await self.refresh()
                 if reservation.mb <= self.free_mb():
                     reservation.state = "loading"
                     self.ledger[reservation.key] = reservation
@@ -585,6 +608,7 @@ class Devices:
         self._probes = dict(probes or {})
         self._reclaim_timeout = reclaim_timeout
         self.arbiters: dict[str, DeviceArbiter] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     def get(self, name: str) -> DeviceArbiter:
         name = device_name(name)
@@ -604,3 +628,29 @@ class Devices:
 
     def snapshot(self) -> dict[str, Any]:
         return {name: arbiter.snapshot() for name, arbiter in sorted(self.arbiters.items())}
+
+    async def refresh(self) -> None:
+        """Read the other processes' reservations of every shared device again (off the loop)."""
+        for arbiter in list(self.arbiters.values()):
+            await arbiter.refresh()
+
+    def start(self) -> None:
+        """Refresh the shared ledgers every ``SHARE_REFRESH_SECONDS``: what the status and the
+        metrics show of the other processes is at most that old (plus one file read)."""
+        if self._shared_folder is not None and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_forever(), name="lollms-device-share")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SHARE_REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - keep refreshing
+                logger.exception("Reading the shared device ledgers failed")

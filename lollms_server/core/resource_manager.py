@@ -279,7 +279,7 @@ class ResourceManager:
         self._jobs += 1
         key = (binding.instance_name, f"{model}#job-{self._jobs}")
         reservation = Reservation(binding.instance_name, key[1], pool_name, need, need)
-        if not arbiter.try_reserve(reservation):  # what fits goes at once, past a waiting request
+        if not await arbiter.try_reserve(reservation):  # what fits goes at once, past a waiting request
             async with arbiter.loading():
                 await arbiter.reserve(
                     reservation,
@@ -333,6 +333,7 @@ class ResourceManager:
                 for c in self._candidates(arbiter.name, key)
                 if c.key in arbiter.ledger
             )
+            await arbiter.refresh()  # the other processes' reservations, read off the loop
             available = max(0.0, min(arbiter.free_mb() + evictable, arbiter.limit_mb))
             fitted = await fit(model, available) if estimate > available else await fit(model, None)
             if fitted is not None:
@@ -445,6 +446,7 @@ class ResourceManager:
                 await asyncio.to_thread(
                     self.devices.store.remember, self._footprint_key(binding, model, arbiter.name), footprint
                 )
+            await arbiter.refresh()
             if arbiter.over_limit_mb() > 0:  # underestimated: idle models of the device make room
                 await self._trim(arbiter, exclude=key)
             if budget is not None:
@@ -561,8 +563,10 @@ class ResourceManager:
     def start(self) -> None:
         if self._housekeeper is None:
             self._housekeeper = asyncio.create_task(self._housekeeping(), name="lollms-housekeeping")
+        self.devices.start()
 
     async def stop(self) -> None:
+        await self.devices.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             try:

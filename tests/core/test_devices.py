@@ -484,6 +484,7 @@ async def test_server_processes_of_a_host_share_the_ledger(tmp_path: Path) -> No
     # once the first process unloads it, the second one loads
     assert await first.unload("llm", "a")
     assert await generate(second, text_b, "text", "b") == "ok"
+    await first.devices.refresh()  # the snapshot shows the last reading (taken off the loop)
     assert first.snapshot()["devices"][GPU]["other_processes"][0]["model"] == "b"
 
 
@@ -512,11 +513,13 @@ def test_the_shared_ledger_forgets_dead_processes_and_ignores_garbage(tmp_path: 
     dead = SharedLedger(tmp_path, GPU, owner="999", alive=lambda pid: True)
     other.publish([{"instance": "llm", "model": "x", "mb": 300}])
     dead.publish([{"instance": "llm", "model": "y", "mb": 400}])
+    assert mine.others_mb() == 0  # not read yet: the cached view reads no file
+    assert mine.read_others() == mine.others()
     assert mine.others_mb() == 300  # the dead process's 400 MB do not count
     mine.publish([])  # a write drops the dead process's entries
     assert "999" not in (tmp_path / "device-cuda-0.json").read_text()
     (tmp_path / "device-cuda-0.json").write_text('{"2:them": [{"mb": "lots"}, 5], "x": 7}')
-    assert mine.others() == [] and mine.others_mb() == 0
+    assert mine.read_others() == [] and mine.others_mb() == 0
 
 
 # ---- a property-based run ------------------------------------------------------------------
