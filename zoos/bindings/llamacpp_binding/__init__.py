@@ -427,6 +427,8 @@ class LlamaCppBinding(Binding):
             kwargs["stop"] = request.stop
         if "max_tokens" in kwargs:  # sequence 0 has the context of one sequence
             kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.engine.n_ctx_seq)
+        if "seed" in kwargs:  # llama.cpp's seeds are 32-bit, as the engine's
+            kwargs["seed"] = int(kwargs["seed"]) & 0xFFFFFFFF
         return kwargs
 
     def _handler_stream(
