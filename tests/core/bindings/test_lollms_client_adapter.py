@@ -4,8 +4,8 @@ the constructor arguments LollmsClient would pass, and the errors of a folder th
 from __future__ import annotations
 
 import shutil
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
