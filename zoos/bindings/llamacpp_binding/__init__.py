@@ -440,7 +440,7 @@ class LlamaCppBinding(Binding):
         kwargs["logits_processor"] = LogitsProcessorList([counter])
 
         def produce() -> Iterator[TextChunk]:
-            with loaded.engine.exclusive():
+            with loaded.engine.exclusive(cancel):  # a client that leaves meanwhile stops waiting
                 stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
                 try:
                     for part in stream:
@@ -482,7 +482,7 @@ class LlamaCppBinding(Binding):
 
         def run() -> dict[str, Any]:
             cancel.check()
-            with loaded.engine.exclusive():
+            with loaded.engine.exclusive(cancel):
                 result: dict[str, Any] = loaded.llama.create_chat_completion(
                     messages, tools=renamed, tool_choice=tool_choice, **kwargs
                 )
