@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import secrets
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from .structured import requested_grammar
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
 
 BindingName = "LlamaCppBinding"
+PromptParts = list[tuple[str, bool]]
+"""A prompt's text in parts, each with whether special-token text in it becomes control tokens."""
 SAMPLING_KEYS = (
     "max_tokens",
     "temperature",
@@ -317,10 +321,13 @@ class LlamaCppBinding(Binding):
                 engine.wake()  # a request still waiting for a sequence leaves at once
                 await wait_through_cancellation(asyncio.ensure_future(sink.ended.wait()))
 
-    def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[str, list[str]] | None:
-        """The prompt text through the model's own chat template (None: let a handler do it)."""
+    def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[PromptParts, list[str]] | None:
+        """The prompt through the model's own chat template, as parts each marked with whether
+        its special-token text may become control tokens: the template's own text may, message
+        contents never (a user writing ``<|im_end|>`` cannot close its turn and open a fake
+        one). A raw prompt is the caller's whole prompt: it may. None: let a handler do it."""
         if request.prompt is not None:
-            return request.prompt, []
+            return [(request.prompt, True)], []
         template = loaded.llama.metadata.get("tokenizer.chat_template")
         has_images = any(isinstance(message.get("content"), list) for message in request.messages)
         if self.settings["chat_format"] or not template or has_images:
@@ -335,24 +342,41 @@ class LlamaCppBinding(Binding):
                 bos_token=llama._model.token_get_text(llama.token_bos()),
             )
         formatter = loaded.chat_formatter
-        formatted = formatter(messages=request.messages)  # type: ignore[arg-type]
+        # each message's content goes through the template as a placeholder, put back as text
+        marker = f"\x00{secrets.token_hex(8)}:"
+        contents: dict[str, str] = {}
+        messages = []
+        for index, message in enumerate(request.messages):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                placeholder = f"{marker}{index}\x00"
+                contents[placeholder] = content
+                message = {**message, "content": placeholder}
+            messages.append(message)
+        formatted = formatter(messages=messages)  # type: ignore[arg-type]
+        pieces = re.split(f"({re.escape(marker)}\\d+\x00)", formatted.prompt)
+        parts = [
+            (contents[piece], False) if piece in contents else (piece, True) for piece in pieces if piece
+        ]
         stops = (
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         )
-        return formatted.prompt, [stop for stop in stops if stop]
+        return parts, [stop for stop in stops if stop]
 
     def _sequence(
         self,
         loaded: LoadedLlama,
         request: TextRequest,
-        prompt: str,
+        prompt: PromptParts,
         template_stops: list[str],
         cancel: CancelToken,
     ) -> SequenceRequest:
         """Tokens, limits and sampling of one request (in a worker thread: tokenizing and
         checking a grammar take time)."""
         llama, engine, parameters = loaded.llama, loaded.engine, request.parameters
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        tokens: list[int] = []
+        for index, (text, special) in enumerate(prompt):
+            tokens += llama.tokenize(text.encode("utf-8"), add_bos=index == 0, special=special)
         if not tokens:
             raise BadRequestError("The prompt is empty.", param="input_data")
         room = engine.n_ctx_seq - len(tokens)
