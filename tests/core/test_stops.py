@@ -85,3 +85,13 @@ def test_stop_lists_past_the_bounds_are_400(stop: object) -> None:
 def test_stop_lists_within_the_bounds_pass() -> None:
     stops = ["a" * (MAX_STOP_TOTAL_CHARS // MAX_STOPS)] * MAX_STOPS
     assert validate_text_parameters({"stop": stops})["stop"] == stops
+
+
+def test_a_personality_with_anti_prompts_past_the_bounds_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from lollms_server.core.personalities import PersonalityConfig
+
+    assert PersonalityConfig(name="p", anti_prompts=["!@>user:"] * 3).anti_prompts == ["!@>user:"] * 3
+    with pytest.raises(ValidationError):
+        PersonalityConfig(name="p", anti_prompts=[f"stop {index}" for index in range(MAX_STOPS + 1)])

@@ -171,6 +171,7 @@ async def test_a_gbnf_grammar_constrains_the_answer(binding: Binding) -> None:
         ({"grammar": "root ::= ( unclosed"}, "parameters.grammar"),
         ({"grammar": ""}, "parameters.grammar"),
         ({"logit_bias": {"99999": 1}}, "parameters.logit_bias"),
+        ({"logit_bias": {"5": float("nan")}}, "parameters.logit_bias"),
         # a finished grammar allows only the end of sequence: banning it would abort llama.cpp
         ({"grammar": 'root ::= "a"', "ignore_eos": True}, "parameters.ignore_eos"),
         ({"json_schema": {"type": "boolean"}, "logit_bias": {"5": -100}}, "parameters.logit_bias"),

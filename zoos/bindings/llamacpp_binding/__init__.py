@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -430,6 +431,8 @@ class LlamaCppBinding(Binding):
         for key, value in bias.items():
             try:
                 token, amount = int(key), float(value)
+                if math.isnan(amount):
+                    raise ValueError(amount)
             except (TypeError, ValueError):
                 raise BadRequestError(
                     "logit_bias must map token ids to numbers.", param="parameters.logit_bias"
