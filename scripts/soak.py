@@ -853,6 +853,7 @@ async def run_job(soak: Soak, http: httpx.AsyncClient, rng: random.Random, poiso
         "model_name": model or None,
     }
     body["parameters"] = {"grammar": DEEP_GRAMMAR, "max_tokens": 4} if poison else {"max_tokens": 16}
+    body["priority"] = "interactive"  # a batch job waits behind all the interactive traffic of the soak
     label = describe("POST", "/api/v1/jobs", body)
     started = time.monotonic()
     response = await http.post("/api/v1/jobs", json=body, headers=soak.auth())
