@@ -6,7 +6,12 @@ and streamed (over the tiny GGUF and the echo binding), images and speech at a l
 that disconnect at random points (mid-wait, mid-stream), clients that stop reading a stream (a raw
 socket with a small SO_RCVBUF and TCP_MAXSEG, so that the server's sends back up: read one event,
 sleep without reading, close), malformed JSON, bodies over server.max_request_bytes, wrong or
-missing keys.
+missing keys. Attacks of the third hardening round: GBNF grammars nested past llama.cpp's parser
+(a 400, not a segfault; also as jobs), stop lists past their bounds (400 on the native, /v1 and
+Ollama routes) and at their bounds (answered), chats with an image to the llama.cpp model whose
+client leaves early (the model's exclusive mode is left at once), settings changes persisted to
+the config file (own server, admin key; off by default: ``--mix settings=1``, see its comment)
+and durable jobs run to their end.
 
 It prints the requests and counts per status code, unexpected 5xx (any 5xx but 503/504, in the
 status line or in a stream's error event; 503s and 504s are counted separately), p50/p95/p99
@@ -92,6 +97,13 @@ DEFAULT_MIX = {
     "malformed": 6,
     "oversized": 3,
     "bad_key": 6,
+    "deep_grammar": 2,
+    "long_stops": 2,
+    "bounded_stops": 2,
+    "image_disconnect": 2,
+    "settings": 0,  # opt in (--mix settings=1): with jobs running, the gate of a settings change hung
+    "job": 2,
+    "job_poison": 1,
 }
 EXPECTED: dict[str, set[int | str]] = {
     **{kind: {200} for kind in GOOD_KINDS},
@@ -100,7 +112,20 @@ EXPECTED: dict[str, set[int | str]] = {
     "malformed": {400, 415, 422},
     "oversized": {413},
     "bad_key": {401, 403},
+    "deep_grammar": {400},
+    "long_stops": {400},
+    "bounded_stops": {200},
+    "image_disconnect": {200, "cancelled"},
+    "settings": {200},
+    "job": {200},  # the job succeeded
+    "job_poison": {400},  # the job failed with a 400, and the server lives on
 }
+DEEP_GRAMMAR = "root ::= " + "(" * 20_000 + '"a"' + ")" * 20_000  # segfaulted llama.cpp (T3-01)
+LONG_STOPS = ["x" + "0123456789" * 30] * 64  # past the bounds: 16 stops, 256 chars each
+TINY_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGPkEpFjwAaYsIoOWgkANVwATIkpP+sAAAAASUVORK5CYII="
+)
+JOB_POLL_SECONDS = 0.25
 ALLOWED_5XX = (503, 504)
 WORDS = "the quick brown fox jumps over the lazy dog and says hello world again".split()
 
@@ -312,6 +337,10 @@ class Soak:
     stalled: int = 0  # stalled readers now
     peaks: dict[str, dict[str, int]] = field(default_factory=dict)  # most active / queued per pool
     busy_at_end: str = ""  # the pools not idle at the end check's first look
+    llama_model: str | None = None  # <instance>/<model> of a llama.cpp text model (grammar, images)
+    settings_instance: str | None = None  # an instance whose settings the admin key may persist
+    serial_settings: bool = True  # settings changes one at a time (see run_settings)
+    settings_locks: dict[int, asyncio.Lock] = field(default_factory=dict)  # one per event loop
     slowest_status: float = 0.0  # longest GET /api/v1/status of the monitor (event loop stalls show)
 
     def more(self) -> bool:
@@ -360,11 +389,22 @@ def text_body(
     }
 
 
+def shortened(value: Any) -> Any:
+    """``value`` with long strings and lists cut (a deep grammar or a stop list in a report)."""
+    if isinstance(value, str):
+        return short(value, 40)
+    if isinstance(value, dict):
+        return {key: shortened(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shortened(item) for item in value[:4]] + (
+            [f"<{len(value) - 4} more>"] if len(value) > 4 else []
+        )
+    return value
+
+
 def describe(method: str, path: str, body: Any) -> str:
     if isinstance(body, dict):
-        summary = {
-            k: (short(v, 40) if isinstance(v, str) else v) for k, v in body.items() if k != "input_data"
-        }
+        summary = {k: shortened(v) for k, v in body.items() if k != "input_data"}
         if "input_data" in body:
             summary["input_data"] = f"<{len(json.dumps(body['input_data']))} bytes>"
         if "messages" in body:
@@ -714,6 +754,135 @@ async def run_bad_key(soak: Soak, http: httpx.AsyncClient, rng: random.Random) -
     return result
 
 
+# ---------------------------------------------------------------- hardening round 3 attacks
+
+
+async def run_deep_grammar(soak: Soak, http: httpx.AsyncClient) -> Result:
+    instance, _, model = str(soak.llama_model).partition("/")
+    body = {"prompt": "x", "binding_name": instance, "model_name": model or None}
+    body["parameters"] = {"grammar": DEEP_GRAMMAR, "max_tokens": 4}
+    return await request_json(soak, http, "deep_grammar", "/api/v1/generate", body, {})
+
+
+async def run_long_stops(soak: Soak, http: httpx.AsyncClient, rng: random.Random) -> Result:
+    route = rng.choice(("native", "chat", "ollama"))
+    target = rng.choice(soak.text_models)
+    if route == "native":
+        body = text_body(soak, rng, False, False, target)
+        body["parameters"]["stop"] = LONG_STOPS
+        return await request_json(soak, http, "long_stops", "/api/v1/generate", body, {})
+    if route == "chat":
+        body = {**text_body(soak, rng, True, False, target), "stop": LONG_STOPS}
+        return await request_json(soak, http, "long_stops", "/v1/chat/completions", body, {})
+    body = {
+        "model": target,
+        "messages": [{"role": "user", "content": prompt_words(rng, 5)}],
+        "stream": False,
+        "options": {"stop": LONG_STOPS, "num_predict": 8},
+    }
+    return await request_json(soak, http, "long_stops", "/api/chat", body, {})
+
+
+async def run_bounded_stops(soak: Soak, http: httpx.AsyncClient, rng: random.Random) -> Result:
+    """16 stops of 128 characters (the most a request may send), streamed: each token is matched
+    against all of them."""
+    body = text_body(soak, rng, False, True)
+    body["parameters"]["stop"] = [f"{index:02d}" + "0123456789" * 12 + "Z" * 6 for index in range(16)]
+    return await request_stream(soak, http, "bounded_stops", "/api/v1/generate", body, {})
+
+
+async def run_image_disconnect(soak: Soak, http: httpx.AsyncClient, rng: random.Random) -> Result:
+    """A chat with an image takes the llama.cpp model to exclusive mode; its client leaves early."""
+    content = [
+        {"type": "text", "text": prompt_words(rng, 4)},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + TINY_PNG}},
+    ]
+    body = {
+        "model": soak.llama_model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": rng.randint(8, 64),
+        "stream": rng.random() < 0.5,
+    }
+    seen: dict[str, Any] = {}
+    started = time.monotonic()
+    if body["stream"]:
+        call = request_stream(soak, http, "image_disconnect", "/v1/chat/completions", body, seen)
+    else:
+        call = request_json(soak, http, "image_disconnect", "/v1/chat/completions", body, seen)
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=rng.uniform(0.0, 1.0))
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, httpx.HTTPError):
+        pass
+    label = describe("POST", "/v1/chat/completions", body)
+    return Result("image_disconnect", seen.get("status", "cancelled"), time.monotonic() - started, label)
+
+
+async def run_settings(soak: Soak, http: httpx.AsyncClient) -> Result:
+    """An admin persists a settings change of an instance to the config file, while the traffic
+    goes on. One at a time: concurrent persisted changes are finding T3-15, which answered 500s
+    (tested where it is fixed); ``--concurrent-settings`` sends them at once."""
+    path = f"/api/v1/bindings/{soak.settings_instance}/settings?persist=true"
+    body = {"settings": {"delay": 0.0}}
+    started = time.monotonic()
+    if not soak.serial_settings:
+        response = await http.put(path, json=body, headers={"X-API-Key": soak.admin_key})
+    else:
+        lock = soak.settings_locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
+        async with lock:
+            response = await http.put(path, json=body, headers={"X-API-Key": soak.admin_key})
+    result = Result("settings", response.status_code, time.monotonic() - started, describe("PUT", path, body))
+    result.request_id = response.headers.get("x-request-id")
+    if response.status_code != 200:
+        result.body = short(response.text)
+    return result
+
+
+async def run_job(soak: Soak, http: httpx.AsyncClient, rng: random.Random, poison: bool) -> Result:
+    """A durable job, polled to its end: its status is 200 when it succeeded, else its error's
+    (a poison job: a grammar that segfaulted llama.cpp, which must fail with a 400)."""
+    kind = "job_poison" if poison else "job"
+    target = str(soak.llama_model) if poison else rng.choice(soak.text_models)
+    instance, _, model = target.partition("/")
+    body: dict[str, Any] = {
+        "prompt": prompt_words(rng, 6),
+        "binding_name": instance,
+        "model_name": model or None,
+    }
+    body["parameters"] = {"grammar": DEEP_GRAMMAR, "max_tokens": 4} if poison else {"max_tokens": 16}
+    body["priority"] = "interactive"  # a batch job waits behind all the interactive traffic of the soak
+    label = describe("POST", "/api/v1/jobs", body)
+    started = time.monotonic()
+    response = await http.post("/api/v1/jobs", json=body, headers=soak.auth())
+    if response.status_code != 202:
+        return Result(
+            kind, response.status_code, time.monotonic() - started, label, body=short(response.text)
+        )
+    job_id = response.json()["job_id"]
+    view: dict[str, Any] = {}
+    while time.monotonic() - started < soak.request_timeout:
+        await asyncio.sleep(JOB_POLL_SECONDS)
+        polled = await http.get(f"/api/v1/jobs/{job_id}", headers=soak.auth())
+        if polled.status_code != 200:
+            return Result(
+                kind, polled.status_code, time.monotonic() - started, label, body=short(polled.text)
+            )
+        view = polled.json()
+        if view["status"] in ("succeeded", "failed", "cancelled"):
+            break
+    else:
+        return Result(
+            kind, "transport:job-unfinished", time.monotonic() - started, label, body=short(str(view))
+        )
+    error = view.get("error") or {}
+    status = 200 if view["status"] == "succeeded" else int(error.get("status") or 500)
+    return Result(kind, status, time.monotonic() - started, label, body=short(json.dumps(error)))
+
+
 async def one_request(soak: Soak, http: httpx.AsyncClient, rng: random.Random, kind: str) -> Result:
     started = time.monotonic()
     seen: dict[str, Any] = {}
@@ -730,6 +899,18 @@ async def one_request(soak: Soak, http: httpx.AsyncClient, rng: random.Random, k
             return await run_oversized(soak, http, rng)
         if kind == "bad_key":
             return await run_bad_key(soak, http, rng)
+        if kind == "deep_grammar":
+            return await run_deep_grammar(soak, http)
+        if kind == "long_stops":
+            return await run_long_stops(soak, http, rng)
+        if kind == "bounded_stops":
+            return await run_bounded_stops(soak, http, rng)
+        if kind == "image_disconnect":
+            return await run_image_disconnect(soak, http, rng)
+        if kind == "settings":
+            return await run_settings(soak, http)
+        if kind in ("job", "job_poison"):
+            return await run_job(soak, http, rng, poison=kind == "job_poison")
         return await run_good(soak, http, rng, kind, seen)
     except httpx.HTTPError as exc:
         status = f"transport:{type(exc).__name__}"
@@ -914,6 +1095,20 @@ def parse_args() -> argparse.Namespace:
         help="text models stalled readers use (own: echo/echo 9 times in 10)",
     )
     add("--image-model", help="<instance>/<model> for images (own: images/tiny-sd)")
+    add(
+        "--llama-model",
+        help="<instance>/<model> of a llama.cpp model for the grammar, image and poison-job attacks "
+        "(own: llm/tiny.gguf; --url: none, those kinds off)",
+    )
+    add(
+        "--concurrent-settings",
+        action="store_true",
+        help="send persisted settings changes concurrently (default: one at a time)",
+    )
+    add(
+        "--settings-instance",
+        help="instance whose 'delay' setting the admin key persists (own: echo; --url: none, off)",
+    )
     add("--speech-model", help="<instance>/<model> for speech (own: speech/tiny-vits)")
     add(
         "--max-request-bytes",
@@ -1000,6 +1195,12 @@ def configure(args: argparse.Namespace, process: ServerProcess | None, with_medi
         mix["stall"] = 0  # the raw-socket reader speaks plain HTTP
     mix["image"] = mix["image"] if image_model else 0
     mix["speech"] = mix["speech"] if speech_model else 0
+    # a llama.cpp model: the own server's, or the --llama-model named
+    llama_model = args.llama_model or ("llm/tiny.gguf" if process is not None else None)
+    for kind in ("deep_grammar", "image_disconnect", "job_poison"):
+        mix[kind] = mix[kind] if llama_model else 0
+    settings_instance = args.settings_instance or ("echo" if process is not None else None)
+    mix["settings"] = mix["settings"] if settings_instance else 0
     return Soak(
         url=url,
         key=key,
@@ -1013,6 +1214,9 @@ def configure(args: argparse.Namespace, process: ServerProcess | None, with_medi
         stall_models=stall_models,
         max_stalled=args.max_stalled or max(1, args.clients // 10),
         mix=mix,
+        llama_model=llama_model,
+        settings_instance=settings_instance,
+        serial_settings=not args.concurrent_settings,
     )
 
 

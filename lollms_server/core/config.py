@@ -421,7 +421,8 @@ class JobsConfig(StrictModel):
     retry_interrupted: bool = Field(
         True,
         description="A job that was running when its server stopped or crashed runs once more; "
-        "false: it fails with reason 'interrupted'.",
+        "false: it fails with reason 'interrupted'. One whose server died at its start, or running "
+        "it twice, fails with reason 'crashed'.",
     )
     lease_seconds: float = Field(
         30.0,

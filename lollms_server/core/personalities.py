@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import BindingError, ConfigError, LollmsError, NotFoundError
+from lollms_server.core.stops import AntiPrompts
 from lollms_server.utils.modules import import_file
 from lollms_server.utils.paths import is_safe_name, safe_join
 
@@ -44,7 +45,7 @@ class PersonalityConfig(BaseModel):
     user_message_prefix: str = Field("", description="Prefix of user turns in raw prompts.")
     ai_message_prefix: str = Field("", description="Prefix of assistant turns in raw prompts.")
     link_text: str = Field("\n", description="Text between turns in raw prompts.")
-    anti_prompts: list[str] = Field(default_factory=list, description="Stop sequences.")
+    anti_prompts: AntiPrompts = Field(default_factory=list, description="Stop sequences.")
     disclaimer: str = Field("", description="Shown with the welcome message.")
     model_temperature: float | None = Field(None, ge=0, le=10, description="Default temperature.")
     model_n_predicts: int | None = Field(None, ge=1, description="Default max tokens.")

@@ -286,3 +286,38 @@ def test_sizes_and_durations_take_ascii_digits_only() -> None:
         with pytest.raises(BadRequestError):
             size_parameters(size)
     assert size_parameters("64x48") == {"width": 64, "height": 48}
+
+
+LONG_STOPS = ["x" + "0123456789" * 30] * 300  # T3-03 shrunk: past the count and length bounds
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (GEN, {"prompt": "x", "binding_name": "echo", "parameters": {"stop": LONG_STOPS}}),
+        (GEN, {"prompt": "x", "binding_name": "echo", "parameters": {"stop": "s" * 257}}),
+        (
+            "/v1/chat/completions",
+            {"model": "echo", "messages": [{"role": "user", "content": "x"}], "stop": LONG_STOPS},
+        ),
+        ("/v1/completions", {"model": "echo", "prompt": "x", "stop": LONG_STOPS}),
+        ("/api/generate", {"model": "echo", "prompt": "x", "options": {"stop": LONG_STOPS}}),
+        (
+            "/api/chat",
+            {
+                "model": "echo",
+                "messages": [{"role": "user", "content": "x"}],
+                "options": {"stop": LONG_STOPS},
+            },
+        ),
+    ],
+    ids=["native", "native-one-long", "v1-chat", "v1-completions", "ollama-generate", "ollama-chat"],
+)
+async def test_stop_lists_past_their_bounds_are_400_on_every_route(
+    app_client: Any, path: str, body: dict[str, Any]
+) -> None:
+    """T3-03: 30,000 stops of 300 characters stalled the model's decode thread ~1 s per token."""
+    async with app_client() as client:
+        response = await client.post(path, json=body, headers=AUTH)
+        assert response.status_code == 400, response.text
+        assert "stop" in response.text

@@ -187,8 +187,10 @@ def test_response_format_gives_valid_json_even_from_random_weights(
         )
         assert response.status_code == 200, response.text
         choice = response.json()["choices"][0]
-        if choice["finish_reason"] == "length":  # an open object may run on; a closed one must parse
-            continue
+        # the schema's grammar is bounded (city at most 20 characters): it always closes well
+        # within 300 tokens; an open object could run on, but these seeds of the seeded tiny
+        # model close theirs (each ends "stop"; most with "{}")
+        assert choice["finish_reason"] == "stop", choice
         value = json.loads(choice["message"]["content"])
         assert isinstance(value, dict)
         if response_format["type"] == "json_schema":

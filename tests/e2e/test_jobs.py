@@ -368,6 +368,33 @@ def test_kill_9_with_one_job_running_and_two_queued(jobs_factory: Callable[..., 
     assert all(view["attempts"] == 1 for view in views[1:])
 
 
+def test_a_job_that_kills_its_server_is_not_run_again_and_again(jobs_factory: Callable[..., Jobs]) -> None:
+    """T3-02: a request that crashed the server process (a deep grammar segfaulting llama.cpp),
+    sent as a job, crashed it again at each restart. Its attempt is stored before the run: a
+    job whose process dies at its start fails ``crashed`` at the next start; one that dies later
+    runs once more, and its second death ends it the same way."""
+    site = jobs_factory(steps=30, step_seconds=0.1)
+    server = site.start("first")
+    poison = site.submit(server, "poison", parameters={"crash_at_step": 0})
+    assert server.process.wait(60) == -signal.SIGKILL
+    restarted = site.start("second")
+    view = site.wait(restarted, poison, finished, timeout=60)  # once the dead lease expires (4 s)
+    assert (view["status"], view["error"]["reason"], view["attempts"]) == ("failed", "crashed", 1), view
+    assert site.run_lines() == ["poison"] and restarted.process.poll() is None
+
+    late = site.submit(restarted, "late", parameters={"crash_at_step": 8})  # dies 0.8 s in
+    assert restarted.process.wait(60) == -signal.SIGKILL
+    third = site.start("third")
+    assert third.process.wait(60) == -signal.SIGKILL  # the one retry, which dies the same way
+    fourth = site.start("fourth")
+    view = site.wait(fourth, late, finished, timeout=60)
+    assert (view["status"], view["error"]["reason"], view["attempts"]) == ("failed", "crashed", 2), view
+    assert site.run_lines() == ["poison", "late", "late"]
+    fine = site.submit(fourth, "fine")
+    assert site.wait(fourth, fine, finished)["status"] == "succeeded"
+    assert fourth.process.poll() is None
+
+
 def test_a_graceful_stop_lets_the_running_job_finish_and_requeues_the_others(
     jobs_factory: Callable[..., Jobs],
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from lollms_server.core.stops import Stop
 from lollms_server.core.types import RequestModel
 
 KeepAlive = str | float | int | None
@@ -29,7 +30,7 @@ class Options(OllamaModel):
     top_p: float | None = None
     min_p: float | None = None
     num_predict: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = None
     repeat_penalty: float | None = None
     presence_penalty: float | None = None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from lollms_server.core.stops import Stop
 from lollms_server.core.types import RequestModel
 
 
@@ -42,7 +43,7 @@ class ChatCompletionRequest(OpenAIModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
     response_format: dict[str, Any] | None = Field(
         None, description='{"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}'
@@ -65,7 +66,7 @@ class CompletionRequest(OpenAIModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     n: int = Field(1, ge=1, le=1)
     priority: Literal["interactive", "batch"] | None = Field(None, description="See the chat request.")
 

@@ -65,6 +65,10 @@ class GenerationWatcher:
     def admitted(self) -> None:
         """The request holds its slot with the model resident: the generation starts."""
 
+    async def starting(self) -> None:
+        """Awaited after :meth:`admitted`, before the binding runs (a durable job stores its
+        attempt here, so a run that kills the process is known at the next start)."""
+
     def progress(self, step: int, total: int) -> None:
         """A media generation finished ``step`` of ``total`` steps."""
 
@@ -164,6 +168,7 @@ class GenerationService:
         job, timings = admission.job, admission.timings
         try:
             watch.admitted()
+            await watch.starting()
             started = time.monotonic()
             if isinstance(job, MediaJob):
                 media = await self._bounded(admission.run_media(job.request, cancel, watch.progress), cancel)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lollms_server.core.bindings import TextRequest
 from lollms_server.core.errors import BadRequestError
 from lollms_server.core.personalities import Personality
+from lollms_server.core.stops import Stop
 from lollms_server.core.types import CHAT_ROLES, IMAGE_ROLES, SYSTEM_ROLES, InputData, checked_parameters
 
 
@@ -25,7 +26,7 @@ class TextParameters(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     system_message: str | None = None
 

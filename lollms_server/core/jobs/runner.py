@@ -46,9 +46,10 @@ BUSY_BACKOFF_SECONDS = 5.0
 class JobWatch(GenerationWatcher):
     """What the runner hears of one generation; safe to call from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_run: Callable[[], Awaitable[None]] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        self._before_run = before_run
         self.entered = asyncio.Event()
         """The generation is in its pool's queue, or holds its slot, or has ended."""
         self.started = asyncio.Event()
@@ -66,6 +67,10 @@ class JobWatch(GenerationWatcher):
     def admitted(self) -> None:
         self._set(self.entered)
         self._set(self.started)
+
+    async def starting(self) -> None:
+        if self._before_run is not None:
+            await self._before_run()
 
     def progress(self, step: int, total: int) -> None:
         self.latest = (step, total)
@@ -86,12 +91,16 @@ class RunningJob:
     def __init__(self, runner: JobRunner, job: JobRecord) -> None:
         self.runner = runner
         self.job = job
-        self.watch = JobWatch()
+        self.watch = JobWatch(self._mark_running)
         self.cancel_token = CancelToken()
         self.cancel_asked = False
         self.lost = False
         self.marked = False
         """The database says ``running`` (an attempt counted)."""
+        self.marked_at: float | None = None
+        self._marking = asyncio.Lock()
+        self.survived_start = False
+        """The run has lasted a heartbeat: the database no longer holds its start marker."""
         self.requeue_delay = 0.0
         """Seconds a job given back by a busy pool or key stays untaken."""
         self.work: asyncio.Future[GenerateResponse] | None = None
@@ -107,6 +116,20 @@ class RunningJob:
         self.cancel_token.set()
         if self.work is not None:
             self.work.cancel()
+
+    async def _mark_running(self) -> None:
+        """Before the run: the attempt and its marker are in the database (``JobStore.recover``
+        tells a process that died of this run from one that died later)."""
+        async with self._marking:  # the heartbeat may try at the same time
+            if self.marked or self.lost:
+                return
+            runner = self.runner
+            self.marked = await runner.store.call(runner.store.mark_running, self.job.id, runner.owner)
+            if not self.marked:  # the lease was lost (another server took the job over)
+                self.lost = True
+                self.cancel()
+                return
+            self.marked_at = time.monotonic()
 
     async def _run(self) -> None:
         store, job_id = self.runner.store, self.job.id
@@ -240,12 +263,23 @@ class RunningJob:
         while True:
             try:
                 if self.watch.started.is_set() and not self.marked:
-                    self.marked = await runner.store.call(runner.store.mark_running, job_id, runner.owner)
+                    await self._mark_running()
                 progress = self.watch.latest if self.watch.latest != written else None
+                survived = (
+                    not self.survived_start
+                    and self.marked_at is not None
+                    and time.monotonic() - self.marked_at >= tick * 0.9
+                )
                 asked = await runner.store.call(
-                    runner.store.heartbeat, job_id, runner.owner, runner.config.lease_seconds, progress
+                    runner.store.heartbeat,
+                    job_id,
+                    runner.owner,
+                    runner.config.lease_seconds,
+                    progress,
+                    survived,
                 )
                 written = self.watch.latest if progress is not None else written
+                self.survived_start = self.survived_start or (survived and asked is not None)
                 if asked is None:  # another server took the job over: stop, record nothing
                     logger.warning("Job %s: lease lost, stopping", job_id)
                     self.lost = True

@@ -220,7 +220,7 @@ class JobService:
                 "fraction": round(step / job.progress_total, 4),
             }
         error = None
-        if job.error_type is not None:
+        if job.error_type is not None and job.finished:  # a running one's is the store's run marker
             error = {
                 "type": job.error_type,
                 "reason": job.error_type,

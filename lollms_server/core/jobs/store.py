@@ -56,6 +56,13 @@ MAX_ATTEMPTS = 2
 DROPPED_REQUEST = "{}"
 """``request_json`` of a finished job: its request is kept only while the job may still run, so
 a finished row (kept ``result_ttl_hours``) holds no upload."""
+CRASHED = "crashed"
+"""Reason of a job whose server process died running it twice, or within its first moments."""
+RUN_STARTING, RUN_STOPPED = CRASHED, "interrupted"
+"""While a job runs, ``error_type`` is its run marker (a running job shows no error): written
+with ``running`` before the run (:data:`RUN_STARTING`: found dead so, the process died within one
+heartbeat of the start, most likely of this job), cleared by the first heartbeat a tick later,
+and :data:`RUN_STOPPED` when its server stopped it on a graceful shutdown."""
 
 metadata = MetaData()
 jobs_table = Table(
@@ -398,24 +405,38 @@ class JobStore:
         return changed.rowcount == 1
 
     def mark_running(self, job_id: str, owner: str) -> bool:
-        """The job holds its pool slot: it runs (an attempt)."""
+        """The job holds its pool slot and is about to run: an attempt, stored (with the run
+        marker, see :data:`RUN_STARTING`) before the generation starts."""
         column = jobs_table.c
         with self.engine.begin() as connection:
             changed = connection.execute(
                 update(jobs_table)
                 .where(column.id == job_id, column.lease_owner == owner, column.status == QUEUED)
-                .values(status=RUNNING, started_at=time.time(), attempts=column.attempts + 1)
+                .values(
+                    status=RUNNING,
+                    started_at=time.time(),
+                    attempts=column.attempts + 1,
+                    error_type=RUN_STARTING,
+                )
             )
         return changed.rowcount == 1
 
     def heartbeat(
-        self, job_id: str, owner: str, lease_seconds: float, progress: tuple[int, int] | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_seconds: float,
+        progress: tuple[int, int] | None,
+        survived_start: bool = False,
     ) -> bool | None:
-        """Renew the lease (and record progress); returns whether a cancel was asked, or None
-        when the lease is no longer ours."""
+        """Renew the lease (and record progress; ``survived_start``: the run has lasted a
+        heartbeat, its marker is cleared); returns whether a cancel was asked, or None when the
+        lease is no longer ours."""
         values: dict[str, Any] = {"lease_expires": time.time() + lease_seconds}
         if progress is not None:
             values.update(progress_step=progress[0], progress_total=progress[1])
+        if survived_start:
+            values.update(error_type=None)
         if not self._owned(job_id, owner, **values):
             return None
         job = self.get(job_id)
@@ -426,7 +447,9 @@ class JobStore:
         again, untaken for ``delay`` seconds, so jobs queued behind it (another pool, another key)
         are not held up by one that keeps being refused."""
         until = time.time() + delay if delay > 0 else None
-        return self._owned(job_id, owner, lease_owner=None, lease_expires=until, status=QUEUED)
+        return self._owned(
+            job_id, owner, lease_owner=None, lease_expires=until, status=QUEUED, error_type=None
+        )
 
     def finish(self, job_id: str, owner: str, status: str, ttl_seconds: float, **values: Any) -> bool:
         """The end of a job this server holds; False when its lease was lost meanwhile."""
@@ -444,16 +467,24 @@ class JobStore:
         )
 
     def expire_leases(self, owner: str) -> None:
-        """At shutdown: every job of ``owner`` may be taken over at once."""
+        """At shutdown: every job of ``owner`` may be taken over at once (a running one was
+        stopped, not crashed: :data:`RUN_STOPPED`)."""
         column = jobs_table.c
         with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs_table)
+                .where(column.lease_owner == owner, column.status == RUNNING)
+                .values(lease_expires=0.0, error_type=RUN_STOPPED)
+            )
             connection.execute(
                 update(jobs_table).where(column.lease_owner == owner).values(lease_expires=0.0)
             )
 
     def recover(self, retry_interrupted: bool, ttl_seconds: float) -> int:
-        """Jobs whose server died: a running one runs once more or fails ``interrupted``; one
-        whose cancel was asked ends cancelled. Returns how many changed."""
+        """Jobs whose server died: one whose cancel was asked ends cancelled; a running one
+        fails ``crashed`` when its process died within its first heartbeat (the job itself may
+        kill it: never run blindly again) or on its second attempt, else runs once more
+        (``retry_interrupted``) or fails ``interrupted``. Returns how many changed."""
         column = jobs_table.c
         now = time.time()
         dead = and_(column.lease_owner.is_not(None), column.lease_expires < now)
@@ -474,11 +505,33 @@ class JobStore:
                 )
             ).rowcount
             interrupted = and_(dead, column.status == RUNNING)
+            at_once = column.error_type == RUN_STARTING
+            crashed_again = and_(column.error_type.is_(None), column.attempts >= MAX_ATTEMPTS)
+            changed += connection.execute(
+                update(jobs_table)
+                .where(interrupted, or_(at_once, crashed_again))
+                .values(
+                    status=FAILED,
+                    error_type=CRASHED,
+                    error_status=500,
+                    error_message=(
+                        "The server process died while running this job (at its start, or on its "
+                        "second attempt): it is not run again."
+                    ),
+                    **ended,
+                )
+            ).rowcount
             if retry_interrupted:
                 changed += connection.execute(
                     update(jobs_table)
                     .where(interrupted, column.attempts < MAX_ATTEMPTS)
-                    .values(status=QUEUED, lease_owner=None, lease_expires=None, progress_step=None)
+                    .values(
+                        status=QUEUED,
+                        lease_owner=None,
+                        lease_expires=None,
+                        progress_step=None,
+                        error_type=None,
+                    )
                 ).rowcount
             changed += connection.execute(
                 update(jobs_table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,53 @@ def test_media_calls_get_only_the_parameters_their_card_declares(root: Path) -> 
     assert passed == {"width": 64, "num_inference_steps": 3, "seed": 5}
     passed = media_kwargs(SimpleNamespace(card=openai), request, names, "generate_image")  # type: ignore[arg-type]
     assert passed == {"width": 64}
+
+
+class FakeLLM:
+    """A lollms_client-like LLM object whose generation streams pieces through the callback."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.cancelled = False
+        self.model_name = "m"
+
+    def reset_cancel(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def run(self, callback: Any) -> str:
+        for piece in self.pieces:
+            if self.cancelled or callback(piece, 0) is False:
+                break
+        return "".join(self.pieces)
+
+
+async def test_a_dropped_in_stream_matches_stops_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T3-04: the stop matching of a lollms_client stream ran on the event loop (a long stop
+    list froze the whole server ~1 s per piece); it runs in the binding's thread now."""
+    import threading
+
+    from lollms_server.core.bindings import CancelToken, TextRequest
+    from lollms_server.core.bindings.lollms_client_adapter import adapter as adapter_module
+    from lollms_server.core.bindings.text import StopTextBuffer
+
+    threads: set[str] = set()
+    push = StopTextBuffer.push
+
+    def recording_push(self: StopTextBuffer, piece: str) -> tuple[str, bool]:
+        threads.add(threading.current_thread().name)
+        return push(self, piece)
+
+    monkeypatch.setattr(StopTextBuffer, "push", recording_push)
+    fake = FakeLLM(["keep ", "this ", "ST", "OP ", "not ", "that"])
+    binding = object.__new__(adapter_module.LollmsClientBinding)
+    binding.modality, binding.obj, binding._lock = "llm", fake, threading.Lock()  # type: ignore[attr-defined]
+    monkeypatch.setattr(binding, "_text_call", lambda request: fake.run)
+    monkeypatch.setattr(binding, "_checked", lambda result: result)
+    request = TextRequest(messages=[{"role": "user", "content": "x"}], parameters={"stop": ["STOP"]})
+    chunks = [chunk async for chunk in binding.stream_text("m", request, CancelToken())]
+    assert threads and threading.main_thread().name not in threads, threads
+    assert "".join(chunk.text for chunk in chunks) == "keep this "
+    assert chunks[-1].finish_reason == "stop" and fake.cancelled

@@ -67,12 +67,19 @@ def test_racing_claims_from_many_threads_win_each_job_once(store: JobStore) -> N
     assert sorted(won) == sorted(f"job_{index}" for index in range(40))
 
 
+def run(store: JobStore, job_id: str, owner: str, lease: float, survive: bool = True) -> None:
+    """Claim and start ``job_id``; ``survive``: the run lasts a heartbeat (then its lease ends)."""
+    assert store.claim(owner, lease) is not None and store.mark_running(job_id, owner)
+    if survive:
+        assert store.heartbeat(job_id, owner, lease, None, survived_start=True) is False
+
+
 @pytest.mark.parametrize("retry", [True, False])
 def test_a_running_job_whose_lease_expired_runs_once_more_or_fails_interrupted(
     store: JobStore, retry: bool
 ) -> None:
     add(store, "job_0")
-    assert store.claim("dead", 0.05) is not None and store.mark_running("job_0", "dead")
+    run(store, "job_0", "dead", 0.05)
     assert store.recover(retry, 60) == 0  # the lease still holds
     time.sleep(0.1)
     assert store.recover(retry, 60) == 1
@@ -81,18 +88,43 @@ def test_a_running_job_whose_lease_expired_runs_once_more_or_fails_interrupted(
     if not retry:
         assert (job.status, job.error_type) == ("failed", "interrupted")
         return
-    assert job.status == "queued" and job.lease_owner is None
-    assert store.claim("next", 0.05) is not None and store.mark_running("job_0", "next")
+    assert job.status == "queued" and job.lease_owner is None and job.error_type is None
+    run(store, "job_0", "next", 0.05)
     time.sleep(0.1)
     store.recover(True, 60)
     job = store.get("job_0")
-    assert job is not None and (job.status, job.error_type, job.attempts) == ("failed", "interrupted", 2)
+    # the second death of the same job: it is not run a third time
+    assert job is not None and (job.status, job.error_type, job.attempts) == ("failed", "crashed", 2)
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_job_whose_process_died_at_its_start_is_never_run_again(store: JobStore, retry: bool) -> None:
+    """T3-02: a job that kills its server (a request crashing llama.cpp) was retried after each
+    restart; the attempt is stored before the run, so a death before its first heartbeat fails it."""
+    add(store, "job_0")
+    run(store, "job_0", "dead", 0.05, survive=False)
+    running = store.get("job_0")
+    assert running is not None and (running.status, running.attempts) == ("running", 1)
+    time.sleep(0.1)
+    assert store.recover(retry, 60) == 1
+    job = store.get("job_0")
+    assert job is not None and (job.status, job.error_type, job.attempts) == ("failed", "crashed", 1)
+    assert store.claim("next", 30) is None
+
+
+def test_a_job_stopped_by_a_graceful_shutdown_is_not_a_crash(store: JobStore) -> None:
+    add(store, "job_0")
+    run(store, "job_0", "old", 30, survive=False)  # stopped before its first heartbeat
+    store.expire_leases("old")
+    assert store.recover(True, 60) == 1
+    job = store.get("job_0")
+    assert job is not None and (job.status, job.error_type, job.attempts) == ("queued", None, 1)
 
 
 def test_jobs_a_dead_server_held_keep_their_order_whatever_lease_expires_first(store: JobStore) -> None:
     add(store, "job_0")
     add(store, "job_1")
-    assert store.claim("dead", 0.6) is not None and store.mark_running("job_0", "dead")
+    run(store, "job_0", "dead", 0.6)
     assert store.claim("dead", 0.05) is not None  # queued behind job_0, its lease ends first
     time.sleep(0.1)
     assert store.recover(True, 60) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -258,15 +259,28 @@ async def test_a_killed_child_is_reaped_in_the_background(
 
 
 def test_stop_gives_up_on_a_child_that_does_not_die(
-    supervisor: WorkerSupervisor, children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+    supervisor: WorkerSupervisor,
+    children: list[subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """terminate, wait 15 s, kill, wait 5 s, then log and return (no TimeoutExpired, no hang)."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     children.append(process)
-    process.wait = lambda timeout=None: (_ for _ in ()).throw(  # type: ignore[method-assign]
-        subprocess.TimeoutExpired(process.args, timeout or 0)
-    )
+    calls: list[object] = []
+
+    def never_ends(timeout: float | None = None) -> int:
+        calls.append(("wait", timeout))
+        raise subprocess.TimeoutExpired(process.args, timeout or 0)
+
+    monkeypatch.setattr(process, "wait", never_ends)
+    monkeypatch.setattr(process, "terminate", lambda: calls.append("terminate"))
+    monkeypatch.setattr(process, "kill", lambda: calls.append("kill"))
     supervisor.process = process
-    supervisor.stop()  # no TimeoutExpired
+    with caplog.at_level(logging.ERROR):
+        supervisor.stop()
+    assert calls == ["terminate", ("wait", 15), "kill", ("wait", 5)]
+    assert f"(pid {process.pid}) does not die" in caplog.text
 
 
 # ---- #22: private runtime folder, token, state, lock and log files ---------------------------

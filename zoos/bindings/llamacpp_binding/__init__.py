@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import re
+import secrets
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from .structured import requested_grammar
 logger = logging.getLogger("lollms_bindings.llamacpp_binding")
 
 BindingName = "LlamaCppBinding"
+PromptParts = list[tuple[str, bool]]
+"""A prompt's text in parts, each with whether special-token text in it becomes control tokens."""
 SAMPLING_KEYS = (
     "max_tokens",
     "temperature",
@@ -418,10 +423,13 @@ class LlamaCppBinding(Binding):
                 engine.wake()  # a request still waiting for a sequence leaves at once
                 await wait_through_cancellation(asyncio.ensure_future(sink.ended.wait()))
 
-    def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[str, list[str]] | None:
-        """The prompt text through the model's own chat template (None: let a handler do it)."""
+    def _prompt(self, loaded: LoadedLlama, request: TextRequest) -> tuple[PromptParts, list[str]] | None:
+        """The prompt through the model's own chat template, as parts each marked with whether
+        its special-token text may become control tokens: the template's own text may, message
+        contents never (a user writing ``<|im_end|>`` cannot close its turn and open a fake
+        one). A raw prompt is the caller's whole prompt: it may. None: let a handler do it."""
         if request.prompt is not None:
-            return request.prompt, []
+            return [(request.prompt, True)], []
         template = loaded.llama.metadata.get("tokenizer.chat_template")
         has_images = any(isinstance(message.get("content"), list) for message in request.messages)
         if self.settings["chat_format"] or not template or has_images:
@@ -436,24 +444,41 @@ class LlamaCppBinding(Binding):
                 bos_token=llama._model.token_get_text(llama.token_bos()),
             )
         formatter = loaded.chat_formatter
-        formatted = formatter(messages=request.messages)  # type: ignore[arg-type]
+        # each message's content goes through the template as a placeholder, put back as text
+        marker = f"\x00{secrets.token_hex(8)}:"
+        contents: dict[str, str] = {}
+        messages = []
+        for index, message in enumerate(request.messages):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                placeholder = f"{marker}{index}\x00"
+                contents[placeholder] = content
+                message = {**message, "content": placeholder}
+            messages.append(message)
+        formatted = formatter(messages=messages)  # type: ignore[arg-type]
+        pieces = re.split(f"({re.escape(marker)}\\d+\x00)", formatted.prompt)
+        parts = [
+            (contents[piece], False) if piece in contents else (piece, True) for piece in pieces if piece
+        ]
         stops = (
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         )
-        return formatted.prompt, [stop for stop in stops if stop]
+        return parts, [stop for stop in stops if stop]
 
     def _sequence(
         self,
         loaded: LoadedLlama,
         request: TextRequest,
-        prompt: str,
+        prompt: PromptParts,
         template_stops: list[str],
         cancel: CancelToken,
     ) -> SequenceRequest:
         """Tokens, limits and sampling of one request (in a worker thread: tokenizing and
         checking a grammar take time)."""
         llama, engine, parameters = loaded.llama, loaded.engine, request.parameters
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        tokens: list[int] = []
+        for index, (text, special) in enumerate(prompt):
+            tokens += llama.tokenize(text.encode("utf-8"), add_bos=index == 0, special=special)
         if not tokens:
             raise BadRequestError("The prompt is empty.", param="input_data")
         room = engine.n_ctx_seq - len(tokens)
@@ -507,6 +532,8 @@ class LlamaCppBinding(Binding):
         for key, value in bias.items():
             try:
                 token, amount = int(key), float(value)
+                if math.isnan(amount):
+                    raise ValueError(amount)
             except (TypeError, ValueError):
                 raise BadRequestError(
                     "logit_bias must map token ids to numbers.", param="parameters.logit_bias"
@@ -528,6 +555,8 @@ class LlamaCppBinding(Binding):
             kwargs["stop"] = request.stop
         if "max_tokens" in kwargs:  # sequence 0 has the context of one sequence
             kwargs["max_tokens"] = min(int(kwargs["max_tokens"]), loaded.engine.n_ctx_seq)
+        if "seed" in kwargs:  # llama.cpp's seeds are 32-bit, as the engine's
+            kwargs["seed"] = int(kwargs["seed"]) & 0xFFFFFFFF
         return kwargs
 
     def _handler_stream(
@@ -539,7 +568,7 @@ class LlamaCppBinding(Binding):
         kwargs["logits_processor"] = LogitsProcessorList([counter])
 
         def produce() -> Iterator[TextChunk]:
-            with loaded.engine.exclusive():
+            with loaded.engine.exclusive(cancel):  # a client that leaves meanwhile stops waiting
                 stream = loaded.llama.create_chat_completion(request.messages, stream=True, **kwargs)
                 try:
                     for part in stream:
@@ -581,7 +610,7 @@ class LlamaCppBinding(Binding):
 
         def run() -> dict[str, Any]:
             cancel.check()
-            with loaded.engine.exclusive():
+            with loaded.engine.exclusive(cancel):
                 result: dict[str, Any] = loaded.llama.create_chat_completion(
                     messages, tools=renamed, tool_choice=tool_choice, **kwargs
                 )

@@ -53,7 +53,7 @@ from typing import Any
 
 import llama_cpp
 
-from lollms_server.core.bindings import StopTextBuffer
+from lollms_server.core.bindings import GenerationCancelled, StopTextBuffer
 
 logger = logging.getLogger("lollms_bindings.llamacpp_binding.batching")
 
@@ -71,6 +71,8 @@ COUNTERS = (
     "cached_tokens",  # prompt tokens not computed: read from a slot's cache or copied
     "shared_tokens",  # of which copied from another slot's cells
 )
+EXCLUSIVE_POLL_SECONDS = 0.05
+"""How often a caller waiting for :meth:`BatchEngine.exclusive` looks at its cancel token."""
 
 
 class GrammarError(ValueError):
@@ -299,19 +301,26 @@ class BatchEngine:
             self.condition.notify_all()
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, cancel: threading.Event | None = None) -> Iterator[None]:
         """Wait until no sequence runs, then hold the whole context (new requests wait); the KV
-        cache is cleared before and after, so the engine and the caller never see each other's."""
+        cache is cleared before and after, so the engine and the caller never see each other's.
+        A caller whose ``cancel`` is set while it waits leaves at once (GenerationCancelled), and
+        the requests held back for it are admitted."""
         with self.condition:
             self.exclusive_waiters += 1
             try:
                 while not self.closed and (self.exclusive_held or self.active or self._busy_thread):
-                    self.condition.wait()
+                    if cancel is not None and cancel.is_set():
+                        raise GenerationCancelled()
+                    self.condition.wait(EXCLUSIVE_POLL_SECONDS if cancel is not None else None)
                 if self.closed:
                     raise RuntimeError("The model was unloaded.")
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled()
                 self.exclusive_held = True
             finally:
                 self.exclusive_waiters -= 1
+                self.condition.notify_all()  # the decode thread admits what waited behind this
         try:
             self._clear_cache()
             self.llama.reset()

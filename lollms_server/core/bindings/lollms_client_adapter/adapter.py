@@ -194,21 +194,8 @@ class LollmsClientBinding(Binding):
     ) -> AsyncGenerator[TextChunk, None]:
         if self.modality != "llm":
             raise BindingError(f"Binding '{self.instance_name}' does not generate text.")
-        stops = StopTextBuffer(request.stop)
-        pieces = self._text_pieces(model_name, request, cancel)
-        stopped = False
-        try:
-            async for piece in pieces:
-                text, stopped = stops.push(piece)
-                if text:
-                    yield TextChunk(text=text)
-                if stopped:
-                    break
-        finally:
-            await pieces.aclose()
-        rest = "" if stopped else stops.flush()
-        if rest:
-            yield TextChunk(text=rest)
+        async for piece in self._text_pieces(model_name, request, cancel):
+            yield TextChunk(text=piece)
         yield TextChunk(finish_reason="stop")
 
     def _text_call(self, request: TextRequest) -> Callable[[Callable[..., bool]], Any]:
@@ -229,13 +216,26 @@ class LollmsClientBinding(Binding):
     async def _text_pieces(
         self, model_name: str, request: TextRequest, cancel: CancelToken
     ) -> AsyncGenerator[str, None]:
-        """Text pieces of the binding's callback, as they come; stopping early cancels it."""
+        """Text of the binding's callback, cut at the first stop sequence (which cancels the
+        call). The stop matching runs in the binding's thread, in its callback: the event loop
+        only hands over text that is ready to send."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str] = asyncio.Queue()
         call = self._text_call(request)
         obj = self.obj
-        streamed = False
-        stop = threading.Event()  # the consumer stopped early (a stop sequence): not a cancellation
+        stops = StopTextBuffer(request.stop)
+        streamed = threading.Event()
+        stop = threading.Event()  # a stop sequence ended it, or the consumer left: not a cancellation
+
+        def emit(text: str) -> None:
+            if text:
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def matched(text: str) -> None:
+            out, stopped = stops.push(text)
+            emit(out)
+            if stopped:
+                stop.set()
 
         def callback(chunk: Any, msg_type: Any = None, *args: Any, **kwargs: Any) -> bool:
             if cancel.is_set() or stop.is_set():
@@ -243,14 +243,25 @@ class LollmsClientBinding(Binding):
                 return False
             kind = getattr(msg_type, "value", msg_type)
             if (kind is None or kind == CHUNK) and isinstance(chunk, str) and chunk:
-                loop.call_soon_threadsafe(pieces.put_nowait, chunk)
+                streamed.set()
+                matched(chunk)
+                if stop.is_set():
+                    obj.cancel()
+                    return False
             return True
 
         def run() -> Any:
             with self._lock:
                 self._select(model_name)
                 obj.reset_cancel()
-                return call(callback)
+                result = call(callback)
+            if stop.is_set():
+                return result
+            if not streamed.is_set() and isinstance(result, str) and result:  # it ignored stream=True
+                matched(result)
+            if not stop.is_set():
+                emit(stops.flush())
+            return result
 
         work = asyncio.ensure_future(threads.run_cancellable(run, cancel))
         try:
@@ -258,12 +269,10 @@ class LollmsClientBinding(Binding):
                 getter = asyncio.ensure_future(pieces.get())
                 await asyncio.wait({work, getter}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    streamed = True
                     yield getter.result()
                     continue
                 getter.cancel()
                 while not pieces.empty():
-                    streamed = True
                     yield pieces.get_nowait()
                 break
             try:
@@ -271,9 +280,8 @@ class LollmsClientBinding(Binding):
             except Exception as exc:
                 logger.exception("lollms_client binding %s failed", self.instance_name)
                 raise BindingError(f"Binding '{self.instance_name}' failed ({type(exc).__name__}).") from exc
-            self._checked(result)
-            if not streamed and isinstance(result, str) and result:  # it ignored stream=True
-                yield result
+            if not stop.is_set():  # cut by a stop sequence, the call was cancelled on purpose
+                self._checked(result)
         finally:
             if not work.done():
                 stop.set()
