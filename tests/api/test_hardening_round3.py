@@ -113,7 +113,7 @@ async def test_a_finished_job_keeps_no_request_and_unfinished_requests_have_a_qu
     failing = {
         "input_data": [{"type": "text", "role": "user_prompt", "data": "hi"}, upload],
         "binding_name": "echo",
-        "parameters": {"temperature": 99},  # only checked when the job runs
+        "parameters": {"fail_after": 0},  # the echo binding fails when the job runs
     }
     async with app_client(
         jobs={"poll_seconds": 0.1, "max_request_mb_per_key": 1.0, "concurrency": 1}

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ADMIN_KEY, GOOD_KEY
 
 USER = {"X-API-Key": GOOD_KEY}
@@ -94,3 +96,21 @@ async def test_a_database_that_cannot_be_used_fails_the_start_without_its_passwo
         async with app_client(jobs={"database_url": url}):
             pass
     assert "s3cret" not in str(failure.value) and "jobs.database_url" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"temperature": 99}, {"stop": ["s"] * 17}, {"stop": ["x" * 300]}],
+    ids=["temperature", "too-many-stops", "long-stop"],
+)
+async def test_a_text_job_with_bad_parameters_is_refused_at_submission(
+    app_client: Any, parameters: dict[str, Any]
+) -> None:
+    """T3-08's trigger (a job failing only when run) and stop lists past their bounds: a 400 when
+    submitted, and nothing stored."""
+    async with app_client() as client:
+        body = {"prompt": "x", "binding_name": "echo", "model_name": "echo", "parameters": parameters}
+        response = await client.post("/api/v1/jobs", json=body, headers=USER)
+        assert response.status_code == 400, response.text
+        listed = (await client.get("/api/v1/jobs", headers=USER)).json()
+        assert listed["data"] == [] if "data" in listed else listed.get("jobs") == [], listed

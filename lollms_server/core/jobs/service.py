@@ -29,6 +29,7 @@ from lollms_server.core.errors import (
 )
 from lollms_server.core.generation.media_inputs import check_inputs
 from lollms_server.core.generation.service import GenerationService
+from lollms_server.core.generation.text_inputs import validate_text_parameters
 from lollms_server.core.jobs.callbacks import check_callback_url, notify
 from lollms_server.core.jobs.results import ResultFiles
 from lollms_server.core.jobs.runner import JobRunner
@@ -121,6 +122,8 @@ class JobService:
             principal, request.generation_type, request.binding_name, request.model_name, personality
         )
         check_inputs(request.input_data, self.config.limits)
+        if request.generation_type == "ttt":  # stop lists, sampling ranges: 400 now, not when it runs
+            validate_text_parameters(dict(request.parameters))
         stored_request = request.model_copy(update={"stream": False, "priority": request.priority or "batch"})
         request_json = stored_request.model_dump_json()
         request_limit = self._request_limit(len(request_json))
