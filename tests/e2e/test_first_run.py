@@ -7,6 +7,7 @@ into the folder it names without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -207,7 +208,14 @@ def run_script(script: Path, port: int, env: dict[str, str], until: str, timeout
             ["bash", str(script), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "LOLLMS_SKIP_INSTALL": "1", "OMP_WAIT_POLICY": "passive", **env},
+            # the fake checkout's own .venv, whatever LOLLMS_VENV the suite runs under (CI: .venv-ci)
+            env={
+                **os.environ,
+                "LOLLMS_VENV": ".venv",
+                "LOLLMS_SKIP_INSTALL": "1",
+                "OMP_WAIT_POLICY": "passive",
+                **env,
+            },
             start_new_session=True,
         )
         try:
@@ -217,7 +225,8 @@ def run_script(script: Path, port: int, env: dict[str, str], until: str, timeout
                 assert time.monotonic() < deadline, log.read_text(errors="replace")
                 time.sleep(0.3)
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # already ended (its output says why)
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
