@@ -31,7 +31,9 @@ flash attention off (as the binding's default and the limit), the same prompt an
 through its streaming ``/v1/chat/completions`` (temperature 0, ``ignore_eos``, ``cache_prompt``
 as ours), cold (a fresh server's first round) and warm (after one chat alone, then rounds). A
 second table gives its aggregate tokens/s, worst time to first token and process CPU ms per
-token, and ours / llama-server.
+token, and ours / llama-server. llama-server sends no text until it is valid UTF-8: on a random-
+weight model (byte tokens) its first text comes tokens late, which the table's note reports (how
+many, from its ``timings_per_token``); compare times to first token on a real model (``--model``).
 
     python scripts/bench_text.py [--model PATH.gguf|mid] [--tokens 256] [--runs 5]
     python scripts/bench_text.py --model mid --clients 1,4,8 --threads 2 --tokens 128
@@ -428,6 +430,7 @@ def openai_body(prompt: str, tokens: int, **parameters: Any) -> dict[str, Any]:
         "temperature": 0,
         "ignore_eos": True,
         "cache_prompt": True,
+        "timings_per_token": True,  # tells how many tokens a chunk's text waited for
         **parameters,
     }
 
@@ -435,10 +438,12 @@ def openai_body(prompt: str, tokens: int, **parameters: Any) -> dict[str, Any]:
 async def openai_usage_stream(
     client: httpx.AsyncClient, url: str, body: dict[str, Any]
 ) -> tuple[float, float, dict[str, int]]:
-    """:func:`usage_stream` for an OpenAI chat completions stream."""
+    """:func:`usage_stream` for an OpenAI chat completions stream; ``usage["held"]``: the tokens
+    llama-server had generated when it sent the first text (it holds back incomplete UTF-8)."""
     started = time.perf_counter()
     first = None
     usage: dict[str, int] = {}
+    held = 0
     async with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -450,10 +455,11 @@ async def openai_usage_stream(
             choices = event.get("choices") or [{}]
             if choices[0].get("delta", {}).get("content") and first is None:
                 first = time.perf_counter() - started
+                held = event.get("timings", {}).get("predicted_n", 1)
             if event.get("usage"):
                 usage = event["usage"]
     elapsed = time.perf_counter() - started
-    return first or elapsed, elapsed, usage
+    return first or elapsed, elapsed, {**usage, "held": held}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -488,11 +494,14 @@ async def bench_round(
         results = await asyncio.gather(*(stream(client, url, body) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     completion = sum(usage["completion_tokens"] for _, _, usage in results)
+    if not completion:
+        raise RuntimeError(f"{url} generated no tokens: {results[0][2]}")
     return {
         "tokens_per_s": completion / elapsed,
         "worst_ttft_ms": max(first for first, _, _ in results) * 1000,
         "prompt_tokens": results[0][2]["prompt_tokens"],
         "completion_tokens": completion,
+        "held": max(usage.get("held", 1) for _, _, usage in results),
     }
 
 
@@ -659,6 +668,12 @@ def print_llama_server(
         f"(llama-server's prompt {int(peer_rows[0][1]['prompt_tokens'])} tokens; ours/it: tokens/s higher "
         "is better, TTFT and CPU ms per token lower is better)"
     )
+    held = max(int(peer["held"]) for _, cold, warm in peer_rows for peer in (cold, warm))
+    if held > 1:
+        print(
+            f"(llama-server sent its first text only after up to {held} tokens: it holds back incomplete "
+            "UTF-8, which a random-weight model's byte tokens are; its TTFT is not its engine's here)"
+        )
 
 
 async def bench_round_openai(url: str, body: dict[str, Any]) -> None:
