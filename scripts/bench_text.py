@@ -22,10 +22,22 @@ first token and the server process's CPU milliseconds per token are set against 
 token of each, greedy sampling in C, one KV stream per sequence, with llama.cpp's low-level API
 and nothing else. Last, the time to first token of a request whose ~1,000-word prefix a request
 *still generating* holds: computed (cache_prompt off) and copied from the busy sequence's cells.
-(``llama-server`` is not run beside it.)
+
+When the environment variable ``LLAMA_SERVER`` names a ``llama-server`` binary (llama.cpp's own
+server; a benchmark peer only, never a dependency of the project), each repetition also runs it,
+alternated with ours and the limit, on the same work: the same GGUF, ``-t THREADS``, ``-np C``
+slots with ``-c n_ctx*C`` (each slot gets n_ctx), ``--cont-batching``, one KV stream per slot and
+flash attention off (as the binding's default and the limit), the same prompt and ``max_tokens``
+through its streaming ``/v1/chat/completions`` (temperature 0, ``ignore_eos``, ``cache_prompt``
+as ours), cold (a fresh server's first round) and warm (after one chat alone, then rounds). A
+second table gives its aggregate tokens/s, worst time to first token and process CPU ms per
+token, and ours / llama-server. llama-server sends no text until it is valid UTF-8: on a random-
+weight model (byte tokens) its first text comes tokens late, which the table's note reports (how
+many, from its ``timings_per_token``); compare times to first token on a real model (``--model``).
 
     python scripts/bench_text.py [--model PATH.gguf|mid] [--tokens 256] [--runs 5]
     python scripts/bench_text.py --model mid --clients 1,4,8 --threads 2 --tokens 128
+    LLAMA_SERVER=/path/to/llama-server python scripts/bench_text.py --clients 1,4,8 --threads 2
 """
 
 from __future__ import annotations
@@ -236,6 +248,46 @@ def start_peer(model: Path, threads: int) -> ServerProcess | None:
     return peer
 
 
+def start_llama_server(
+    binary: str, model: Path, threads: int, clients: int, n_ctx: int, workdir: Path
+) -> ServerProcess:
+    """llama.cpp's own ``llama-server`` (the ``LLAMA_SERVER`` binary) doing the engine's work:
+    ``clients`` slots of ``n_ctx`` tokens each, continuous batching, one KV stream per slot, flash
+    attention off (the binding's default)."""
+    from tests.processes import ServerProcess, free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        binary,
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-t",
+        str(threads),
+        "-np",
+        str(clients),
+        "-c",
+        str(n_ctx * clients),
+        "--cont-batching",
+        "--no-kv-unified",
+        "-fa",
+        "off",
+        "--api-key",
+        KEY,
+    ]
+    server = ServerProcess(command, url, url + "/health", workdir / "llama-server.log")
+    try:
+        server.wait_ready(120)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 MID_MODEL = Path.home() / ".cache" / "lollms_server" / "bench" / "llamacpp_binding" / "mid.gguf"
 
 
@@ -368,35 +420,88 @@ async def usage_stream(
     return first or elapsed, elapsed, usage
 
 
+def openai_body(prompt: str, tokens: int, **parameters: Any) -> dict[str, Any]:
+    """:func:`chat_body` for an OpenAI-compatible server (llama-server's extra fields)."""
+    return {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+        "ignore_eos": True,
+        "cache_prompt": True,
+        "timings_per_token": True,  # tells how many tokens a chunk's text waited for
+        **parameters,
+    }
+
+
+async def openai_usage_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> tuple[float, float, dict[str, int]]:
+    """:func:`usage_stream` for an OpenAI chat completions stream; ``usage["held"]``: the tokens
+    llama-server had generated when it sent the first text (it holds back incomplete UTF-8)."""
+    started = time.perf_counter()
+    first = None
+    usage: dict[str, int] = {}
+    held = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event)
+            choices = event.get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content") and first is None:
+                first = time.perf_counter() - started
+                held = event.get("timings", {}).get("predicted_n", 1)
+            if event.get("usage"):
+                usage = event["usage"]
+    elapsed = time.perf_counter() - started
+    return first or elapsed, elapsed, {**usage, "held": held}
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def served_round(server: ServerProcess, model: str, clients: int, tokens: int) -> dict[str, float]:
+def served_round(
+    server: ServerProcess, model: str, clients: int, tokens: int, openai: bool = False
+) -> dict[str, float]:
     """:func:`bench_round`, with the server process's CPU milliseconds per generated token (a
-    measure the other users of a busy machine disturb far less than the wall clock)."""
+    measure the other users of a busy machine disturb far less than the wall clock); ``openai``:
+    through ``/v1/chat/completions`` (llama-server)."""
     before = process_cpu_seconds(server.process.pid)
-    result = asyncio.run(bench_round(server.url + "/api/v1/generate", model, clients, tokens))
+    path = "/v1/chat/completions" if openai else "/api/v1/generate"
+    result = asyncio.run(bench_round(server.url + path, model, clients, tokens, openai))
     result["cpu_ms"] = (process_cpu_seconds(server.process.pid) - before) * 1000 / result["completion_tokens"]
     return result
 
 
-async def bench_round(url: str, model: str, clients: int, tokens: int) -> dict[str, float]:
+async def bench_round(
+    url: str, model: str, clients: int, tokens: int, openai: bool = False
+) -> dict[str, float]:
     """``clients`` identical chats at once (temperature 0): aggregate tokens/s, worst time to
-    first token, and the prompt's token count the server reported."""
-    body = chat_body(model, PROMPT, tokens)
+    first token, and the prompt's token count the server reported (``openai``: an OpenAI chat
+    completions ``url``)."""
+    body = openai_body(PROMPT, tokens) if openai else chat_body(model, PROMPT, tokens)
+    stream = openai_usage_stream if openai else usage_stream
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*(usage_stream(client, url, body) for _ in range(clients)))
+        results = await asyncio.gather(*(stream(client, url, body) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     completion = sum(usage["completion_tokens"] for _, _, usage in results)
+    if not completion:
+        raise RuntimeError(f"{url} generated no tokens: {results[0][2]}")
     return {
         "tokens_per_s": completion / elapsed,
         "worst_ttft_ms": max(first for first, _, _ in results) * 1000,
         "prompt_tokens": results[0][2]["prompt_tokens"],
         "completion_tokens": completion,
+        "held": max(usage.get("held", 1) for _, _, usage in results),
     }
 
 
@@ -437,20 +542,25 @@ def load_average() -> str:
 
 
 def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads: int) -> None:
-    """Per client count and repetition, alternated: the like-for-like limit, then a fresh server's
-    first round (cold: the model loaded by an unrelated request, nothing of the prompt cached),
-    then one chat alone and two more rounds (warm: the prompt cached in the slots)."""
+    """Per client count and repetition, alternated: a fresh server's first round (cold: the model
+    loaded by an unrelated request, nothing of the prompt cached), then one chat alone and two
+    more rounds (warm: the prompt cached in the slots); the like-for-like limit; and, when
+    ``LLAMA_SERVER`` names a binary, the same cold and warm rounds through llama-server."""
     n_ctx = 2048
+    llama_server = os.environ.get("LLAMA_SERVER")
+    if llama_server:
+        print(f"llama-server peer: {llama_server}")
     print(
         f"model {model.name} ({model.stat().st_size / 2**20:.1f} MB), {tokens} tokens per client, "
         f"{threads} thread(s); load average {load_average()}\n"
     )
     parallel = max(counts)
     rows = []
+    peer_rows: list[tuple[int, dict[str, float], dict[str, float]]] = []
     shared = None
     with tempfile.TemporaryDirectory() as tmp:
         for clients in counts:
-            limits, colds, warms = [], [], []
+            limits, colds, warms, peer_colds, peer_warms = [], [], [], [], []
             for repetition in range(runs):
                 workdir = Path(tmp) / f"c{clients}r{repetition}"
                 workdir.mkdir()
@@ -474,7 +584,21 @@ def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads
                     server.stop()
                 prompt_tokens = int(colds[-1]["prompt_tokens"])
                 limits.append(batched_limit(model, clients, prompt_tokens, tokens, threads, n_ctx))
+                if llama_server:
+                    peer = start_llama_server(llama_server, model, threads, clients, n_ctx, workdir)
+                    try:
+                        url = peer.url + "/v1/chat/completions"
+                        hello = openai_body("Hi.", 1, cache_prompt=False)  # as ours: a first request
+                        asyncio.run(bench_round_openai(url, hello))
+                        peer_colds.append(served_round(peer, model.name, clients, tokens, openai=True))
+                        asyncio.run(bench_round(url, model.name, 1, tokens, openai=True))  # one alone
+                        rounds = [served_round(peer, model.name, clients, tokens, True) for _ in range(2)]
+                        peer_warms.append(medians(rounds))
+                    finally:
+                        peer.stop()
             rows.append((clients, medians(colds), medians(warms), medians(limits)))
+            if llama_server:
+                peer_rows.append((clients, medians(peer_colds), medians(peer_warms)))
     print(f"load average after: {load_average()}\n")
     header = (
         "clients",
@@ -502,12 +626,59 @@ def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads
         f"(prompt {int(rows[0][1]['prompt_tokens'])} tokens; medians of {runs} alternated repetitions; "
         "ratio = served / limit tokens/s; CPU ratio = limit / served CPU ms per token)"
     )
+    if peer_rows:
+        print_llama_server(rows, peer_rows)
     if shared is not None:
         computed, copied, cached = shared
         print(
             f"\n~1,000-token prefix held by a request still generating: TTFT computed {computed:.1f} ms, "
             f"copied {copied:.1f} ms ({computed / copied:.1f}x faster; {cached} tokens cached)"
         )
+
+
+def print_llama_server(
+    rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]],
+    peer_rows: list[tuple[int, dict[str, float], dict[str, float]]],
+) -> None:
+    """llama-server's rounds beside ours and the limit (same client counts, cold and warm)."""
+    header = (
+        "clients",
+        "round",
+        "llama-server",
+        "/ limit",
+        "ours/it",
+        "its worst TTFT",
+        "ours/it",
+        "its CPU ms/tok",
+        "ours/it",
+    )
+    widths = (7, 6, 13, 8, 8, 15, 8, 15, 8)
+    print("\nllama-server (tok/s, ms) beside ours:")
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths, strict=True)))
+    for (clients, cold, warm, limit), (_, peer_cold, peer_warm) in zip(rows, peer_rows, strict=True):
+        for label, ours, peer in (("cold", cold, peer_cold), ("warm", warm, peer_warm)):
+            print(
+                f"{clients:>7} {label:>6} {peer['tokens_per_s']:>13.1f} "
+                f"{peer['tokens_per_s'] / limit['tokens_per_s']:>7.2f}x "
+                f"{ours['tokens_per_s'] / peer['tokens_per_s']:>7.2f}x {peer['worst_ttft_ms']:>15.1f} "
+                f"{ours['worst_ttft_ms'] / peer['worst_ttft_ms']:>7.2f}x {peer['cpu_ms']:>15.2f} "
+                f"{ours['cpu_ms'] / peer['cpu_ms']:>7.2f}x"
+            )
+    print(
+        f"(llama-server's prompt {int(peer_rows[0][1]['prompt_tokens'])} tokens; ours/it: tokens/s higher "
+        "is better, TTFT and CPU ms per token lower is better)"
+    )
+    held = max(int(peer["held"]) for _, cold, warm in peer_rows for peer in (cold, warm))
+    if held > 1:
+        print(
+            f"(llama-server sent its first text only after up to {held} tokens: it holds back incomplete "
+            "UTF-8, which a random-weight model's byte tokens are; its TTFT is not its engine's here)"
+        )
+
+
+async def bench_round_openai(url: str, body: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        await openai_usage_stream(client, url, body)
 
 
 async def bench_round_text(url: str, model: str, prompt: str, tokens: int) -> None:
