@@ -101,7 +101,7 @@ DEFAULT_MIX = {
     "long_stops": 2,
     "bounded_stops": 2,
     "image_disconnect": 2,
-    "settings": 0,  # opt in (--mix settings=1): beside jobs, a settings change can still stall the echo instance
+    "settings": 0,  # opt in (--mix settings=1): a settings change can still stall the echo instance
     "job": 2,
     "job_poison": 1,
 }
