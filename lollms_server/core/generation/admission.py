@@ -3,6 +3,7 @@ its job (text or media) and its timings."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,3 +122,13 @@ class Admission:
             "queue_wait": round(self.timings.queue_wait, 6),
             "load": round(self.timings.load, 6),
         }
+
+
+async def abandon(admission: asyncio.Future[Admission]) -> None:
+    """Stop waiting for ``admission``: cancel it while it waits, or release what it was granted
+    meanwhile (a slot granted in the same turn as the client left would otherwise stay held
+    by nobody: the instance's gate and its pool slot never freed)."""
+    admission.cancel()
+    await asyncio.gather(admission, return_exceptions=True)
+    if not admission.cancelled() and admission.exception() is None:
+        await admission.result().release()

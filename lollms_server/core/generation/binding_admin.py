@@ -37,9 +37,11 @@ logger = logging.getLogger(__name__)
 class BindingAdmin:
     """Runs declared commands and changes settings of the configured instances."""
 
-    change_wait_seconds = 60.0
-    """How long a settings change waits for the instance's running generations (then 409;
-    requests for the instance wait meanwhile, holding no pool slot)."""
+    change_wait_seconds = 10.0
+    """How long a settings change waits for the instance's running generations (then 409 and
+    nothing changed). Requests for the instance wait meanwhile, holding no pool slot, so this
+    also bounds how long a change can hold the instance's users back: short, like a queue wait,
+    not a long generation's length (a change meeting one is refused, not waited for)."""
 
     def __init__(
         self, config: AppConfig, bindings: BindingManager, pools: PoolRegistry, gates: InstanceGates

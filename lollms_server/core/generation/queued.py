@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from lollms_server.core.errors import LollmsError
-from lollms_server.core.generation.admission import Admission
+from lollms_server.core.generation.admission import Admission, abandon
 from lollms_server.core.generation.first_use import DownloadWatch
 from lollms_server.core.generation.outputs import error_chunk
 from lollms_server.core.generation.stream import GenerationStream
@@ -97,10 +97,7 @@ class QueuedStream:
 
     async def aclose(self) -> None:
         """Leave the queue, or stop the generation and give back its slot (idempotent)."""
-        if not self.admission.done():
-            self.admission.cancel()
-            await asyncio.gather(self.admission, return_exceptions=True)
         if self.stream is not None:
             await self.stream.aclose()
-        elif not self.admission.cancelled() and self.admission.exception() is None:
-            await self.admission.result().release()  # admitted, never streamed: the client left
+        else:  # still waiting, or admitted while nobody read the events: nobody will use it
+            await abandon(self.admission)

@@ -27,7 +27,7 @@ from lollms_server.core.errors import (
     ServiceUnavailableError,
 )
 from lollms_server.core.functions import FunctionManager
-from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
+from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings, abandon
 from lollms_server.core.generation.first_use import DownloadWatch, ModelFetcher, await_model
 from lollms_server.core.generation.gates import InstanceGates
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
@@ -366,11 +366,11 @@ class GenerationService:
             await asyncio.wait({admission, first, downloading}, return_when=asyncio.FIRST_COMPLETED)
             if not admission.done():  # it waits: a quick refusal or admission stays plain HTTP
                 await asyncio.wait({admission}, timeout=QUEUED_STREAM_AFTER_SECONDS)
-        except asyncio.CancelledError:  # the client left: leave the queue
-            admission.cancel()
+        except asyncio.CancelledError:  # the client left: leave the queue (or free its slot)
             first.cancel()
             downloading.cancel()
-            await asyncio.gather(admission, first, downloading, return_exceptions=True)
+            await abandon(admission)
+            await asyncio.gather(first, downloading, return_exceptions=True)
             raise
         downloading.cancel()
         if admission.done():
