@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
-from lollms_server.utils.processes import pid_alive
+from lollms_server.utils.processes import pid_alive, process_started
 
 __all__ = ["SharedLedger"]
 
@@ -82,8 +82,9 @@ class SharedLedger:
         stem = "device-" + device.replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{stem}.json"
-        self.owner = owner or str(os.getpid())
-        """``<pid>`` or ``<pid>:<tag>``: whose entries these are (the pid tells whether it lives)."""
+        self.owner = owner or f"{os.getpid()}@{process_started(os.getpid())}"
+        """``<pid>[@<started>][:<tag>]``: whose entries these are (the pid tells whether it lives;
+        its start time, whether the process of that pid now is still the one that wrote them)."""
         self._alive = alive
         self._load_lock = FileLock(str(folder / f"{stem}.lock"), thread_local=False)
         self._write_lock = FileLock(str(folder / f"{stem}.json.lock"), timeout=WRITE_TIMEOUT_SECONDS)
@@ -146,8 +147,12 @@ class SharedLedger:
         }
 
     def _lives(self, owner: str) -> bool:
+        pid, _, started = owner.split(":", 1)[0].partition("@")
         try:
-            return self._alive(int(owner.split(":", 1)[0]))
+            if not self._alive(int(pid)):
+                return False
+            # a dead writer's pid given to a new process: not the writer
+            return not started or process_started(int(pid)) == float(started)
         except ValueError:
             return False
 

@@ -21,6 +21,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_started(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch, to 10 ms; None when it does not run): with
+    the pid, an identity a later process given the same pid does not share."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

@@ -5,6 +5,7 @@ programs hold), and bindings that allocate on it when they load."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -520,6 +521,22 @@ def test_the_shared_ledger_forgets_dead_processes_and_ignores_garbage(tmp_path: 
     assert "999" not in (tmp_path / "device-cuda-0.json").read_text()
     (tmp_path / "device-cuda-0.json").write_text('{"2:them": [{"mb": "lots"}, 5], "x": 7}')
     assert mine.read_others() == [] and mine.others_mb() == 0
+
+
+def test_the_shared_ledger_forgets_a_dead_process_whose_pid_was_reused(tmp_path: Path) -> None:
+    from lollms_server.core.device_share import SharedLedger
+    from lollms_server.utils.processes import process_started
+
+    pid = os.getpid()
+    started = process_started(pid)
+    assert started is not None
+    mine = SharedLedger(tmp_path, GPU, owner="1:me", alive=lambda _: True)
+    earlier = SharedLedger(tmp_path, GPU, owner=f"{pid}@{started - 3600}")  # the pid's last owner
+    live = SharedLedger(tmp_path, GPU)  # this process, as a server process names itself
+    assert live.owner == f"{pid}@{started}"
+    earlier.publish([{"instance": "llm", "model": "gone", "mb": 400}])
+    live.publish([{"instance": "llm", "model": "here", "mb": 300}])
+    assert [entry["model"] for entry in mine.read_others()] == ["here"]
 
 
 # ---- a property-based run ------------------------------------------------------------------

@@ -102,3 +102,23 @@ async def test_a_busy_slots_prefix_is_copied_through_the_sliding_window_cache(bi
     assert usage is not None and usage["prompt_tokens"] > 200
     assert usage["cached_tokens"] >= 0.8 * usage["prompt_tokens"]
     assert text_of(second).strip()
+
+
+async def test_ignore_eos_forbids_every_end_of_generation_token(binding: Binding) -> None:
+    """Gemma 3 has an end-of-generation token beyond EOS and EOT; ``ignore_eos`` forbids them
+    all (as llama.cpp's server does). The bias makes the extra one the model's first choice:
+    without ``ignore_eos`` the answer ends at once, with it the answer runs to max_tokens."""
+    import llama_cpp
+
+    engine = binding._loaded(gemma.MODEL_NAME).engine  # type: ignore[attr-defined]
+    banned = set(engine.banned_at_eos)
+    assert all(llama_cpp.llama_vocab_is_eog(engine.vocab, token) for token in banned)
+    named = {int(llama_cpp.llama_vocab_eos(engine.vocab)), int(llama_cpp.llama_vocab_eot(engine.vocab))}
+    extra = sorted(banned - named)
+    assert extra, "Gemma 3 has end-of-generation tokens llama.cpp does not name EOS or EOT"
+    pushed = {str(extra[0]): 100.0}
+    natural = await run(binding, turn(QUESTIONS[0], max_tokens=16, logit_bias=pushed))
+    assert natural[-1].usage["completion_tokens"] == 0  # type: ignore[index]
+    forced = await run(binding, turn(QUESTIONS[0], max_tokens=16, logit_bias=pushed, ignore_eos=True))
+    assert forced[-1].usage["completion_tokens"] == 16  # type: ignore[index]
+    assert forced[-1].finish_reason == "length"

@@ -99,6 +99,8 @@ class Pull:
         self.files = {item.path: FileProgress(item.path, 0, item.size) for item in plan.files}
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.charged: tuple[str, int] | None = None
+        """(generate key, bytes) counted against the key's first-use budget, until it ends."""
 
     def notify(self) -> None:
         """Wake every listener (each holds the event of its last look; a new one replaces it)."""
@@ -213,6 +215,7 @@ class PullManager:
         if budget_key is not None:
             self._spend_first_use(budget_key, needed)
         pull = Pull(target.name, str(parsed), plan, folder)
+        pull.charged = (budget_key, needed) if budget_key is not None else None
         self.running[pull.id] = pull
         pull.task = asyncio.create_task(self._run(pull, hub), name=f"pull {pull.id}")
         logger.info("Pull %s: %s into %s (%d files, %d bytes)", pull.id, parsed, target.name,
@@ -256,16 +259,38 @@ class PullManager:
         self._first_use_spent[key] = spent + needed  # keys are the configured ones: bounded
         self._first_use_total += needed
 
+    async def _refund_first_use(self, pull: Pull) -> None:
+        """A first-use pull that failed or was cancelled keeps counted only the bytes it left on
+        disk (its ``.part`` files, which a later pull resumes from); the rest goes back to the
+        key's budget and the total."""
+        if pull.charged is None:
+            return
+        key, charged = pull.charged
+        pull.charged = None
+        try:
+            missing = await self._in_thread(self._missing_bytes, pull.folder, pull.plan)
+        except OSError:
+            return  # what is on disk is unknown: nothing refunded
+        refund = min(missing, charged)
+        self._first_use_spent[key] = max(0, self._first_use_spent.get(key, 0) - refund)
+        self._first_use_total = max(0, self._first_use_total - refund)
+
     @staticmethod
-    def _check_disk(folder: Path, plan: Plan) -> int:
-        """The bytes the pull still needs (413 when the disk has no room for them)."""
+    def _missing_bytes(folder: Path, plan: Plan) -> int:
+        """The bytes of ``plan`` not yet on disk (a ``.part`` file counts for what it holds)."""
         needed = 0
         for item in plan.files:
             target = plan.target(folder, item)
             if target.is_file() and target.stat().st_size == item.size:
                 continue
             part = part_path(target)
-            needed += item.size - (part.stat().st_size if part.is_file() else 0)
+            needed += max(0, item.size - (part.stat().st_size if part.is_file() else 0))
+        return needed
+
+    @classmethod
+    def _check_disk(cls, folder: Path, plan: Plan) -> int:
+        """The bytes the pull still needs (413 when the disk has no room for them)."""
+        needed = cls._missing_bytes(folder, plan)
         existing = folder
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -297,13 +322,16 @@ class PullManager:
                 if part.exists():
                     os.replace(part, final)
         except asyncio.CancelledError:
+            await self._refund_first_use(pull)
             pull._finish("cancelled", PullCancelled("The pull was cancelled."))
             logger.info("Pull %s cancelled", pull.id)
         except LollmsError as exc:
+            await self._refund_first_use(pull)
             pull._finish("failed", exc)
             logger.warning("Pull %s failed: %s", pull.id, exc.message)
         except Exception as exc:  # noqa: BLE001 - disk errors and the like end the pull, not the server
             logger.exception("Pull %s failed", pull.id)
+            await self._refund_first_use(pull)
             pull._finish("failed", LollmsError(f"The pull failed ({type(exc).__name__})."))
         else:
             pull.result = [plan.installed_name]

@@ -443,3 +443,35 @@ async def test_first_use_downloads_of_generate_keys_have_a_budget_per_key_and_in
         p.name for p in (tmp_path / "models" / "llamacpp_binding" / "acme" / "many-GGUF").glob("*.gguf")
     )
     assert pulled == [f"m-{i}.gguf" for i in range(5)]
+
+
+async def test_a_cancelled_first_use_pull_gives_back_the_budget_it_did_not_download(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    """Only what a failed or cancelled first-use pull left on disk stays counted (its ``.part``,
+    which the next pull resumes from); the rest goes back to the key's budget and the total."""
+    hub.state.add("acme/big-GGUF", {"big.gguf": b"b" * 2**21, "other.gguf": b"o" * 2**21})
+    hub.state.delay = 0.2  # 64 chunks: about 13 s for the file
+    mib = 1 / 1024  # GB
+    config = make_config(
+        tmp_path, hub, allowed_sources=["acme"], first_use_gb_per_key=3 * mib, first_use_total_gb=3 * mib
+    )
+    pulls = manager(config)
+    pulls.bindings.instances["llm"].settings["allow_download"] = True
+    try:
+        pull = await pulls.for_first_use("llm", "acme/big-GGUF/big.gguf", trusted=False, key="alice")
+        assert pull is not None
+        deadline = asyncio.get_running_loop().time() + 10
+        while pull.describe()["completed"] == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        pull.cancel()
+        with pytest.raises(LollmsError):
+            await pull.wait()
+        kept = pull.describe()["completed"]
+        assert 0 < kept < 2**21
+        hub.state.delay = 0.0
+        # 2 MiB more fits the 3 MiB budget only if the cancelled pull's undownloaded bytes came back
+        other = await pulls.for_first_use("llm", "acme/big-GGUF/other.gguf", trusted=False, key="alice")
+        assert other is not None and await other.wait() == ["acme/big-GGUF/other.gguf"]
+    finally:
+        await pulls.close()

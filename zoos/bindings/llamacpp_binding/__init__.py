@@ -139,19 +139,19 @@ def _renamed_message(message: dict[str, Any]) -> dict[str, Any]:
 
 class TokenCounter:  # for llama-cpp-python's chat handlers
     """A logits processor llama.cpp calls once per sampled token: it counts them, and can
-    forbid the end-of-sequence token (the ``ignore_eos`` parameter)."""
+    forbid the end-of-generation tokens (the ``ignore_eos`` parameter)."""
 
-    def __init__(self, banned_token: int | None = None) -> None:
+    def __init__(self, banned_tokens: list[int] | None = None) -> None:
         self.prompt_tokens = 0
         self.sampled = 0
-        self.banned_token = banned_token
+        self.banned_tokens = banned_tokens or []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self.sampled == 0:
             self.prompt_tokens = len(input_ids)
         self.sampled += 1
-        if self.banned_token is not None:
-            scores[self.banned_token] = -float("inf")
+        if self.banned_tokens:
+            scores[self.banned_tokens] = -float("inf")
         return scores
 
     def usage(self, finish_reason: str) -> dict[str, int]:
@@ -564,7 +564,7 @@ class LlamaCppBinding(Binding):
     ) -> Callable[[], Iterator[TextChunk]]:
         """Streaming through llama-cpp-python's chat handlers (forced chat_format, vision)."""
         kwargs = self._sampling(loaded, request)
-        counter = TokenCounter(loaded.llama.token_eos() if request.parameters.get("ignore_eos") else None)
+        counter = TokenCounter(loaded.engine.banned_at_eos if request.parameters.get("ignore_eos") else None)
         kwargs["logits_processor"] = LogitsProcessorList([counter])
 
         def produce() -> Iterator[TextChunk]:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
+import functools
 import logging
 import threading
 import time
@@ -275,20 +276,19 @@ class BatchEngine:
         self._busy_thread = False  # true while a step runs outside the condition
         self.stats: dict[str, float] = dict.fromkeys(COUNTERS, 0)
         self.stats["max_batch_sequences"] = 0
-        self.banned_at_eos = [
-            token
-            for token in {
-                int(llama_cpp.llama_vocab_eos(self.vocab)),
-                int(llama_cpp.llama_vocab_eot(self.vocab)),
-            }
-            if token >= 0
-        ]
         self._piece = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}  # token -> its bytes (a vocabulary never changes)
         self._eog: dict[int, bool] = {}
         self._finished: list[Sequence] = []  # ended since the last flush
         self.thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self.thread.start()
+
+    @functools.cached_property
+    def banned_at_eos(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (what ``ignore_eos`` forbids, as
+        llama.cpp's server does): not only EOS and EOT (Gemma 3 ends turns with others too).
+        Scanned once per model, on first use (~0.1 s for 262k tokens)."""
+        return end_of_generation_tokens(self.vocab, self.n_vocab)
 
     # ---- the caller's side (any thread) -------------------------------------------
     def submit(self, request: SequenceRequest, sink: EventSink) -> None:
@@ -642,3 +642,8 @@ class BatchEngine:
         llama_cpp.llama_memory_clear(self.memory, True)
         for slot in self.slots:
             slot.tokens.clear()
+
+
+def end_of_generation_tokens(vocab: Any, n_vocab: int) -> list[int]:
+    """The tokens llama.cpp ends a generation at (``llama_vocab_is_eog``)."""
+    return [token for token in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, token)]
