@@ -64,6 +64,10 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 KEY = "bench-key-0123456789"
 PROMPT = "Tell me a long story about a quick brown fox."
+RAW = {"on": False}
+"""Set for a model without a chat template (Gemma 3 270M's GGUF): every peer completes the
+prompt text as written (ours: ``raw_prompt``; llama-server: ``/completion``; the limit: the text's
+tokens), so all of them read the same tokens."""
 
 
 def summary(name: str, ttfts: list[float], rates: list[float]) -> dict[str, float]:
@@ -373,10 +377,22 @@ def batched_limit(
     return {"tokens_per_s": produced / elapsed, "worst_ttft_ms": first * 1000, "cpu_ms": cpu_ms}
 
 
+def has_chat_template(model: Path) -> bool:
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    try:
+        return bool(llama.metadata.get("tokenizer.chat_template"))
+    finally:
+        llama.close()
+
+
 def llama_chat_prompt(llama: Any, text: str) -> str:
     """The prompt the server builds from one user message (the model's chat template)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    if RAW["on"]:
+        return text
     formatter = Jinja2ChatFormatter(
         template=llama.metadata["tokenizer.chat_template"],
         eos_token=llama._model.token_get_text(llama.token_eos()),
@@ -391,7 +407,13 @@ def chat_body(model: str, prompt: str, tokens: int, stream: bool = True, **param
         "stream": stream,
         "binding_name": "llm",
         "model_name": model,
-        "parameters": {"max_tokens": tokens, "ignore_eos": True, "temperature": 0, **parameters},
+        "parameters": {
+            "max_tokens": tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+            **({"raw_prompt": True} if RAW["on"] else {}),
+            **parameters,
+        },
     }
 
 
@@ -420,8 +442,25 @@ async def usage_stream(
     return first or elapsed, elapsed, usage
 
 
+def peer_path() -> str:
+    """llama-server's route for the work: its chat completions, or ``/completion`` in raw mode."""
+    return "/completion" if RAW["on"] else "/v1/chat/completions"
+
+
 def openai_body(prompt: str, tokens: int, **parameters: Any) -> dict[str, Any]:
-    """:func:`chat_body` for an OpenAI-compatible server (llama-server's extra fields)."""
+    """:func:`chat_body` for an OpenAI-compatible server (llama-server's extra fields); in raw
+    mode, llama-server's own ``/completion`` body."""
+    if RAW["on"]:
+        return {
+            "prompt": prompt,
+            "n_predict": tokens,
+            "stream": True,
+            "temperature": 0,
+            "ignore_eos": True,
+            "cache_prompt": parameters.pop("cache_prompt", True),
+            "timings_per_token": True,
+            **parameters,
+        }
     return {
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
@@ -452,6 +491,16 @@ async def openai_usage_stream(
             event = json.loads(line[6:])
             if "error" in event:
                 raise RuntimeError(event)
+            if "choices" not in event and "content" in event:  # /completion (raw mode)
+                if event["content"] and first is None:
+                    first = time.perf_counter() - started
+                    held = event.get("timings", {}).get("predicted_n", 1)
+                if event.get("stop"):
+                    usage = {
+                        "prompt_tokens": event.get("tokens_evaluated", 0),
+                        "completion_tokens": event.get("tokens_predicted", 0),
+                    }
+                continue
             choices = event.get("choices") or [{}]
             if choices[0].get("delta", {}).get("content") and first is None:
                 first = time.perf_counter() - started
@@ -475,7 +524,7 @@ def served_round(
     measure the other users of a busy machine disturb far less than the wall clock); ``openai``:
     through ``/v1/chat/completions`` (llama-server)."""
     before = process_cpu_seconds(server.process.pid)
-    path = "/v1/chat/completions" if openai else "/api/v1/generate"
+    path = peer_path() if openai else "/api/v1/generate"
     result = asyncio.run(bench_round(server.url + path, model, clients, tokens, openai))
     result["cpu_ms"] = (process_cpu_seconds(server.process.pid) - before) * 1000 / result["completion_tokens"]
     return result
@@ -547,12 +596,15 @@ def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads
     more rounds (warm: the prompt cached in the slots); the like-for-like limit; and, when
     ``LLAMA_SERVER`` names a binary, the same cold and warm rounds through llama-server."""
     n_ctx = 2048
+    RAW["on"] = not has_chat_template(model)
     llama_server = os.environ.get("LLAMA_SERVER")
     if llama_server:
         print(f"llama-server peer: {llama_server}")
     print(
         f"model {model.name} ({model.stat().st_size / 2**20:.1f} MB), {tokens} tokens per client, "
-        f"{threads} thread(s); load average {load_average()}\n"
+        f"{threads} thread(s); load average {load_average()}"
+        + ("; no chat template: raw completions of the prompt text" if RAW["on"] else "")
+        + "\n"
     )
     parallel = max(counts)
     rows = []
@@ -587,7 +639,7 @@ def main_clients(model: Path, counts: list[int], tokens: int, runs: int, threads
                 if llama_server:
                     peer = start_llama_server(llama_server, model, threads, clients, n_ctx, workdir)
                     try:
-                        url = peer.url + "/v1/chat/completions"
+                        url = peer.url + peer_path()
                         hello = openai_body("Hi.", 1, cache_prompt=False)  # as ours: a first request
                         asyncio.run(bench_round_openai(url, hello))
                         peer_colds.append(served_round(peer, model.name, clients, tokens, openai=True))

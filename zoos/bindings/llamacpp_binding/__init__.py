@@ -392,19 +392,27 @@ class LlamaCppBinding(Binding):
                 yield chunk
             return
         prompt, template_stops = prompt_and_stops
-        sequence = await self.run_blocking(self._sequence, loaded, request, prompt, template_stops, cancel)
-        async for chunk in self._engine_stream(loaded.engine, sequence):
+        engine = loaded.engine
+        engine.announce()  # a burst of requests shares the idle engine's first prefill
+        try:
+            sequence = await self.run_blocking(
+                self._sequence, loaded, request, prompt, template_stops, cancel
+            )
+        except BaseException:
+            engine.withdraw()
+            raise
+        async for chunk in self._engine_stream(engine, sequence, announced=True):
             yield chunk
 
     @staticmethod
     async def _engine_stream(
-        engine: BatchEngine, sequence: SequenceRequest
+        engine: BatchEngine, sequence: SequenceRequest, announced: bool = False
     ) -> AsyncGenerator[TextChunk, None]:
         """The request as one sequence of the model's batch engine; its events come to this loop
         once per decode step. A consumer that leaves ends the sequence at the next step, and is
         let go once the engine has dropped it."""
         sink = LoopSink(asyncio.get_running_loop())
-        engine.submit(sequence, sink)
+        engine.submit(sequence, sink, announced)
         try:
             while True:
                 event = await sink.queue.get()
