@@ -26,7 +26,13 @@ those tokens (``cache_prompt``); a chat's next turn re-reads only what is new. W
 busy or not, holds a prefix longer by ``SHARE_MIN_TOKENS`` or more (two users with one system
 prompt, the second arriving while the first still generates), its cells are copied into the new
 request's sequence (``llama_memory_seq_cp``: llama.cpp copies the stream's buffer before the next
-step, far cheaper than computing the prompt) instead of being computed again.
+step, far cheaper than computing the prompt) instead of being computed again. A request whose
+prefix another sequence is still computing (a burst of clients with one system prompt) waits that
+one step and copies the cells, so the prompt is computed once, not once per client.
+
+Bursts: the binding announces a request while its prompt is tokenized; an idle engine's first step
+waits for announced requests (at most ``GATHER_SECONDS``) so clients arriving together share one
+prefill instead of each waiting a whole step behind the first (a running batch never waits).
 
 Counters (:meth:`BatchEngine.describe`, ``/metrics`` ``lollms_engine_*``): steps, the sequences
 and tokens they decoded, the computes llama.cpp split them into, and the seconds spent in
