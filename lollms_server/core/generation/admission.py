@@ -124,6 +124,24 @@ class Admission:
         }
 
 
+class AdmittedStream:
+    """A stream holding its admission (slot and model) until its events end or ``aclose()``;
+    its ``deadline`` (loop time, ``timeout`` after admission) bounds the slot's life."""
+
+    def __init__(self, admission: Admission, request_id: str, *, timeout: float, metrics: Any = None) -> None:
+        self.admission = admission
+        self.request_id = request_id
+        self.timeout = timeout
+        self.metrics = metrics
+        self.cancel = CancelToken()
+        self.deadline = asyncio.get_running_loop().time() + timeout
+
+    async def aclose(self) -> None:
+        """Stop the generation and give back the model and the slot (idempotent)."""
+        self.cancel.set()
+        await self.admission.release()
+
+
 async def abandon(admission: asyncio.Future[Admission]) -> None:
     """Stop waiting for ``admission``: cancel it while it waits, or release what it was granted
     meanwhile (a slot granted in the same turn as the client left would otherwise stay held

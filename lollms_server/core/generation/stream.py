@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncGenerator
 from functools import partial
 
-from lollms_server.core.bindings import CancelToken, TextChunk, TextResult, with_progress
+from lollms_server.core.bindings import TextChunk, TextResult, with_progress
 from lollms_server.core.errors import BindingError, GenerationTimeoutError, LollmsError
 from lollms_server.core.functions import FunctionManager
-from lollms_server.core.generation.admission import Admission, MediaJob, TextJob
+from lollms_server.core.generation.admission import Admission, AdmittedStream, MediaJob, TextJob
 from lollms_server.core.generation.outputs import (
     error_chunk,
     final_chunk,
@@ -28,8 +28,10 @@ from lollms_server.core.types import StreamChunk
 logger = logging.getLogger(__name__)
 
 
-class GenerationStream:
+class GenerationStream(AdmittedStream):
     """A streamed generation holding its slot and model until ``events()`` ends or ``aclose()``."""
+
+    metrics: Metrics | None
 
     def __init__(
         self,
@@ -41,23 +43,12 @@ class GenerationStream:
         max_rounds: int,
         metrics: Metrics | None = None,
     ) -> None:
-        self.admission = admission
+        super().__init__(admission, request_id, timeout=timeout, metrics=metrics)
         self.target = admission.target
         self.binding = admission.binding
         self.timings = admission.timings
-        self.request_id = request_id
-        self.timeout = timeout
         self.functions = functions
         self.max_rounds = max_rounds
-        self.metrics = metrics
-        self.cancel = CancelToken()
-        self.deadline = asyncio.get_running_loop().time() + timeout
-        """Loop time when the generation times out (from admission: it bounds the slot's life)."""
-
-    async def aclose(self) -> None:
-        """Stop the generation and give back the model and the slot (idempotent)."""
-        self.cancel.set()
-        await self.admission.release()
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """info, chunk... (text) or info progress events (media), then final; or error.

@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from lollms_server.core.bindings import CancelToken, TextChunk, TextRequest, TextResult
+from lollms_server.core.bindings import TextChunk, TextRequest, TextResult
 from lollms_server.core.errors import BindingError, GenerationTimeoutError, LollmsError
-from lollms_server.core.generation.admission import Admission, TextJob
+from lollms_server.core.generation.admission import Admission, AdmittedStream, TextJob
 from lollms_server.core.generation.outputs import error_chunk, final_chunk, record, text_output
 from lollms_server.core.generation.tools import (
     _with_system,
@@ -34,8 +34,10 @@ from lollms_server.core.types import StreamChunk
 logger = logging.getLogger(__name__)
 
 
-class ToolTurnStream:
+class ToolTurnStream(AdmittedStream):
     """A streamed tool turn holding its slot until ``events()`` ends or ``aclose()``."""
+
+    metrics: Metrics | None
 
     def __init__(
         self,
@@ -47,20 +49,9 @@ class ToolTurnStream:
         metrics: Metrics | None = None,
     ) -> None:
         assert isinstance(admission.job, TextJob), "tool turns are text"
-        self.admission = admission
+        super().__init__(admission, request_id, timeout=timeout, metrics=metrics)
         self.base = admission.job.request
         self.tools = tools
-        self.request_id = request_id
-        self.timeout = timeout
-        self.metrics = metrics
-        self.cancel = CancelToken()
-        self.deadline = asyncio.get_running_loop().time() + timeout
-        """Loop time when the turn times out (it bounds the slot's life)."""
-
-    async def aclose(self) -> None:
-        """Stop the generation and give back the model and the slot (idempotent)."""
-        self.cancel.set()
-        await self.admission.release()
 
     async def events(self) -> AsyncGenerator[StreamChunk, None]:
         """info, chunk..., then final (its metadata's ``tool_calls``); or error. Always releases
