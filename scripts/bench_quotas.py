@@ -1,5 +1,6 @@
 """Benchmark: the per-request cost of per-key quotas, in memory (one server process) against the
-SQLite store the worker processes of a host share (``core/quota_store.py``).
+file the worker processes of a host share (``core/quota_store.py``) and, with ``--ray``, the
+quota actor every gateway of a Ray cluster shares (``core/quota_cluster.py``).
 
 One "request" is what ``GenerationService`` does for a key with all four limits set: admitting
 (check, count it waiting), leaving the queue, started, its end, and its generated tokens. The same
@@ -9,12 +10,19 @@ shared store while ``--contenders`` other processes run the same loop on the sam
 takes), then in a tight loop (the worst case: the file lock is almost never free). Prints the
 mean, p50 and p99 microseconds per request and the mean's ratio to memory.
 
-    python scripts/bench_quotas.py [--requests 3000] [--contenders 1]
+``--ray`` then runs the awaited path (``async with quotas.admit``, ``await queued.start()``, as
+``GenerationService`` does) on ``KeyQuotas`` and on ``ClusterKeyQuotas`` against the quota actor
+of a local Ray instance (started here: run it where Ray may listen, e.g. in a network namespace
+with only loopback, ``unshare -n``), side by side, alternating rounds of each so that both see
+the same machine; the ratio is to the in-memory awaited path.
+
+    python scripts/bench_quotas.py [--requests 3000] [--contenders 1] [--ray [--ray-requests 1000]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import statistics
 import tempfile
@@ -22,7 +30,7 @@ import time
 from pathlib import Path
 
 from lollms_server.core.quota_store import SharedKeyQuotas
-from lollms_server.core.quotas import KeyQuotas
+from lollms_server.core.quotas import KeyQuotas, Quotas
 from lollms_server.core.security import KeyLimits, Principal
 
 PRINCIPAL = Principal(
@@ -51,6 +59,56 @@ def timed(quotas: KeyQuotas, requests: int) -> list[float]:
     return costs
 
 
+async def one_awaited_request(quotas: Quotas) -> None:
+    async with quotas.admit(PRINCIPAL) as queued:
+        end = await queued.start()
+    quotas.add_tokens(PRINCIPAL, 16)
+    end()
+
+
+async def timed_awaited(stores: dict[str, Quotas], requests: int, rounds: int = 10) -> dict[str, list[float]]:
+    """Per store, the cost of ``requests`` awaited requests, in alternating rounds."""
+    for quotas in stores.values():
+        for _ in range(50):  # warm up
+            await one_awaited_request(quotas)
+    costs: dict[str, list[float]] = {name: [] for name in stores}
+    for _ in range(rounds):
+        for name, quotas in stores.items():
+            for _ in range(requests // rounds):
+                started = time.perf_counter()
+                await one_awaited_request(quotas)
+                costs[name].append(time.perf_counter() - started)
+    return costs
+
+
+def bench_ray(requests: int) -> None:
+    import ray
+
+    from lollms_server.core.config import ClusterConfig
+    from lollms_server.core.quota_cluster import QUOTA_ACTOR, ClusterKeyQuotas
+
+    cluster = ClusterConfig(mode="ray", namespace="lollms-bench-quotas")
+    ray_quotas = ClusterKeyQuotas(cluster, KeyQuotas())
+
+    async def run() -> dict[str, list[float]]:
+        async with ray_quotas.admit(PRINCIPAL):  # joins Ray, starts the actor
+            pass
+        assert ray_quotas._actor is not None, "the quota actor did not answer"
+        costs = await timed_awaited({"memory": KeyQuotas(), "ray": ray_quotas}, requests)
+        await ray_quotas.refresh()
+        assert ray_quotas.usage()["bench"]["running"] == 0
+        return costs
+
+    try:
+        costs = asyncio.run(run())
+        memory = report("awaited path, in memory (1 process)", costs["memory"], None)
+        report("awaited path, the cluster's quota actor (local Ray)", costs["ray"], memory)
+    finally:
+        if ray.is_initialized():
+            ray.kill(ray.get_actor(QUOTA_ACTOR, namespace=cluster.namespace))
+            ray.shutdown()
+
+
 def contend(path: str, stop: multiprocessing.synchronize.Event, pause: float) -> None:  # type: ignore[name-defined]
     quotas = SharedKeyQuotas(Path(path))
     while not stop.is_set():
@@ -73,6 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--contenders", type=int, default=1)
+    parser.add_argument("--ray", action="store_true", help="also the quota actor of a local Ray instance")
+    parser.add_argument("--ray-requests", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "quotas.db"
@@ -96,6 +156,8 @@ def main() -> None:
                 for process in others:
                     process.join()
         shared.close()
+    if args.ray:
+        bench_ray(args.ray_requests)
 
 
 if __name__ == "__main__":
