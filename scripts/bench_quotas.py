@@ -14,7 +14,9 @@ mean, p50 and p99 microseconds per request and the mean's ratio to memory.
 ``GenerationService`` does) on ``KeyQuotas`` and on ``ClusterKeyQuotas`` against the quota actor
 of a local Ray instance (started here: run it where Ray may listen, e.g. in a network namespace
 with only loopback, ``unshare -n``), side by side, alternating rounds of each so that both see
-the same machine; the ratio is to the in-memory awaited path.
+the same machine, at 200 requests per second then in a tight loop (where the calls sent without
+waiting pile up in the actor ahead of the next admission); the ratio is to the in-memory
+awaited path.
 
     python scripts/bench_quotas.py [--requests 3000] [--contenders 1] [--ray [--ray-requests 1000]]
 """
@@ -66,8 +68,11 @@ async def one_awaited_request(quotas: Quotas) -> None:
     end()
 
 
-async def timed_awaited(stores: dict[str, Quotas], requests: int, rounds: int = 10) -> dict[str, list[float]]:
-    """Per store, the cost of ``requests`` awaited requests, in alternating rounds."""
+async def timed_awaited(
+    stores: dict[str, Quotas], requests: int, pause: float, rounds: int = 10
+) -> dict[str, list[float]]:
+    """Per store, the cost of ``requests`` awaited requests, in alternating rounds, ``pause``
+    seconds apart (not timed)."""
     for quotas in stores.values():
         for _ in range(50):  # warm up
             await one_awaited_request(quotas)
@@ -78,6 +83,8 @@ async def timed_awaited(stores: dict[str, Quotas], requests: int, rounds: int = 
                 started = time.perf_counter()
                 await one_awaited_request(quotas)
                 costs[name].append(time.perf_counter() - started)
+                if pause:
+                    await asyncio.sleep(pause)
     return costs
 
 
@@ -85,28 +92,33 @@ def bench_ray(requests: int) -> None:
     import ray
 
     from lollms_server.core.config import ClusterConfig
+    from lollms_server.core.pools.ray_cluster import connect
     from lollms_server.core.quota_cluster import QUOTA_ACTOR, ClusterKeyQuotas
 
     cluster = ClusterConfig(mode="ray", namespace="lollms-bench-quotas")
+    connect(cluster)  # a local Ray instance, joined from this thread
     ray_quotas = ClusterKeyQuotas(cluster, KeyQuotas())
+    paces = (("at 200 requests/s", 0.005), ("in a tight loop (worst case)", 0.0))
 
-    async def run() -> dict[str, list[float]]:
-        async with ray_quotas.admit(PRINCIPAL):  # joins Ray, starts the actor
+    async def run() -> dict[str, dict[str, list[float]]]:
+        async with ray_quotas.admit(PRINCIPAL):  # starts the actor
             pass
         assert ray_quotas._actor is not None, "the quota actor did not answer"
-        costs = await timed_awaited({"memory": KeyQuotas(), "ray": ray_quotas}, requests)
+        results = {}
+        for label, pause in paces:
+            results[label] = await timed_awaited({"memory": KeyQuotas(), "ray": ray_quotas}, requests, pause)
+        await asyncio.sleep(0.5)  # the last ends reach the actor
         await ray_quotas.refresh()
-        assert ray_quotas.usage()["bench"]["running"] == 0
-        return costs
+        assert ray_quotas.usage()["bench"]["running"] == 0, ray_quotas.usage()
+        return results
 
     try:
-        costs = asyncio.run(run())
-        memory = report("awaited path, in memory (1 process)", costs["memory"], None)
-        report("awaited path, the cluster's quota actor (local Ray)", costs["ray"], memory)
+        for label, costs in asyncio.run(run()).items():
+            memory = report(f"awaited path, in memory, {label}", costs["memory"], None)
+            report(f"awaited path, quota actor (local Ray), {label}", costs["ray"], memory)
     finally:
-        if ray.is_initialized():
-            ray.kill(ray.get_actor(QUOTA_ACTOR, namespace=cluster.namespace))
-            ray.shutdown()
+        ray.kill(ray.get_actor(QUOTA_ACTOR, namespace=cluster.namespace))
+        ray.shutdown()
 
 
 def contend(path: str, stop: multiprocessing.synchronize.Event, pause: float) -> None:  # type: ignore[name-defined]
@@ -123,7 +135,7 @@ def report(name: str, costs: list[float], baseline: float | None) -> float:
     ordered = sorted(costs)
     p50, p99 = ordered[len(costs) // 2] * 1e6, ordered[int(0.99 * (len(costs) - 1))] * 1e6
     ratio = f"  x{mean / baseline:.1f} vs memory" if baseline else ""
-    print(f"{name:<50} mean {mean:8.1f} us  p50 {p50:8.1f} us  p99 {p99:8.1f} us{ratio}")
+    print(f"{name:<60} mean {mean:8.1f} us  p50 {p50:8.1f} us  p99 {p99:8.1f} us{ratio}")
     return mean
 
 

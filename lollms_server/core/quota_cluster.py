@@ -4,11 +4,11 @@ gateway side of the quota actor (``quota_actor.QuotaActor``).
 The counts of the keys that have a limit live in one named, detached actor, ``lollms-quotas``
 (no CPU reserved), in the namespace of the pool actors; every gateway process of every host asks
 it, so a key passes each limit once for the whole cluster, not once per host. A request is a
-*hold* of its gateway: ``admit`` decides and counts it waiting and ``start`` makes it running
-(both awaited, each one round trip, never blocking the event loop); its end, its generated tokens
-and the gateway's renewals (every ``RENEW_SECONDS`` while it holds something) are sent without
-waiting. Ray runs one gateway's calls in the order they were sent, so an end never overtakes
-its start.
+*hold* of its gateway: ``admit`` decides and counts it waiting (awaited: one round trip, never
+blocking the event loop); its start (running), its end, its generated tokens and the gateway's
+renewals (every ``RENEW_SECONDS`` while it holds something) are sent without waiting. Ray runs
+one gateway's calls in the order they were sent, so a start never overtakes its admission nor an
+end its start, and a gateway's next admission sees them all.
 
 Keys without limits never call the actor (this host's store counts them, for ``usage``). When
 the actor does not answer within ``CALL_TIMEOUT_SECONDS`` (stopped, restarting, the cluster out
@@ -66,16 +66,11 @@ class ClusterQueued:
     async def start(self) -> Callable[[], None]:
         if self.running:
             raise RuntimeError("started twice")
-        self.running = True  # whatever happens next, the end releases the hold
-        actor = self.quotas._actor
-        if actor is not None and self.quotas.reachable():
-            try:
-                await self.quotas._ask(actor, "start", self.quotas.gateway, self.hold)
-            except Unreachable:  # the request runs anyway; its end (or the next renewal) frees it
-                pass
-            except BaseException:  # cancelled: Ray runs the release after the start
-                self.quotas._release(self.hold)
-                raise
+        self.running = True
+        # not waited for: Ray runs it before this gateway's next calls (its end, its next
+        # admission); other gateways see it a message later, like a request that was admitted
+        # and still waits (``max_concurrent`` counts the running ones when a request is admitted)
+        self.quotas._send("start", self.quotas.gateway, self.hold)
         ended = False
 
         def end() -> None:

@@ -180,7 +180,7 @@ async def test_a_client_that_leaves_while_the_actor_decides_leaves_nothing_count
     assert await one_request(quotas, principal) == 200
 
 
-async def test_a_client_that_leaves_while_its_start_is_counted_leaves_nothing_counted() -> None:
+async def test_a_client_that_leaves_while_its_request_runs_leaves_nothing_counted() -> None:
     handle = Handle(QuotaActor(), delay=0.1)
     quotas = gateway(handle)
     principal = limited(max_concurrent=1)
@@ -194,7 +194,7 @@ async def test_a_client_that_leaves_while_its_start_is_counted_leaves_nothing_co
                 end()
 
     leaving = asyncio.ensure_future(request())
-    await asyncio.sleep(0.15)  # admitted after 0.1 s; its start is on the way
+    await asyncio.sleep(0.15)  # admitted after 0.1 s; its start is on the way, not waited for
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving
