@@ -107,15 +107,29 @@ def bench_ray(requests: int) -> None:
         results = {}
         for label, pause in paces:
             results[label] = await timed_awaited({"memory": KeyQuotas(), "ray": ray_quotas}, requests, pause)
+        actor, trips, sends = ray_quotas._actor, [], []
+        for _ in range(300):  # what a request is made of: round trips and calls sent without waiting
+            started = time.perf_counter()
+            await actor.ready.remote()
+            trips.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            actor.ready.remote()
+            sends.append(time.perf_counter() - started)
+            await asyncio.sleep(0.005)
+        results["parts"] = {"one round trip to the actor": trips, "one call sent without waiting": sends}
         await asyncio.sleep(0.5)  # the last ends reach the actor
         await ray_quotas.refresh()
         assert ray_quotas.usage()["bench"]["running"] == 0, ray_quotas.usage()
         return results
 
     try:
-        for label, costs in asyncio.run(run()).items():
+        results = asyncio.run(run())
+        parts = results.pop("parts")
+        for label, costs in results.items():
             memory = report(f"awaited path, in memory, {label}", costs["memory"], None)
             report(f"awaited path, quota actor (local Ray), {label}", costs["ray"], memory)
+        for name, part in parts.items():
+            report(name, part, None)
     finally:
         ray.kill(ray.get_actor(QUOTA_ACTOR, namespace=cluster.namespace))
         ray.shutdown()

@@ -33,6 +33,14 @@ GATEWAY_SILENT_SECONDS = 30.0
 SWEEP_SECONDS = 1.0
 
 
+Limits = tuple[int | None, int | None, int | None, int | None]
+"""A key's ``KeyLimits`` as plain values, in field order: Ray sends them faster than a dataclass."""
+
+
+def plain(limits: KeyLimits) -> Limits:
+    return (limits.max_concurrent, limits.max_queued, limits.requests_per_minute, limits.tokens_per_minute)
+
+
 @dataclass
 class Hold:
     """One request of a gateway: waiting, or running once ``end`` is set."""
@@ -100,11 +108,11 @@ class QuotaActor:
         else:
             entry.end()
 
-    def admit(self, gateway: str, hold: int, name: str, limits: KeyLimits) -> dict[str, Any] | None:
+    def admit(self, gateway: str, hold: int, name: str, limits: Limits) -> dict[str, Any] | None:
         """Refuse a new request of the key ``name`` over one of ``limits`` (returns the 429's
         values), else count it (and count it waiting, as ``hold``); None: admitted."""
         entry = self._gateway(gateway)
-        principal = Principal(name=name, limits=limits)
+        principal = Principal(name=name, limits=KeyLimits(*limits))
         try:
             self.quotas._admit(principal)
         except RateLimitError as error:
@@ -123,9 +131,9 @@ class QuotaActor:
         """``hold`` left the queue, or its generation ended (or it was never admitted)."""
         self._drop(self._gateway(gateway), hold)
 
-    def add_tokens(self, gateway: str, name: str, limits: KeyLimits, tokens: int) -> None:
+    def add_tokens(self, gateway: str, name: str, limits: Limits, tokens: int) -> None:
         self._gateway(gateway)
-        self.quotas.add_tokens(Principal(name=name, limits=limits), tokens)
+        self.quotas.add_tokens(Principal(name=name, limits=KeyLimits(*limits)), tokens)
 
     def renew(self, gateway: str, holds: Iterable[int]) -> None:
         """``gateway`` is alive and holds ``holds``: any other hold of it was lost (a release

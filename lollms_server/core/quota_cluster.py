@@ -35,7 +35,7 @@ from lollms_server import __version__
 from lollms_server.core.config import ClusterConfig
 from lollms_server.core.errors import RateLimitError
 from lollms_server.core.pools.ray_cluster import actor_gone, connect, ray_module
-from lollms_server.core.quota_actor import QuotaActor
+from lollms_server.core.quota_actor import QuotaActor, plain
 from lollms_server.core.quotas import KeyQuotas, QueuedRequest, limited
 from lollms_server.core.security import Principal
 
@@ -230,7 +230,9 @@ class ClusterKeyQuotas:
         hold = next(self._next_hold)
         self._track(hold)
         try:
-            refused = await self._ask(actor, "admit", self.gateway, hold, principal.name, principal.limits)
+            refused = await self._ask(
+                actor, "admit", self.gateway, hold, principal.name, plain(principal.limits)
+            )
         except Unreachable:
             self._release(hold)  # in case the actor counts it later
             return None
@@ -262,7 +264,7 @@ class ClusterKeyQuotas:
         if self._actor is None or not self.reachable():
             self.host.add_tokens(principal, tokens)
             return
-        self._send("add_tokens", self.gateway, principal.name, principal.limits, tokens)
+        self._send("add_tokens", self.gateway, principal.name, plain(principal.limits), tokens)
 
     async def refresh(self) -> None:
         """Fetch the cluster's counts (none while the actor does not answer: the host's then)."""

@@ -4,9 +4,14 @@ count for every gateway, holds that end with their request or with their silent 
 from __future__ import annotations
 
 from lollms_server.core.errors import RateLimitError
-from lollms_server.core.quota_actor import GATEWAY_SILENT_SECONDS, QuotaActor
+from lollms_server.core.quota_actor import GATEWAY_SILENT_SECONDS, Limits, QuotaActor, plain
 from lollms_server.core.quotas import WINDOW_SECONDS
 from lollms_server.core.security import KeyLimits
+
+
+def sent(**limits: int) -> Limits:
+    """``KeyLimits`` as the gateway sends them."""
+    return plain(KeyLimits(**limits))
 
 
 class Clock:
@@ -20,7 +25,7 @@ class Clock:
 def test_requests_per_minute_count_every_gateway() -> None:
     clock = Clock()
     actor = QuotaActor(clock)
-    limits = KeyLimits(requests_per_minute=3)
+    limits = sent(requests_per_minute=3)
     decisions = [actor.admit(gateway, hold, "k", limits) for hold, gateway in enumerate("abababab")]
     assert decisions[:3] == [None, None, None]
     for refused in decisions[3:]:
@@ -42,7 +47,7 @@ def test_requests_per_minute_count_every_gateway() -> None:
 
 def test_running_waiting_and_tokens_count_every_gateway() -> None:
     actor = QuotaActor(Clock())
-    running = KeyLimits(max_concurrent=1)
+    running = sent(max_concurrent=1)
     assert actor.admit("a", 1, "r", running) is None
     actor.start("a", 1)
     refused = actor.admit("b", 1, "r", running)
@@ -51,13 +56,13 @@ def test_running_waiting_and_tokens_count_every_gateway() -> None:
     actor.release("a", 1)  # idempotent
     assert actor.admit("b", 1, "r", running) is None
 
-    waiting = KeyLimits(max_queued=1)
+    waiting = sent(max_queued=1)
     assert actor.admit("a", 2, "w", waiting) is None
     assert "waiting" in (actor.admit("b", 2, "w", waiting) or {})["message"]
     actor.start("a", 2)  # no longer waiting
     assert actor.admit("b", 2, "w", waiting) is None
 
-    tokens = KeyLimits(tokens_per_minute=100)
+    tokens = sent(tokens_per_minute=100)
     actor.add_tokens("a", "t", tokens, 100)
     assert "tokens" in (actor.admit("b", 3, "t", tokens) or {})["message"]
     usage = actor.usage()
@@ -69,7 +74,7 @@ def test_running_waiting_and_tokens_count_every_gateway() -> None:
 def test_the_holds_of_a_silent_gateway_are_dropped() -> None:
     clock = Clock()
     actor = QuotaActor(clock)
-    running, waiting = KeyLimits(max_concurrent=1), KeyLimits(max_queued=1)
+    running, waiting = sent(max_concurrent=1), sent(max_queued=1)
     assert actor.admit("dead", 1, "r", running) is None
     actor.start("dead", 1)
     assert actor.admit("dead", 2, "w", waiting) is None
@@ -88,7 +93,7 @@ def test_the_holds_of_a_silent_gateway_are_dropped() -> None:
 def test_a_renewal_drops_the_holds_its_gateway_no_longer_has() -> None:
     """A release sent while the actor did not answer was lost: the next renewal puts it right."""
     actor = QuotaActor(Clock())
-    limits = KeyLimits(max_concurrent=5)
+    limits = sent(max_concurrent=5)
     for hold in (1, 2, 3):
         assert actor.admit("a", hold, "k", limits) is None
         actor.start("a", hold)
@@ -105,7 +110,7 @@ def test_calls_about_holds_it_never_saw_change_nothing() -> None:
     actor.release("a", 7)
     actor.release("a", 8)
     assert actor.usage() == {}
-    limits = KeyLimits(max_concurrent=1)
+    limits = sent(max_concurrent=1)
     assert actor.admit("a", 1, "k", limits) is None
     actor.start("a", 1)
     actor.start("a", 1)  # started once
@@ -117,7 +122,7 @@ def test_calls_about_holds_it_never_saw_change_nothing() -> None:
 def test_keys_of_no_live_request_leave_no_hold() -> None:
     clock = Clock()
     actor = QuotaActor(clock)
-    limits = KeyLimits(max_concurrent=2, requests_per_minute=1000)
+    limits = sent(max_concurrent=2, requests_per_minute=1000)
     for index in range(200):
         gateway = f"g{index % 4}"
         assert actor.admit(gateway, index, f"key-{index % 10}", limits) is None
