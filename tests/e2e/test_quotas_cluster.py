@@ -134,3 +134,34 @@ def test_a_key_running_on_one_gateway_is_refused_on_the_other(gateways: list[Ser
         time.sleep(0.05)
     again = generate(second, SINGLE)
     assert again.status_code == 200, again.text
+
+
+def test_without_the_quota_actor_each_host_decides_then_a_new_actor_does(
+    cluster_address: str, gateways: list[ServerProcess]
+) -> None:
+    """The actor stopped for good: a request is neither a 500 nor a hang (the gateway's own store
+    decides, with a warning), and a new actor counts again a while later."""
+    from lollms_server.core.quota_cluster import QUOTA_ACTOR, RETRY_SECONDS
+
+    ray.init(address=cluster_address, namespace="lollms-quota-tests", log_to_driver=False)
+    try:
+        first = ray.get_actor(QUOTA_ACTOR)
+        ray.kill(first, no_restart=True)
+        gateway = gateways[0]
+        started = time.monotonic()
+        answer = generate(gateway, WARM)
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < 10
+        assert "quota actor" in gateway.output()
+        deadline = time.monotonic() + RETRY_SECONDS + 30
+        while True:  # RETRY_SECONDS later, the next limited request starts a new actor
+            assert generate(gateway, WARM).status_code == 200
+            try:
+                second = ray.get_actor(QUOTA_ACTOR)
+                break
+            except ValueError:
+                assert time.monotonic() < deadline, "a new quota actor"
+                time.sleep(0.5)
+        assert second._actor_id != first._actor_id
+    finally:
+        ray.shutdown()
