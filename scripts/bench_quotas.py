@@ -14,7 +14,8 @@ mean, p50 and p99 microseconds per request and the mean's ratio to memory.
 ``GenerationService`` does) on ``KeyQuotas`` and on ``ClusterKeyQuotas`` against the quota actor
 of a local Ray instance (started here: run it where Ray may listen, e.g. in a network namespace
 with only loopback, ``unshare -n``), side by side, alternating rounds of each so that both see
-the same machine, at 200 requests per second then in a tight loop (where the calls sent without
+the same machine (and, through the actor, a key with requests and tokens per minute only:
+nothing to hold there), at 200 requests per second then in a tight loop (where the calls sent without
 waiting pile up in the actor ahead of the next admission); the ratio is to the in-memory
 awaited path.
 
@@ -61,27 +62,31 @@ def timed(quotas: KeyQuotas, requests: int) -> list[float]:
     return costs
 
 
-async def one_awaited_request(quotas: Quotas) -> None:
-    async with quotas.admit(PRINCIPAL) as queued:
+RATES_ONLY = Principal(name="rates", limits=KeyLimits(requests_per_minute=10**7, tokens_per_minute=10**9))
+"""A key with requests and tokens per minute only: nothing to hold in the cluster's actor."""
+
+
+async def one_awaited_request(quotas: Quotas, principal: Principal = PRINCIPAL) -> None:
+    async with quotas.admit(principal) as queued:
         end = await queued.start()
-    quotas.add_tokens(PRINCIPAL, 16)
+    quotas.add_tokens(principal, 16)
     end()
 
 
 async def timed_awaited(
-    stores: dict[str, Quotas], requests: int, pause: float, rounds: int = 10
+    stores: dict[str, tuple[Quotas, Principal]], requests: int, pause: float, rounds: int = 10
 ) -> dict[str, list[float]]:
-    """Per store, the cost of ``requests`` awaited requests, in alternating rounds, ``pause``
-    seconds apart (not timed)."""
-    for quotas in stores.values():
+    """Per store (and key), the cost of ``requests`` awaited requests, in alternating rounds,
+    ``pause`` seconds apart (not timed)."""
+    for quotas, principal in stores.values():
         for _ in range(50):  # warm up
-            await one_awaited_request(quotas)
+            await one_awaited_request(quotas, principal)
     costs: dict[str, list[float]] = {name: [] for name in stores}
     for _ in range(rounds):
-        for name, quotas in stores.items():
+        for name, (quotas, principal) in stores.items():
             for _ in range(requests // rounds):
                 started = time.perf_counter()
-                await one_awaited_request(quotas)
+                await one_awaited_request(quotas, principal)
                 costs[name].append(time.perf_counter() - started)
                 if pause:
                     await asyncio.sleep(pause)
@@ -106,7 +111,12 @@ def bench_ray(requests: int) -> None:
         assert ray_quotas._actor is not None, "the quota actor did not answer"
         results = {}
         for label, pause in paces:
-            results[label] = await timed_awaited({"memory": KeyQuotas(), "ray": ray_quotas}, requests, pause)
+            stores: dict[str, tuple[Quotas, Principal]] = {
+                "memory": (KeyQuotas(), PRINCIPAL),
+                "ray": (ray_quotas, PRINCIPAL),
+                "ray, rates only": (ray_quotas, RATES_ONLY),
+            }
+            results[label] = await timed_awaited(stores, requests, pause)
         actor, trips, sends = ray_quotas._actor, [], []
         for _ in range(300):  # what a request is made of: round trips and calls sent without waiting
             started = time.perf_counter()
@@ -119,7 +129,8 @@ def bench_ray(requests: int) -> None:
         results["parts"] = {"one round trip to the actor": trips, "one call sent without waiting": sends}
         await asyncio.sleep(0.5)  # the last ends reach the actor
         await ray_quotas.refresh()
-        assert ray_quotas.usage()["bench"]["running"] == 0, ray_quotas.usage()
+        usage = ray_quotas.usage()
+        assert usage["bench"]["running"] == usage["rates"]["running"] == 0, usage
         return results
 
     try:
@@ -128,6 +139,7 @@ def bench_ray(requests: int) -> None:
         for label, costs in results.items():
             memory = report(f"awaited path, in memory, {label}", costs["memory"], None)
             report(f"awaited path, quota actor (local Ray), {label}", costs["ray"], memory)
+            report(f"  the same, a key with rates only, {label}", costs["ray, rates only"], memory)
         for name, part in parts.items():
             report(name, part, None)
     finally:

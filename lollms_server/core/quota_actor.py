@@ -110,10 +110,14 @@ class QuotaActor:
 
     def admit(self, gateway: str, hold: int, name: str, limits: Limits) -> dict[str, Any] | None:
         """Refuse a new request of the key ``name`` over one of ``limits`` (returns the 429's
-        values), else count it (and count it waiting, as ``hold``); None: admitted."""
+        values), else count it (and count it waiting, as ``hold``; hold 0: a key that limits
+        neither running nor waiting requests, nothing to hold); None: admitted."""
         entry = self._gateway(gateway)
         principal = Principal(name=name, limits=KeyLimits(*limits))
         try:
+            if not hold:
+                self.quotas.check(principal)
+                return None
             self.quotas._admit(principal)
         except RateLimitError as error:
             return refusal(error)

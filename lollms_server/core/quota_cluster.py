@@ -8,7 +8,9 @@ it, so a key passes each limit once for the whole cluster, not once per host. A 
 blocking the event loop); its start (running), its end, its generated tokens and the gateway's
 renewals (every ``RENEW_SECONDS`` while it holds something) are sent without waiting. Ray runs
 one gateway's calls in the order they were sent, so a start never overtakes its admission nor an
-end its start, and a gateway's next admission sees them all.
+end its start, and a gateway's next admission sees them all. A key that limits neither running
+nor waiting requests (only requests or tokens per minute) holds nothing in the actor: its
+admission is its only call (with its tokens), and this host counts its running requests.
 
 Keys without limits never call the actor (this host's store counts them, for ``usage``). When
 the actor does not answer within ``CALL_TIMEOUT_SECONDS`` (stopped, restarting, the cluster out
@@ -221,41 +223,50 @@ class ClusterKeyQuotas:
                 self._retry_at = 0.0  # it answers again
 
     # ---- Quotas ------------------------------------------------------------------------------------
-    async def _admitted(self, principal: Principal) -> ClusterQueued | None:
-        """The actor's decision: a 429, or the request counted waiting; None: the actor did not
-        answer (the host's store decides)."""
+    async def _decided(self, principal: Principal, hold: int) -> bool:
+        """The actor's decision: a 429 raised, or True: the request counted (and waiting, as
+        ``hold``; 0: nothing to hold); False: the actor did not answer (the host decides)."""
         actor = await self._reached()
         if actor is None:
-            return None
-        hold = next(self._next_hold)
-        self._track(hold)
+            return False
+        if hold:
+            self._track(hold)
         try:
-            refused = await self._ask(
-                actor, "admit", self.gateway, hold, principal.name, plain(principal.limits)
-            )
+            limits = plain(principal.limits)
+            refused = await self._ask(actor, "admit", self.gateway, hold, principal.name, limits)
         except Unreachable:
-            self._release(hold)  # in case the actor counts it later
-            return None
+            if hold:
+                self._release(hold)  # in case the actor counts it later
+            return False
         except BaseException:  # cancelled: the actor runs the release after the admit
-            self._release(hold)
+            if hold:
+                self._release(hold)
             raise
         if refused is not None:
-            self._release(hold, counted=False)
+            if hold:
+                self._release(hold, counted=False)
             raise RateLimitError(**refused)
-        return ClusterQueued(self, hold)
+        return True
 
     @asynccontextmanager
     async def admit(self, principal: Principal) -> AsyncIterator[QueuedRequest]:
-        queued = await self._admitted(principal) if limited(principal) else None
-        if queued is None:  # no limit, or no answer: this host's store
-            async with self.host.admit(principal) as local:
-                yield local
+        limits = principal.limits
+        held = limits.max_concurrent is not None or limits.max_queued is not None
+        hold = next(self._next_hold) if held else 0
+        if limited(principal) and await self._decided(principal, hold):
+            if not held:  # the actor counted the request; its waiting and running count here
+                with self.host.counting(principal) as counted:
+                    yield counted
+                return
+            queued = ClusterQueued(self, hold)
+            try:
+                yield queued
+            finally:
+                if not queued.running:
+                    self._release(hold)
             return
-        try:
-            yield queued
-        finally:
-            if not queued.running:
-                self._release(queued.hold)
+        async with self.host.admit(principal) as local:  # no limit, or no answer: the host's store
+            yield local
 
     def add_tokens(self, principal: Principal, tokens: int) -> None:
         """Sent without waiting (to this host's store while the actor does not answer)."""
@@ -278,9 +289,17 @@ class ClusterKeyQuotas:
         self._snapshot = snapshot
 
     def usage(self) -> dict[str, dict[str, int]]:
-        """The cluster's counts of the limited keys (as of the last ``refresh``), with this
-        process's of the others."""
-        return dict(sorted({**self.host.usage(), **self._snapshot}.items()))
+        """The cluster's counts (as of the last ``refresh``) plus this host's: each request
+        counts in one of them (the host's: keys without limits, the running and waiting
+        requests of keys that do not limit them, what it decided while the actor did not answer)."""
+        host, cluster = self.host.usage(), self._snapshot
+        return {
+            key: {
+                field: host.get(key, {}).get(field, 0) + cluster.get(key, {}).get(field, 0)
+                for field in ("running", "queued", "requests_last_minute", "tokens_last_minute")
+            }
+            for key in sorted(set(host) | set(cluster))
+        }
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

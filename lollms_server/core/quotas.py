@@ -198,6 +198,18 @@ class KeyQuotas:
             if not queued.running:
                 self._unqueue(principal)
 
+    @contextmanager
+    def counting(self, principal: Principal) -> Iterator[Queued]:
+        """``admitting`` without the decision, made elsewhere (the cluster's quota actor) for a
+        key that limits neither running nor waiting requests: counted here, for ``usage``."""
+        self._count_queued(principal.name, 1)
+        queued = Queued(self, principal)
+        try:
+            yield queued
+        finally:
+            if not queued.running:
+                self._unqueue(principal)
+
     @asynccontextmanager
     async def admit(self, principal: Principal) -> AsyncIterator[Queued]:
         """``admitting`` for the event loop (``Quotas``): in memory, or in the host's file, it is

@@ -131,3 +131,19 @@ def test_keys_of_no_live_request_leave_no_hold() -> None:
     assert all(not gateway.holds for gateway in actor.gateways.values())
     clock.now += max(WINDOW_SECONDS, GATEWAY_SILENT_SECONDS) + 2
     assert actor.usage() == {} and actor.gateways == {}
+
+
+def test_a_key_that_limits_only_rates_is_counted_without_a_hold() -> None:
+    """Hold 0: the gateway counts the request's waiting and running itself."""
+    actor = QuotaActor(Clock())
+    limits = sent(requests_per_minute=2)
+    assert actor.admit("a", 0, "k", limits) is None
+    assert actor.admit("b", 0, "k", limits) is None
+    assert actor.admit("a", 0, "k", limits) is not None
+    assert actor.gateways["a"].holds == {} and actor.gateways["b"].holds == {}
+    assert actor.usage()["k"] == {
+        "running": 0,
+        "queued": 0,
+        "requests_last_minute": 2,
+        "tokens_last_minute": 0,
+    }

@@ -108,6 +108,31 @@ async def test_max_concurrent_holds_across_gateways() -> None:
     assert await one_request(second, principal) == 200
 
 
+async def test_a_key_that_limits_only_rates_holds_nothing_in_the_actor() -> None:
+    """Its admission is its only call (and its tokens): its running requests count here."""
+    handle = Handle(QuotaActor())
+    quotas = gateway(handle)
+    principal = limited(requests_per_minute=5, tokens_per_minute=100)
+    async with quotas.admit(principal) as queued:
+        assert quotas.usage()["k"]["queued"] == 1
+        end = await queued.start()
+    await quotas.refresh()
+    assert quotas.usage()["k"] == {
+        "running": 1,
+        "queued": 0,
+        "requests_last_minute": 1,
+        "tokens_last_minute": 0,
+    }
+    quotas.add_tokens(principal, 100)
+    end()
+    with pytest.raises(RateLimitError, match="100 generated tokens"):
+        async with quotas.admit(principal):
+            pass
+    assert handle.calls == ["admit", "usage", "add_tokens", "admit"]
+    assert handle.actor.gateways[quotas.gateway].holds == {}
+    assert quotas.usage().get("k", {}).get("running", 0) == 0
+
+
 async def test_keys_without_limits_never_call_the_actor() -> None:
     handle = Handle(QuotaActor())
     quotas = gateway(handle)
@@ -131,7 +156,7 @@ async def test_an_actor_that_does_not_answer_leaves_the_decision_to_the_host(
     monkeypatch.setattr(quota_cluster, "RETRY_SECONDS", 0.3)
     handle = Handle(QuotaActor())
     quotas = gateway(handle)
-    principal = limited(requests_per_minute=2)
+    principal = limited(requests_per_minute=2, max_concurrent=5)
     handle.silent = True
     loop = asyncio.get_running_loop()
     started = loop.time()
