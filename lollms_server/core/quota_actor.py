@@ -7,8 +7,10 @@ them: every decision (count, refuse or record) is one step for the whole cluster
 same :class:`~lollms_server.core.quotas.KeyQuotas` code as a single server process.
 
 Each call names its gateway (a process) and, for a request, the gateway's id for it (a *hold*):
-a hold is waiting, then running, until the gateway releases it. A gateway that holds something
-renews itself every few seconds with the list of its holds (any it no longer lists are dropped);
+a hold is waiting, then running, until the gateway releases it (a key that limits neither
+running nor waiting requests sends hold 0: its request is counted, nothing is held). A gateway
+that holds something renews itself every few seconds with the list of its holds (any it no
+longer lists are dropped);
 the holds of a gateway silent for ``GATEWAY_SILENT_SECONDS`` (its process or host died) are
 dropped with it. State is bounded: the configured keys' windows, the live gateways and their
 live requests.
