@@ -143,6 +143,7 @@ async def queue(_: AdminUser, pools: PoolsDep, generation: GenerationDep) -> dic
     seconds waited, position) and each key's running count and usage; per key: its quotas'
     use (running, waiting, requests and tokens of the last minute)."""
     await pools.refresh()
+    await generation.quotas.refresh()  # in Ray mode, the cluster's counts
     fields = ("name", "isolation", "limit", "active", "queued", "waiting", "keys")
     return {
         "pools": [{key: pool.get(key) for key in fields} for pool in pools.snapshot()["pools"]],

@@ -36,7 +36,9 @@ except ImportError:  # pragma: no cover - Windows has no flock: one process per 
 
 from lollms_server.core.config import AppConfig
 from lollms_server.core.errors import ConfigError, RateLimitError
-from lollms_server.core.quotas import WINDOW_SECONDS, KeyQuotas, Usage, refuse_over_limits
+from lollms_server.core.quota_cluster import ClusterKeyQuotas
+from lollms_server.core.quotas import WINDOW_SECONDS, KeyQuotas, Quotas, Usage, refuse_over_limits
+from lollms_server.core.quotas import limited as _limited
 from lollms_server.core.security import KeyStore, Principal
 
 MAGIC = 0x4C4F4C4D51554F31  # "LOLMQUO1": the layout below (a new layout needs a new MAGIC)
@@ -72,19 +74,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
-
-
-def _limited(principal: Principal) -> bool:
-    limits = principal.limits
-    return any(
-        value is not None
-        for value in (
-            limits.requests_per_minute,
-            limits.tokens_per_minute,
-            limits.max_concurrent,
-            limits.max_queued,
-        )
-    )
 
 
 def _name_hash(name: str) -> int:
@@ -368,7 +357,26 @@ class SharedKeyQuotas(KeyQuotas):
         return dict(sorted(local.items()))
 
 
-def key_quotas(config: AppConfig) -> KeyQuotas:
+def key_quotas(config: AppConfig) -> Quotas:
+    """In memory for one server process; shared through the runtime folder for ``workers > 1``;
+    in Ray mode (when a key has a limit), kept by the cluster's quota actor for every gateway,
+    with this host's store deciding while the actor does not answer (``quota_cluster``)."""
+    host = host_quotas(config)
+    if config.cluster.mode == "ray" and limited_names(config):
+        return ClusterKeyQuotas(config.cluster, host)
+    return host
+
+
+def limited_names(config: AppConfig) -> list[str]:
+    """The names of the configured keys that have a limit."""
+    try:
+        principals = KeyStore.from_config(config).principals()
+    except ConfigError:  # no key (anonymous mode): nothing is limited
+        principals = []
+    return [principal.name for principal in principals if _limited(principal)]
+
+
+def host_quotas(config: AppConfig) -> KeyQuotas:
     """In memory for one server process; shared through the runtime folder for ``workers > 1``."""
     if config.server.workers <= 1:
         return KeyQuotas()
@@ -390,9 +398,4 @@ def key_quotas(config: AppConfig) -> KeyQuotas:
     ]
     if len(limited) > MAX_KEYS:
         raise ConfigError(f"security.api_keys: at most {MAX_KEYS} keys with quotas when server.workers > 1")
-    try:
-        principals = KeyStore.from_config(config).principals()
-    except ConfigError:  # no key (anonymous mode): nothing is limited
-        principals = []
-    names = [principal.name for principal in principals if _limited(principal)]
-    return SharedKeyQuotas(Path(config.paths.runtime_folder) / "quotas.bin", names=names)
+    return SharedKeyQuotas(Path(config.paths.runtime_folder) / "quotas.bin", names=limited_names(config))

@@ -5,17 +5,23 @@ tokens per minute (sliding 60-second windows). Over a limit: 429 ``rate_limit_er
 
 State is kept per key *name* (keys come from the configuration, so it is bounded; names are
 unique) and only for keys that have a limit; windows drop what is older than a minute. One
-server process keeps it in memory; the processes of ``--workers N`` share it through SQLite in
-the runtime folder (``quota_store``), so a limit holds for the host, not per process.
+server process keeps it in memory; the processes of ``--workers N`` share it through a file of
+the runtime folder (``quota_store``), so a limit holds for the host, not per process; in Ray mode
+one actor of the cluster keeps it for every gateway (``quota_cluster``, ``quota_actor``).
+
+``GenerationService`` uses any of them through :class:`Quotas`: ``async with quotas.admit(principal)
+as queued`` (an awaitable step: the cluster's store asks its actor), ``await queued.start()`` once
+the request holds its slot, ``add_tokens`` and ``usage`` (after ``await quotas.refresh()``).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from lollms_server.core.errors import RateLimitError
 from lollms_server.core.security import KeyLimits, Principal
@@ -70,6 +76,50 @@ def refuse_over_limits(limits: KeyLimits, now: float, usage: Usage) -> None:
         )
 
 
+def limited(principal: Principal) -> bool:
+    """Whether ``principal`` has any limit (keys without one are never counted beyond this process)."""
+    limits = principal.limits
+    return any(
+        value is not None
+        for value in (
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.max_concurrent,
+            limits.max_queued,
+        )
+    )
+
+
+class QueuedRequest(Protocol):
+    """What ``Quotas.admit`` yields: a request counted waiting."""
+
+    running: bool
+
+    async def start(self) -> Callable[[], None]:
+        """It holds its slot: no longer waiting, running (one step); returns the end of that
+        (idempotent, callable from any thread)."""
+        ...
+
+
+class Quotas(Protocol):
+    """The per-key quotas ``GenerationService`` keeps: :class:`KeyQuotas` (one process),
+    ``quota_store.SharedKeyQuotas`` (the processes of a host), ``quota_cluster.ClusterKeyQuotas``
+    (every gateway of a Ray cluster)."""
+
+    def admit(self, principal: Principal) -> AbstractAsyncContextManager[QueuedRequest]:
+        """Refuse (429) or count the request waiting, as one step; it waits (for its model and
+        slot) inside the block; leaving it without ``start`` stops counting it."""
+        ...
+
+    def add_tokens(self, principal: Principal, tokens: int) -> None: ...
+
+    async def refresh(self) -> None:
+        """Fetch what ``usage`` reports when it is kept elsewhere."""
+        ...
+
+    def usage(self) -> dict[str, dict[str, int]]: ...
+
+
 class Queued:
     """A request counted waiting by ``KeyQuotas.admitting``."""
 
@@ -84,6 +134,10 @@ class Queued:
             raise RuntimeError("started twice")
         self.running = True
         return self.quotas._start_queued(self.principal)
+
+    async def start(self) -> Callable[[], None]:
+        """``started`` for the event loop (``QueuedRequest``): the same fast step."""
+        return self.started()
 
 
 class KeyQuotas:
@@ -143,6 +197,28 @@ class KeyQuotas:
         finally:
             if not queued.running:
                 self._unqueue(principal)
+
+    @contextmanager
+    def counting(self, principal: Principal) -> Iterator[Queued]:
+        """``admitting`` without the decision, made elsewhere (the cluster's quota actor) for a
+        key that limits neither running nor waiting requests: counted here, for ``usage``."""
+        self._count_queued(principal.name, 1)
+        queued = Queued(self, principal)
+        try:
+            yield queued
+        finally:
+            if not queued.running:
+                self._unqueue(principal)
+
+    @asynccontextmanager
+    async def admit(self, principal: Principal) -> AsyncIterator[Queued]:
+        """``admitting`` for the event loop (``Quotas``): in memory, or in the host's file, it is
+        the same fast step."""
+        with self.admitting(principal) as queued:
+            yield queued
+
+    async def refresh(self) -> None:
+        """Nothing to fetch: ``usage`` reads this process (and the host's file)."""
 
     # the steps of ``admitting`` (``quota_store.SharedKeyQuotas`` does each in one transaction)
     def _admit(self, principal: Principal) -> None:

@@ -3,6 +3,8 @@ the window, and no state for keys without limits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lollms_server.core.errors import RateLimitError
@@ -80,3 +82,43 @@ def test_no_state_is_kept_for_keys_without_limits() -> None:
         with quotas.waiting(principal):
             pass
     assert quotas.usage() == {}
+
+
+@pytest.mark.parametrize("store", ["memory", "host file"])
+async def test_admit_is_the_awaitable_admitting_of_the_host_stores(store: str, tmp_path: Path) -> None:
+    """What GenerationService awaits: ``async with quotas.admit(...)``, ``await queued.start()``."""
+    from lollms_server.core.quota_store import SharedKeyQuotas
+
+    quotas = KeyQuotas() if store == "memory" else SharedKeyQuotas(tmp_path / "quotas.bin")
+    principal = key(max_concurrent=1, max_queued=1, requests_per_minute=3)
+    async with quotas.admit(principal) as queued:
+        assert quotas.usage()["k"]["queued"] == 1
+        with pytest.raises(RateLimitError, match="waiting"):
+            async with quotas.admit(principal):
+                pass
+        end = await queued.start()
+    await quotas.refresh()
+    assert quotas.usage()["k"] == {
+        "running": 1,
+        "queued": 0,
+        "requests_last_minute": 1,
+        "tokens_last_minute": 0,
+    }
+    with pytest.raises(RateLimitError, match="runs 1"):
+        async with quotas.admit(principal):
+            pass
+    end()
+    end()  # idempotent
+    async with quotas.admit(principal):  # left without starting: no longer waiting
+        pass
+    async with quotas.admit(principal):
+        pass
+    with pytest.raises(RateLimitError, match="3 requests per minute"):
+        async with quotas.admit(principal):
+            pass
+    assert quotas.usage()["k"] == {
+        "running": 0,
+        "queued": 0,
+        "requests_last_minute": 3,
+        "tokens_last_minute": 0,
+    }

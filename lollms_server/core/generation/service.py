@@ -43,6 +43,7 @@ from lollms_server.core.metrics import Metrics
 from lollms_server.core.personalities import Personality, PersonalityManager
 from lollms_server.core.pools import PoolRegistry, PoolSession
 from lollms_server.core.quota_store import key_quotas
+from lollms_server.core.quotas import Quotas
 from lollms_server.core.resource_manager import Ticket
 from lollms_server.core.security import Principal
 from lollms_server.core.types import GenerateRequest, GenerateResponse
@@ -93,7 +94,7 @@ class GenerationService:
         self.functions = functions
         self.metrics = metrics
         self.timeout = config.resource_manager.generation_timeout
-        self.quotas = key_quotas(config)
+        self.quotas: Quotas = key_quotas(config)
         self.model_fetcher: ModelFetcher | None = None
         """Starts or joins the pull of a missing model (``PullManager.for_first_use``), before
         admission: a first-use download holds no slot (see ``first_use``)."""
@@ -464,7 +465,7 @@ class GenerationService:
             batch = principal.priority == "batch" or priority == "batch"  # a request never raises it
             ticket = Ticket(principal.name, principal.weight, "batch" if batch else "interactive")
             gate = self.gates.of(target.name)
-            with self.quotas.admitting(principal) as queued:  # checked (429) and counted waiting at once
+            async with self.quotas.admit(principal) as queued:  # checked (429) and counted waiting at once
                 await await_model(self.model_fetcher, principal, target, wait, on_download)
                 while True:
                     await gate.opened()  # a settings change of its instance: waits holding no slot
@@ -474,7 +475,7 @@ class GenerationService:
                         break
                     await session.aclose()  # a change began meanwhile: its slot goes back to the pool
                 try:
-                    stop_running = queued.started()
+                    stop_running = await queued.start()
                 except BaseException:
                     leave_gate()
                     await session.aclose()
