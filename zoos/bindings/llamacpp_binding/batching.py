@@ -78,10 +78,10 @@ COUNTERS = (
     "shared_tokens",  # of which copied from another slot's cells
 )
 EXCLUSIVE_POLL_SECONDS = 0.05
+"""How often a caller waiting for :meth:`BatchEngine.exclusive` looks at its cancel token."""
 GATHER_SECONDS = 0.01
 """How long an idle engine's first step waits for requests already on their way (announced:
 tokenizing) so they share its prefill instead of each waiting a whole step behind it."""
-"""How often a caller waiting for :meth:`BatchEngine.exclusive` looks at its cancel token."""
 
 
 class GrammarError(ValueError):
