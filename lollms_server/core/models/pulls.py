@@ -269,8 +269,8 @@ class PullManager:
         pull.charged = None
         try:
             missing = await self._in_thread(self._missing_bytes, pull.folder, pull.plan)
-        except OSError:
-            return  # what is on disk is unknown: nothing refunded
+        except (OSError, asyncio.CancelledError):  # a second cancel (shutdown) must not skip
+            return  # the pull's end: what is on disk is unknown, nothing refunded
         refund = min(missing, charged)
         self._first_use_spent[key] = max(0, self._first_use_spent.get(key, 0) - refund)
         self._first_use_total = max(0, self._first_use_total - refund)
