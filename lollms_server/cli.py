@@ -110,6 +110,13 @@ def apply_overrides(config: AppConfig, args: argparse.Namespace) -> None:
         config.logging.level = args.log_level.upper()
 
 
+KEEP_ALIVE_SECONDS = 30
+"""How long an idle keep-alive connection stays open. Longer than the clients' own expiry (httpx,
+so the ``openai`` and ``anthropic`` SDKs: 5 s; aiohttp: 15 s), so a client never sends a request on a
+connection the server is closing at that moment (uvicorn's default, 5 s, equals httpx's: the
+10-minute soak met that race once, a request reset before it reached the app)."""
+
+
 def serve(config: AppConfig) -> None:
     import uvicorn
 
@@ -123,6 +130,7 @@ def serve(config: AppConfig) -> None:
         "port": config.server.port,
         "log_level": config.logging.level.lower(),
         "timeout_graceful_shutdown": int(config.server.shutdown_grace_seconds),
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
     }
     if config.server.workers > 1 and config.cluster.mode == "local":
         os.environ["LOLLMS_SERVER_OWNER_PID"] = str(os.getpid())  # pool workers live as long as this process

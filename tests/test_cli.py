@@ -122,3 +122,20 @@ def test_ray_mode_with_several_processes_needs_a_cluster_address(
     path.write_text('[security]\napi_keys = ["a-key-long-enough"]\n', encoding="utf-8")
     assert main(["--config", str(path), "cluster-stop"]) == 2
     assert "cluster.mode" in capsys.readouterr().err
+
+
+def test_idle_connections_outlive_the_clients_keep_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's default keep-alive (5 s) equals httpx's: a pooled connection reused at that instant
+    is reset. The server keeps idle connections longer than the clients' expiry."""
+    import uvicorn
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    path = tmp_path / "config.toml"
+    path.write_text('[security]\napi_keys = ["a-key-long-enough"]\n', encoding="utf-8")
+    assert main(["--config", str(path)]) == 0
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert isinstance(seen["timeout_keep_alive"], int) and seen["timeout_keep_alive"] > client_expiry
