@@ -191,18 +191,20 @@ class KeyQuotas:
         """``check`` and count the request waiting, as one step; it waits (for its model and
         slot) inside the block, and ``Queued.started`` turns it into a running generation."""
         self._admit(principal)
-        queued = Queued(self, principal)
-        try:
+        with self._waiting(principal) as queued:
             yield queued
-        finally:
-            if not queued.running:
-                self._unqueue(principal)
 
     @contextmanager
     def counting(self, principal: Principal) -> Iterator[Queued]:
         """``admitting`` without the decision, made elsewhere (the cluster's quota actor) for a
         key that limits neither running nor waiting requests: counted here, for ``usage``."""
         self._count_queued(principal.name, 1)
+        with self._waiting(principal) as queued:
+            yield queued
+
+    @contextmanager
+    def _waiting(self, principal: Principal) -> Iterator[Queued]:
+        """A request already counted waiting: no longer counted if it leaves before it starts."""
         queued = Queued(self, principal)
         try:
             yield queued

@@ -1,12 +1,13 @@
 """Async-stream timing helpers with no domain knowledge: the next item before a deadline, a
-stream bounded by a deadline, and stopping a task the caller no longer waits for."""
+stream bounded by a deadline, stopping a task the caller no longer waits for, and abandoning
+one whose result must be given back."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -76,3 +77,13 @@ async def stop_and_wait(work: asyncio.Future[Any], cancel: threading.Event | Non
         cancel.set()
     work.cancel()
     await wait_through_cancellation(work)
+
+
+async def abandon(work: asyncio.Future[T], give_back: Callable[[T], Awaitable[Any]]) -> None:
+    """Stop waiting for ``work``: cancel it while it runs, or ``give_back`` what it produced
+    meanwhile (a slot or lease granted in the same turn as its caller left would otherwise be
+    held by nobody)."""
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    if not work.cancelled() and work.exception() is None:
+        await give_back(work.result())

@@ -40,20 +40,25 @@ STORE = 80 * 2**20  # object store per node: small, /dev/shm is small on CI mach
 LOOPBACK = "127.0.0.1"  # every node listens here only (and these tests run with nothing but lo)
 
 
+def loopback_head() -> Any:
+    """A Ray cluster of one head node (2 CPUs, a small object store) listening on 127.0.0.1 only."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "object_store_memory": STORE,
+            "include_dashboard": False,
+            "node_ip_address": LOOPBACK,
+        },
+    )
+
+
 class TwoNodes:
     def __init__(self) -> None:
-        from ray.cluster_utils import Cluster
-
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        self.cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 2,
-                "object_store_memory": STORE,
-                "include_dashboard": False,
-                "node_ip_address": LOOPBACK,
-            },
-        )
+        self.cluster = loopback_head()
         self.gpu_node = self.add_gpu_node()
 
     def add_gpu_node(self) -> Any:

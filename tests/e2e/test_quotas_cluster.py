@@ -4,7 +4,6 @@ gateway used to count alone, so a key allowed 3 requests a minute passed 3 times
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,13 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, base_config
+from tests.e2e.test_cluster import loopback_head
 from tests.processes import ServerProcess, start_lollms
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
-LOOPBACK = "127.0.0.1"
-STORE = 80 * 2**20  # object store: small, /dev/shm is small on CI machines
 RATED = "rated-key-three-a-minute-0123456789"
 SINGLE = "single-key-one-at-a-time-0123456789"
 WARM = "warm-key-with-a-limit-0123456789"
@@ -29,18 +27,7 @@ WARM = "warm-key-with-a-limit-0123456789"
 
 @pytest.fixture(scope="module")
 def cluster_address() -> Iterator[str]:
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "object_store_memory": STORE,
-            "include_dashboard": False,
-            "node_ip_address": LOOPBACK,
-        },
-    )
+    cluster = loopback_head()
     try:
         yield str(cluster.address)
     finally:

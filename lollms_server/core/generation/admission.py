@@ -140,13 +140,3 @@ class AdmittedStream:
         """Stop the generation and give back the model and the slot (idempotent)."""
         self.cancel.set()
         await self.admission.release()
-
-
-async def abandon(admission: asyncio.Future[Admission]) -> None:
-    """Stop waiting for ``admission``: cancel it while it waits, or release what it was granted
-    meanwhile (a slot granted in the same turn as the client left would otherwise stay held
-    by nobody: the instance's gate and its pool slot never freed)."""
-    admission.cancel()
-    await asyncio.gather(admission, return_exceptions=True)
-    if not admission.cancelled() and admission.exception() is None:
-        await admission.result().release()

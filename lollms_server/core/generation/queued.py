@@ -12,10 +12,11 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from lollms_server.core.errors import LollmsError
-from lollms_server.core.generation.admission import Admission, abandon
+from lollms_server.core.generation.admission import Admission
 from lollms_server.core.generation.first_use import DownloadWatch
 from lollms_server.core.generation.outputs import error_chunk
 from lollms_server.core.generation.stream import GenerationStream
+from lollms_server.core.streams import abandon
 from lollms_server.core.types import StreamChunk
 
 POSITION_EVERY_SECONDS = 2.0
@@ -100,4 +101,4 @@ class QueuedStream:
         if self.stream is not None:
             await self.stream.aclose()
         else:  # still waiting, or admitted while nobody read the events: nobody will use it
-            await abandon(self.admission)
+            await abandon(self.admission, Admission.release)

@@ -27,7 +27,7 @@ from lollms_server.core.errors import (
     ServiceUnavailableError,
 )
 from lollms_server.core.functions import FunctionManager
-from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings, abandon
+from lollms_server.core.generation.admission import Admission, Job, MediaJob, TextJob, Timings
 from lollms_server.core.generation.first_use import DownloadWatch, ModelFetcher, await_model
 from lollms_server.core.generation.gates import InstanceGates
 from lollms_server.core.generation.media_inputs import build_media_request, check_inputs
@@ -46,6 +46,7 @@ from lollms_server.core.quota_store import key_quotas
 from lollms_server.core.quotas import Quotas
 from lollms_server.core.resource_manager import Ticket
 from lollms_server.core.security import Principal
+from lollms_server.core.streams import abandon
 from lollms_server.core.types import GenerateRequest, GenerateResponse
 from lollms_server.utils.paths import validate_model_name
 
@@ -370,7 +371,7 @@ class GenerationService:
         except asyncio.CancelledError:  # the client left: leave the queue (or free its slot)
             first.cancel()
             downloading.cancel()
-            await abandon(admission)
+            await abandon(admission, Admission.release)
             await asyncio.gather(first, downloading, return_exceptions=True)
             raise
         downloading.cancel()

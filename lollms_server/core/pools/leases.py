@@ -34,7 +34,7 @@ from lollms_server.core.bindings import (
 from lollms_server.core.errors import BindingError, GenerationTimeoutError, LollmsError, NotFoundError
 from lollms_server.core.pools.local import LocalPoolHost, LocalSession
 from lollms_server.core.resource_manager import Ticket
-from lollms_server.core.streams import bounded
+from lollms_server.core.streams import abandon, bounded
 
 logger = logging.getLogger(__name__)
 LEASE_MARGIN_SECONDS = 5.0  # past the generation timeout, for the gateway to hand the lease back
@@ -132,10 +132,7 @@ class LeaseTable:
             yield admission.result()
         finally:
             if not delivered:  # closed while waiting: leave the queue, or give back a fresh slot
-                admission.cancel()
-                await asyncio.gather(admission, return_exceptions=True)
-                if not admission.cancelled() and admission.exception() is None:
-                    await self.close(admission.result().id)
+                await abandon(admission, lambda lease: self.close(lease.id))
 
     async def hold(self, lease: RemoteLease) -> None:
         """Wait until the lease is closed or expires, then close it (cancelling its calls)."""
